@@ -1,0 +1,26 @@
+import os
+from pathlib import Path
+
+import pytest
+
+from tiny_models import save_tiny_pipeline
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def sd1_path(tmp_path_factory) -> Path:
+    """A tiny SD 1.x shaped pipeline folder (cross-attention width 768, epsilon prediction)."""
+    return save_tiny_pipeline("sd1", tmp_path_factory.mktemp("sd1"))
+
+
+@pytest.fixture(scope="session")
+def sd2_path(tmp_path_factory) -> Path:
+    """A tiny SD 2.x shaped pipeline folder (cross-attention width 1024, v-prediction)."""
+    return save_tiny_pipeline("sd2", tmp_path_factory.mktemp("sd2"))
+
+
+@pytest.fixture(params=["sd1", "sd2"])
+def tiny_path(request, sd1_path, sd2_path) -> Path:
+    """Each tiny pipeline folder in turn."""
+    return {"sd1": sd1_path, "sd2": sd2_path}[request.param]
