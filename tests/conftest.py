@@ -1,11 +1,17 @@
 import os
-from pathlib import Path
 
-import pytest
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported, or it is read too late
 
-from tiny_models import save_tiny_pipeline
+from pathlib import Path  # noqa: E402
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from tiny_models import save_tiny_pipeline  # noqa: E402
+
+# The models under test are tiny: one thread avoids the cost of synchronising threads, which dominates
+# on a small or busy machine.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,213 @@
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from conceptvault.backbone import encode_prompts, load_pipeline
+from conceptvault.errors import ConceptVaultError
+from conceptvault.hide import (
+    CHECKPOINT_FILE,
+    Concept,
+    HideConfig,
+    KeyInit,
+    LossSpace,
+    TrainedLayers,
+    _initial_tokens,
+    _Objective,
+    hide,
+)
+from conceptvault.key import attached_keys
+
+# A quick configuration: tiny sampler, few updates, no progress bar.
+QUICK = HideConfig(model_updates=2, sampler_steps=4, m=3, cache_trajectories=2, checkpoint_every=0)
+
+
+def quick(**changes) -> HideConfig:
+    return dataclasses.replace(QUICK, **changes)
+
+
+def text_sensitive(pipe):
+    """A random tiny UNet barely listens to its prompt; sharpen its cross-attention so that concepts matter."""
+    with torch.no_grad():
+        for name, parameter in pipe.unet.named_parameters():
+            if "attn2.to_k.weight" in name or "attn2.to_out.0.weight" in name:
+                parameter.mul_(30)
+    return pipe
+
+
+def test_concepts_parse_phrasings():
+    concept = Concept.parse("star|five-pointed star| ")
+    assert concept.name == "star" and concept.prompts == ["star", "five-pointed star"] and concept.anchor == ""
+    assert Concept("heart", ["a heart shape"]).prompts == ["heart", "a heart shape"]
+    with pytest.raises(ValueError, match="names no phrasing"):
+        Concept.parse(" | ")
+
+
+def test_config_validates_and_converts_choices():
+    config = HideConfig(train="noxattn", loss_space="x0", placement="mid+up", latents="cache")
+    assert config.train is TrainedLayers.NOXATTN and config.loss_space is LossSpace.X0
+    assert config.to_dict()["placement"] == "mid+up"
+    assert HideConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="train must be one of 'xattn', 'noxattn'; got 'everything'"):
+        HideConfig(train="everything")
+    with pytest.raises(ValueError, match="lr must be positive; got 0"):
+        HideConfig(lr=0)
+    with pytest.raises(ValueError, match="lambda_pres must not be negative"):
+        HideConfig(lambda_pres=-1.0)
+    assert all(f.metadata.get("help") for f in dataclasses.fields(HideConfig))
+
+
+@pytest.mark.parametrize("shape", ["sd1", "sd2"])
+def test_a_short_hide_lowers_hiding_and_recovery_losses(shape, sd1_path, sd2_path):
+    pipe = text_sensitive(load_pipeline(str({"sd1": sd1_path, "sd2": sd2_path}[shape]), device="cpu"))
+    config = quick(model_updates=5, lr=3e-4, key_lr=5e-2, latents="cache", key_init="random", placement="all")
+    result = hide(pipe, [Concept("star")], config, progress=False)
+    before, after = result.stats["probe"]["before"], result.stats["probe"]["after"]
+    assert after["L_hide"] < 0.9 * before["L_hide"], (before, after)
+    assert after["L_rec"] < 0.9 * before["L_rec"], (before, after)
+    assert result.stats["steps"] == 10 and result.stats["model_updates"] == 5
+
+
+def test_hide_changes_only_cross_attention_and_keeps_keys_attached(sd1_path):
+    pipe = load_pipeline(str(sd1_path), device="cpu")
+    before = {name: t.clone() for name, t in pipe.unet.state_dict().items()}
+    result = hide(pipe, [Concept("star"), Concept("heart", anchor="a shape")], quick(lr=1e-3), progress=False)
+    assert result.public and all(".attn2." in name for name in result.public)
+    after = pipe.unet.state_dict()
+    changed = {n for n, t in before.items() if not torch.equal(t, after[n])}
+    assert changed and changed <= set(result.public)
+    assert attached_keys(pipe.unet) == ("star", "heart")
+    assert all(p.requires_grad for n, p in pipe.unet.named_parameters() if ".processor." not in n)
+    z, t = torch.randn(1, 4, 16, 16), torch.tensor([500])
+    states = encode_prompts(pipe, ["star"])
+    with torch.no_grad():
+        plain = pipe.unet(z, t, states).sample
+        keyed = pipe.unet(z, t, states, cross_attention_kwargs={"keys": ["star"]}).sample
+    assert not torch.equal(plain, keyed)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        dict(latents="sample"),
+        dict(latents="cache", loss_space="x0"),
+        dict(train="noxattn", key_init="random", placement="mid+up", batch_size=2),
+    ],
+    ids=["sample", "cache-x0", "noxattn"],
+)
+def test_every_option_runs(tiny_path, changes):
+    pipe = load_pipeline(str(tiny_path), device="cpu")
+    result = hide(
+        pipe, [Concept.parse("star|a five-pointed star")], quick(**changes), preserve=["a circle"], progress=False
+    )
+    assert all(torch.isfinite(torch.tensor(v)) for v in result.stats["probe"]["after"].values())
+    attn2 = [name for name in result.public if ".attn2." in name]
+    assert (attn2 == list(result.public)) == (changes.get("train", "xattn") == "xattn")
+    assert set(result.stats["final"]) == {"L_hide", "L_rec", "L_pres", "L_pres_key"}
+
+
+def test_losses_are_compared_in_the_chosen_space(sd2_path):
+    pipe = load_pipeline(str(sd2_path), device="cpu")  # v-prediction
+    t = torch.tensor([10, 500, 990])
+    z0, noise = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
+    for space, expected in ((LossSpace.EPSILON, noise), (LossSpace.X0, z0)):
+        objective = _Objective(pipe.unet, pipe.unet, pipe.scheduler.config, HideConfig(loss_space=space))
+        alpha_bar = objective.alphas_cumprod[t].view(-1, 1, 1, 1)
+        z = alpha_bar.sqrt() * z0 + (1 - alpha_bar).sqrt() * noise
+        v = alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * z0
+        torch.testing.assert_close(objective._to_loss_space(v, z, t), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_key_starts_from_the_concepts_own_token_states(sd1_path):
+    pipe = load_pipeline(str(sd1_path), device="cpu")
+    states = encode_prompts(pipe, ["five-pointed star"])[0]  # BOS, five, -, pointed, star, EOS
+    tokens = _initial_tokens(pipe, Concept("five-pointed star"), HideConfig(m=10), torch.Generator())
+    assert tokens.shape == (10, 768)
+    assert torch.equal(tokens[:4], states[1:5]) and torch.equal(tokens[4:8], states[1:5])
+    assert torch.equal(tokens[8:], states[1:3])
+    noise = _initial_tokens(pipe, Concept("star"), HideConfig(m=4, key_init=KeyInit.RANDOM), torch.Generator())
+    assert noise.shape == (4, 768) and not torch.equal(noise[0], noise[1])
+
+
+def test_interrupted_and_resumed_equals_straight(sd1_path, tmp_path):
+    config = quick(model_updates=4, checkpoint_every=3, lr=1e-3, key_lr=1e-3, latents="sample")
+    concepts, preserve = [Concept("star"), Concept("heart")], ["a circle", "a square"]
+    straight = hide(load_pipeline(str(sd1_path), device="cpu"), concepts, config, preserve=preserve, progress=False)
+
+    def stop_at_five(step: int, info: dict) -> None:
+        if step == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(ConceptVaultError, match="interrupted at step 5 of 8.*--resume"):
+        hide(
+            load_pipeline(str(sd1_path), device="cpu"),
+            concepts,
+            config,
+            preserve=preserve,
+            progress=False,
+            checkpoint_dir=tmp_path,
+            on_step=stop_at_five,
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT_FILE]
+    resumed = hide(
+        load_pipeline(str(sd1_path), device="cpu"),
+        concepts,
+        config,
+        preserve=preserve,
+        progress=False,
+        checkpoint_dir=tmp_path,
+        resume=True,
+    )
+
+    assert straight.public.keys() == resumed.public.keys()
+    assert all(torch.equal(straight.public[n], resumed.public[n]) for n in straight.public)
+    for name in ("star", "heart"):
+        assert torch.equal(straight.keys[name].p_k, resumed.keys[name].p_k)
+        assert torch.equal(straight.keys[name].p_v, resumed.keys[name].p_v)
+    assert straight.stats["final"] == resumed.stats["final"]
+    assert straight.stats["probe"] == resumed.stats["probe"]
+
+
+def test_resume_refuses_other_settings_and_missing_checkpoints(sd1_path, tmp_path):
+    config = quick(checkpoint_every=1)
+    hide(load_pipeline(str(sd1_path), device="cpu"), [Concept("star")], config, checkpoint_dir=tmp_path, progress=False)
+    with pytest.raises(ConceptVaultError, match=r"made with lr=1e-05, not 0.001"):
+        hide(
+            load_pipeline(str(sd1_path), device="cpu"),
+            [Concept("star")],
+            quick(checkpoint_every=1, lr=1e-3),
+            checkpoint_dir=tmp_path,
+            resume=True,
+            progress=False,
+        )
+    with pytest.raises(ConceptVaultError, match="other concepts"):
+        hide(
+            load_pipeline(str(sd1_path), device="cpu"),
+            [Concept("heart")],
+            config,
+            checkpoint_dir=tmp_path,
+            resume=True,
+            progress=False,
+        )
+    with pytest.raises(ConceptVaultError, match="no checkpoint to resume from"):
+        hide(
+            load_pipeline(str(sd1_path), device="cpu"),
+            [Concept("star")],
+            config,
+            checkpoint_dir=tmp_path / "none",
+            resume=True,
+            progress=False,
+        )
+
+
+def test_hide_refuses_bad_inputs(sd1_path):
+    pipe = load_pipeline(str(sd1_path), device="cpu")
+    with pytest.raises(ConceptVaultError, match="at least one concept"):
+        hide(pipe, [], QUICK, progress=False)
+    with pytest.raises(ConceptVaultError, match="'star' is given twice"):
+        hide(pipe, [Concept("star"), Concept("star")], QUICK, progress=False)
+    hide(pipe, [Concept("star")], quick(model_updates=1), progress=False)
+    with pytest.raises(ConceptVaultError, match="already has keys attached"):
+        hide(pipe, [Concept("heart")], QUICK, progress=False)
