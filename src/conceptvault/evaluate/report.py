@@ -1,0 +1,180 @@
+"""An evaluation's figures as files and tables: ``results.json``, ``images.json``, ``results.md``, a Rich table,
+and (through ``html_report.py``) a single-file HTML report. Every file is written atomically."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from conceptvault.evaluate.metrics import FIGURE_HELP, FIGURE_NAMES, figure_label
+from conceptvault.evaluate.run import EvaluationResult
+from conceptvault.evaluate.store import atomic_write_text
+
+RESULTS_FILE = "results.json"
+IMAGES_FILE = "images.json"
+MARKDOWN_FILE = "results.md"
+HTML_FILE = "report.html"
+SUITE_FILE = "suite.json"
+
+_MODEL_OF = {
+    "esr": "public",
+    "psr": "public",
+    "rsr": "with key",
+    "key_psr": "with key",
+    "hidden_score": "public",
+    "kept_score": "public",
+    "key_score": "with key",
+    "key_kept_score": "with key",
+}
+
+
+@dataclass
+class ReportFiles:
+    json: Path
+    images: Path
+    markdown: Path
+    html: Path
+    suite: Path
+
+
+@dataclass
+class Row:
+    """One line of a figure table."""
+
+    figure: str  # the JSON key: "esr"
+    measure: str  # "top-1"
+    label: str  # "ESR-1"
+    concept: str | None  # None for the average
+    model: str
+    cell: dict
+
+
+def format_value(value: float | None, kind: str) -> str:
+    if value is None:
+        return "n/a"
+    return f"{100 * value:.1f} %" if kind == "rate" else f"{value:.2f}"
+
+
+def format_ci(ci: list[float] | None, kind: str) -> str:
+    if not ci:
+        return "n/a"
+    if kind == "rate":
+        return f"{100 * ci[0]:.1f}–{100 * ci[1]:.1f} %"
+    return f"{ci[0]:.2f}–{ci[1]:.2f}"
+
+
+def format_ratio(cell: dict) -> str:
+    ratio = cell.get("of_original")
+    return f"{100 * ratio:.0f} %" if ratio is not None else ""
+
+
+def figure_rows(result: EvaluationResult, *, per_concept: bool = False) -> list[Row]:
+    """The table rows: each figure at each measure, averaged (or, with ``per_concept``, for each concept)."""
+    rows = []
+    for figure, by_measure in result.figures.items():
+        for measure, entry in by_measure.items():
+            label = figure_label(figure, measure)
+            if per_concept:
+                rows += [Row(figure, measure, label, c, _MODEL_OF[figure], cell) for c, cell in entry["concepts"].items()]
+            else:
+                rows.append(Row(figure, measure, label, None, _MODEL_OF[figure], entry["average"]))
+    return rows
+
+
+def json_path(row: Row) -> str:
+    tail = f'["concepts"]["{row.concept}"]' if row.concept else '["average"]'
+    return f'{row.figure}["{row.measure}"]{tail}'
+
+
+def write_json(result: EvaluationResult, path: str | Path) -> Path:
+    path = Path(path)
+    atomic_write_text(path, json.dumps(result.to_dict(), indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def write_images_json(result: EvaluationResult, path: str | Path) -> Path:
+    path = Path(path)
+    records = [r.as_dict(result.out_dir) for r in result.records]
+    atomic_write_text(path, json.dumps(records, indent=1) + "\n")
+    return path
+
+
+def _markdown_table(header: list[str], lines: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(cell.replace("|", "\\|") for cell in line) + " |" for line in lines]
+    return "\n".join(out)
+
+
+def markdown_report(result: EvaluationResult) -> str:
+    """The figures as Markdown: the averaged table, what each figure means, and the per-concept table."""
+    kind = result.kind
+    meta = result.meta
+    settings = meta["settings"]
+    main = [
+        [r.label, r.model, format_value(r.cell["value"], kind), format_ci(r.cell["ci"], kind),
+         format_value(r.cell["original"]["value"], kind), str(r.cell["n"]), format_ratio(r.cell)]
+        for r in figure_rows(result)
+    ]
+    per_concept = [
+        [r.label, r.concept or "", format_value(r.cell["value"], kind), format_value(r.cell["original"]["value"], kind),
+         str(r.cell["n"]), format_ci(r.cell["ci"], kind)]
+        for r in figure_rows(result, per_concept=True)
+    ]
+    helps = [f"- **{FIGURE_NAMES[figure]}** (`{figure}`): {FIGURE_HELP[figure]}." for figure in result.figures]
+    parts = [
+        f"# ConceptVault evaluation: {result.suite.name}",
+        "",
+        *([result.suite.description, ""] if result.suite.description else []),
+        f"Judge `{result.suite.judge}`; hidden: {', '.join(c.name for c in result.suite.hidden)}; "
+        f"kept: {', '.join(c.name for c in result.suite.kept) or 'none'}; {settings['steps']} steps, guidance "
+        f"{settings['guidance']}; {meta['images']['total']} images ({meta['images']['generated']} generated, "
+        f"{meta['images']['reused']} reused). Every figure is beside the original model's on the same prompts and seeds.",
+        "",
+        _markdown_table(["figure", "model", "value", "95 % CI", "original", "n", "of original"], main),
+        "",
+        *helps,
+        "",
+        "Model: *public* is the vault's public weights without the key, *with key* the same with the key on; "
+        "*of original* is the value as a share of the original model's.",
+        "",
+        "## Per concept",
+        "",
+        _markdown_table(["figure", "concept", "value", "original", "n", "95 % CI"], per_concept),
+        "",
+    ]
+    return "\n".join(parts)
+
+
+def rich_table(result: EvaluationResult) -> Table:
+    """The averaged figures as a Rich table for the terminal."""
+    kind = result.kind
+    table = Table(title=f"{result.suite.name}: judge {result.suite.judge}, same prompts and seeds for every model")
+    for column, justify in [("figure", "left"), ("model", "left"), ("value", "right"), ("95 % CI", "right"),
+                            ("original", "right"), ("n", "right"), ("of original", "right")]:
+        table.add_column(column, justify=justify, no_wrap=True)
+    for r in figure_rows(result):
+        table.add_row(r.label, r.model, format_value(r.cell["value"], kind), format_ci(r.cell["ci"], kind),
+                      format_value(r.cell["original"]["value"], kind), str(r.cell["n"]), format_ratio(r.cell))
+    return table
+
+
+def print_summary(result: EvaluationResult, console: Console | None = None) -> None:
+    (console or Console()).print(rich_table(result))
+
+
+def write_report(result: EvaluationResult, out_dir: str | Path | None = None, *, images_per_concept: int = 8) -> ReportFiles:
+    """Write results.json, images.json, results.md, report.html and suite.json into ``out_dir`` (default the run's)."""
+    from conceptvault.evaluate.html_report import html_report
+
+    out = Path(out_dir) if out_dir is not None else result.out_dir
+    files = ReportFiles(out / RESULTS_FILE, out / IMAGES_FILE, out / MARKDOWN_FILE, out / HTML_FILE, out / SUITE_FILE)
+    write_json(result, files.json)
+    write_images_json(result, files.images)
+    atomic_write_text(files.markdown, markdown_report(result))
+    atomic_write_text(files.html, html_report(result, images_per_concept=images_per_concept))
+    result.suite.save(files.suite)
+    return files

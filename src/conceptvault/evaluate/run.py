@@ -1,0 +1,364 @@
+"""Running a suite on a vault: the same prompts and seeds through three models, judged, turned into figures.
+
+The three models: the original (the base pipeline as given), the public model (the vault's weights, no
+key) and the public model with the key. A hidden concept is generated with its own key; kept concepts
+with every key of the suite's hidden concepts switched on at once (the key holder's worst case).
+Images are saved as they are made and reused on the next run (see ``store.py``), so an interrupted
+evaluation continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from conceptvault.backbone import unet_fingerprint
+from conceptvault.errors import ConceptVaultError
+from conceptvault.evaluate.judges import Judge, make_judge
+from conceptvault.evaluate.metrics import KEY, ORIGINAL, PUBLIC, rate_figures, score_figures
+from conceptvault.evaluate.store import ImageStore
+from conceptvault.evaluate.suite import Suite, SuiteConcept
+from conceptvault.generate import generate_images
+from conceptvault.key import detach_keys
+from conceptvault.vault import _APPLIED_ATTRIBUTE as APPLIED_VAULT_ATTRIBUTE  # where apply() marks a pipeline
+from conceptvault.vault import Vault
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ImageRecord:
+    """One image of the evaluation: which model made it, from what, and what the judge read in it."""
+
+    variant: str
+    concept: str
+    group: str  # "hidden" or "kept"
+    index: int
+    prompt: str
+    seed: int
+    guidance: float
+    keys: tuple[str, ...]
+    path: Path
+    note: str = ""
+    hits: dict[str, bool] = field(default_factory=dict)
+    scores: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self, root: Path) -> dict:
+        return {
+            "variant": self.variant,
+            "concept": self.concept,
+            "group": self.group,
+            "index": self.index,
+            "prompt": self.prompt,
+            "seed": self.seed,
+            "guidance": self.guidance,
+            "keys": list(self.keys),
+            "path": str(self.path.relative_to(root)) if self.path.is_relative_to(root) else str(self.path),
+            "note": self.note,
+            "hits": self.hits,
+            "scores": self.scores,
+        }
+
+
+@dataclass
+class EvaluationResult:
+    """Everything an evaluation measured. ``to_dict()`` is the JSON written to ``results.json``."""
+
+    suite: Suite
+    kind: str  # "rate" or "score"
+    measures: list[str]
+    figures: dict[str, dict]  # figure -> measure -> {"average": cell, "concepts": {name: cell}}
+    records: list[ImageRecord]
+    meta: dict
+    out_dir: Path
+
+    def cell(self, figure: str, measure: str | None = None, concept: str | None = None) -> dict:
+        """One figure's cell: ``result.cell("esr")`` is the pooled ESR at the first measure."""
+        entry = self.figures[figure][measure or self.measures[0]]
+        return entry["concepts"][concept] if concept else entry["average"]
+
+    def to_dict(self) -> dict:
+        return {
+            "format_version": FORMAT_VERSION,
+            "suite": self.suite.name,
+            "description": self.suite.description,
+            "judge": self.suite.judge,
+            "kind": self.kind,
+            "measures": self.measures,
+            "hidden": [c.name for c in self.suite.hidden],
+            "kept": [c.name for c in self.suite.kept],
+            **self.meta,
+            **self.figures,
+        }
+
+
+def run_suite(
+    pipe: Any,
+    vault: Vault,
+    suite: Suite,
+    out_dir: str | Path,
+    *,
+    device: str | torch.device | None = None,
+    batch_size: int = 8,
+    steps: int | None = None,
+    guidance: float | None = None,
+    with_key: bool = True,
+    judge: Judge | None = None,
+    progress: bool = True,
+    console: Console | None = None,
+) -> EvaluationResult:
+    """Evaluate ``vault`` on ``suite``: generate (or reuse) every image, judge it, compute every figure.
+
+    ``pipe`` is the base pipeline the vault was made for, as loaded (no vault applied); it is left as it
+    was given (moved to ``device`` if one is named). ``steps`` / ``guidance`` override the suite's sampler
+    settings, for a quick run (a prompt's own guidance, as I2P rows carry, still wins); ``with_key=False``
+    measures the public model only (no RSR, no key PSR). Images go under ``out_dir/images`` and are reused
+    by the next run with the same settings; write the reports with ``write_report(result)``.
+    """
+    if batch_size < 1 or (steps is not None and steps < 1):
+        raise ConceptVaultError(f"batch_size and steps must be at least 1, got batch_size={batch_size}, steps={steps}.")
+    out_dir = Path(out_dir)
+    if device is not None:
+        pipe.to(device)
+    key_plan = _key_plan(suite, vault) if with_key else {}
+    base_fingerprint = _check_base(pipe, vault)
+    judge = judge or make_judge(suite, device=str(pipe.device))
+    settings = {
+        "steps": int(steps or suite.steps),
+        "guidance": float(guidance if guidance is not None else suite.guidance),
+        "height": suite.height,
+        "width": suite.width,
+    }
+    variants = [ORIGINAL, PUBLIC, KEY] if with_key else [ORIGINAL, PUBLIC]
+    store = ImageStore(out_dir)
+    records = _plan(suite, variants, key_plan, store, settings["guidance"])
+    made_with = {**settings, "dtype": str(pipe.unet.dtype)}
+    for variant, identity in _identities(vault, base_fingerprint, key_plan, made_with).items():
+        if variant in variants:
+            store.claim(variant, identity)
+
+    started = time.perf_counter()
+    with _progress_bars(progress, console) as bars:
+        missing = [r for r in records if not store.has(r.path)]
+        made = _generate(pipe, vault, missing, store, settings, batch_size, bars)
+        generated_at = time.perf_counter()
+        _judge(judge, suite, records, store, batch_size, bars)
+    judged_at = time.perf_counter()
+
+    figures = _figures(judge, suite, records)
+    meta = {
+        "settings": {**settings, "batch_size": batch_size, "device": str(pipe.device)},
+        "vault": _vault_summary(vault, base_fingerprint),
+        "images": {"total": len(records), "generated": made, "reused": len(records) - made},
+        "seconds": {"generate": round(generated_at - started, 2), "judge": round(judged_at - generated_at, 2)},
+    }
+    return EvaluationResult(suite, judge.kind, list(judge.measures), figures, records, meta, out_dir)
+
+
+def _key_plan(suite: Suite, vault: Vault) -> dict[str, tuple[str, ...]]:
+    """Concept name -> the vault keys switched on for its 'with key' images."""
+    available = list(getattr(vault, "keys", {}) or {})
+    if not available:
+        raise ConceptVaultError(
+            "the vault was loaded without its keys, so recovery cannot be measured; load it with keys='all' "
+            "(or evaluate with with_key=False)."
+        )
+
+    def resolve(name: str) -> str:
+        for candidate in available:
+            if candidate == name or candidate.lower() == name.lower():
+                return candidate
+        raise ConceptVaultError(
+            f"the vault has no key for the suite's hidden concept {name!r}; its keys are {', '.join(available)}. "
+            "Evaluate with a suite that hides the vault's concepts, or set the concept's key."
+        )
+
+    own = {c.name: (resolve(c.key_name),) for c in suite.hidden}
+    every = tuple(dict.fromkeys(k for keys in own.values() for k in keys))
+    return {**own, **{c.name: every for c in suite.kept}}
+
+
+def _check_base(pipe: Any, vault: Vault) -> str:
+    """The pipeline's UNet fingerprint, checked against the base model the vault was made for."""
+    fingerprint = unet_fingerprint(pipe.unet)
+    expected = vault.manifest.get("base_fingerprint")
+    if expected and expected != fingerprint:
+        raise ConceptVaultError(
+            f"this vault was made for {vault.manifest.get('base_model', 'another model')!r} (fingerprint "
+            f"{expected[:12]}..), but the pipeline given has fingerprint {fingerprint[:12]}..; evaluate with the "
+            "base model the vault was made for, loaded fresh (no vault applied)."
+        )
+    return fingerprint
+
+
+def _tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(tensors.items()):
+        digest.update(f"{name}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _identities(vault: Vault, base_fingerprint: str, key_plan: dict, settings: dict) -> dict[str, dict]:
+    """What makes each variant's images: a folder holding images made otherwise is refused, never mixed."""
+    public = vault.manifest.get("public_fingerprint") or _tensors_digest(dict(vault.public))
+    used = sorted({k for keys in key_plan.values() for k in keys})
+    keys = {name: _tensors_digest(vault.keys[name].state_dict()) for name in used}
+    return {
+        ORIGINAL: {"base_unet": base_fingerprint, **settings},
+        PUBLIC: {"base_unet": base_fingerprint, "public_weights": public, **settings},
+        KEY: {"base_unet": base_fingerprint, "public_weights": public, "keys": keys, **settings},
+    }
+
+
+def _plan(
+    suite: Suite, variants: list[str], key_plan: dict, store: ImageStore, default_guidance: float
+) -> list[ImageRecord]:
+    records = []
+    groups: list[tuple[str, SuiteConcept]] = [("hidden", c) for c in suite.hidden] + [("kept", c) for c in suite.kept]
+    for variant in variants:
+        for group, concept in groups:
+            keys = key_plan.get(concept.name, ()) if variant == KEY else ()
+            for index, (prompt, seed) in enumerate(zip(concept.prompts, concept.seeds)):
+                path = store.path(variant, concept.name, index, seed, prompt)
+                guidance = concept.guidance_at(index, default_guidance)
+                records.append(ImageRecord(variant, concept.name, group, index, prompt, seed, guidance, keys, path))
+    return records
+
+
+@contextmanager
+def _progress_bars(enabled: bool, console: Console | None) -> Iterator[Progress]:
+    bars = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not enabled,
+    )
+    with bars:
+        yield bars
+
+
+@contextmanager
+def vault_applied(pipe: Any, vault: Vault) -> Iterator[None]:
+    """Apply the vault to ``pipe`` for a ``with`` block, then restore the original weights and processors
+    (and forget that the vault was applied, so that applying it again really loads it again)."""
+    state = pipe.unet.state_dict()
+    saved = {name: state[name].detach().to("cpu", copy=True) for name in vault.public if name in state}
+    marker = getattr(pipe, APPLIED_VAULT_ATTRIBUTE, None)
+    vault.apply(pipe)
+    try:
+        yield
+    finally:
+        detach_keys(pipe.unet)
+        state = pipe.unet.state_dict()
+        with torch.no_grad():
+            for name, tensor in saved.items():
+                state[name].copy_(tensor)
+        if marker is None and hasattr(pipe, APPLIED_VAULT_ATTRIBUTE):
+            delattr(pipe, APPLIED_VAULT_ATTRIBUTE)
+        elif marker is not None:
+            setattr(pipe, APPLIED_VAULT_ATTRIBUTE, marker)
+
+
+def _generate(
+    pipe: Any, vault: Vault, missing: list[ImageRecord], store: ImageStore, settings: dict, batch_size: int, bars: Progress
+) -> int:
+    """Make the missing images, the original model's first, then the vault's; returns how many were made."""
+    if not missing:
+        return 0
+    task = bars.add_task("generating", total=len(missing))
+    original = [r for r in missing if r.variant == ORIGINAL]
+    vaulted = [r for r in missing if r.variant != ORIGINAL]
+    try:
+        _generate_batches(pipe, original, store, settings, batch_size, bars, task)
+        if vaulted:
+            with vault_applied(pipe, vault):
+                _generate_batches(pipe, vaulted, store, settings, batch_size, bars, task)
+    except KeyboardInterrupt:
+        made = sum(store.has(r.path) for r in missing)
+        raise ConceptVaultError(
+            f"interrupted after {made} new images, which are saved; run the same evaluation with the same output "
+            "folder to continue."
+        ) from None
+    return len(missing)
+
+
+def _generate_batches(
+    pipe: Any, records: list[ImageRecord], store: ImageStore, settings: dict, batch_size: int, bars: Progress, task: Any
+) -> None:
+    groups: dict[tuple, list[ImageRecord]] = {}
+    for record in records:
+        groups.setdefault((record.variant, record.keys, record.guidance), []).append(record)
+    for (_, keys, guidance), group in groups.items():
+        for start in range(0, len(group), batch_size):
+            chunk = group[start : start + batch_size]
+            images = generate_images(
+                pipe,
+                [r.prompt for r in chunk],
+                [r.seed for r in chunk],
+                keys=list(keys) or None,
+                steps=settings["steps"],
+                guidance=guidance,
+                batch_size=batch_size,
+                height=settings["height"],
+                width=settings["width"],
+                progress=False,
+            )
+            for record, image in zip(chunk, images):
+                store.save(record.path, image)
+            bars.advance(task, len(chunk))
+
+
+def _judge(judge: Judge, suite: Suite, records: list[ImageRecord], store: ImageStore, batch_size: int, bars: Progress) -> None:
+    labels = {c.name: c.labels for c in suite.concepts}
+    task = bars.add_task("judging", total=len(records))
+    groups: dict[tuple[str, str], list[ImageRecord]] = {}
+    for record in records:
+        groups.setdefault((record.variant, record.concept), []).append(record)
+    for (_, concept), group in groups.items():
+        for start in range(0, len(group), batch_size):
+            chunk = group[start : start + batch_size]
+            reading = judge.judge([store.load(r.path) for r in chunk], [r.prompt for r in chunk], labels[concept])
+            for row, record in enumerate(chunk):
+                record.hits = {m: bool(values[row]) for m, values in reading.hits.items()}
+                record.scores = {m: float(values[row]) for m, values in reading.scores.items()}
+                record.note = reading.notes[row] if reading.notes else ""
+            bars.advance(task, len(chunk))
+
+
+def _figures(judge: Judge, suite: Suite, records: list[ImageRecord]) -> dict[str, dict]:
+    per_image: dict[tuple[str, str], dict[str, list]] = {}
+    for record in records:
+        values = record.hits if judge.kind == "rate" else record.scores
+        slot = per_image.setdefault((record.variant, record.concept), {m: [] for m in judge.measures})
+        for measure in judge.measures:
+            slot[measure].append(values[measure])
+    arrays = {k: {m: np.asarray(v) for m, v in slots.items()} for k, slots in per_image.items()}
+    hidden, kept = [c.name for c in suite.hidden], [c.name for c in suite.kept]
+    compute = rate_figures if judge.kind == "rate" else score_figures
+    return compute(arrays, hidden, kept, list(judge.measures))
+
+
+def _vault_summary(vault: Vault, base_fingerprint: str) -> dict:
+    manifest = vault.manifest
+    return {
+        "path": str(getattr(vault, "path", "") or ""),
+        "base_model": manifest.get("base_model"),
+        "base_fingerprint": base_fingerprint,
+        "concepts": [c.get("name") if isinstance(c, dict) else str(c) for c in manifest.get("concepts", [])],
+        "placement": manifest.get("placement"),
+        "public_fingerprint": manifest.get("public_fingerprint"),
+    }

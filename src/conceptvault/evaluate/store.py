@@ -1,0 +1,93 @@
+"""Where an evaluation keeps its images, so that an interrupted run continues where it stopped.
+
+Images live under ``OUT/images/<variant>/<concept>/<index>-s<seed>-<prompt hash>.png``: keyed by the model
+variant (original, public, key), the prompt's index and its seed, with a short hash of the prompt text
+so that an edited suite never reuses a stale image. Each variant folder holds ``identity.json``, what
+made its images (model fingerprint, sampler settings); a folder made by something else is refused
+rather than silently mixed. Every file is written to a temporary name and renamed, so a killed run
+never leaves half an image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from PIL import Image
+
+from conceptvault.errors import ConceptVaultError
+
+IMAGES_DIR = "images"
+IDENTITY_FILE = "identity.json"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def slug(name: str) -> str:
+    """A file-name-safe form of a concept name (``"Ajin: Demi Human"`` -> ``ajin-demi-human``)."""
+    text = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return text or hashlib.sha256(name.encode()).hexdigest()[:8]
+
+
+def prompt_hash(prompt: str) -> str:
+    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:8]
+
+
+class ImageStore:
+    """PNG images of one evaluation, keyed by (variant, concept, prompt index, seed, prompt)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def path(self, variant: str, concept: str, index: int, seed: int, prompt: str) -> Path:
+        name = f"{index:05d}-s{seed}-{prompt_hash(prompt)}.png"
+        return self.root / IMAGES_DIR / variant / slug(concept) / name
+
+    def has(self, path: Path) -> bool:
+        return path.is_file() and path.stat().st_size > 0
+
+    def save(self, path: Path, image: Image.Image) -> None:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        atomic_write_bytes(path, buffer.getvalue())
+
+    def load(self, path: Path) -> Image.Image:
+        try:
+            with Image.open(path) as image:
+                return image.convert("RGB")
+        except OSError as error:
+            raise ConceptVaultError(f"image {str(path)!r} is unreadable ({error}); delete it and run again.") from error
+
+    def claim(self, variant: str, identity: dict) -> None:
+        """Record what makes this variant's images, or check that the folder was made by the same thing."""
+        path = self.root / IMAGES_DIR / variant / IDENTITY_FILE
+        if path.is_file():
+            recorded = json.loads(path.read_text())
+            if recorded != identity:
+                changed = sorted(k for k in set(recorded) | set(identity) if recorded.get(k) != identity.get(k))
+                raise ConceptVaultError(
+                    f"{str(path.parent)!r} holds images made with different {', '.join(changed)}; "
+                    "give another output folder or delete that one to start afresh."
+                )
+            return
+        atomic_write_text(path, json.dumps(identity, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,112 @@
+"""Built-in suites over the Shapes world, judged by the world's own judge.
+
+Prompts for a concept cycle through every synonym of it and through captions with and without the
+other attributes' words (colour, style), in the world's own caption templates, so that hiding that
+only blocks one word, or only one phrasing, shows up as a low ESR.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import numpy as np
+
+from conceptvault.errors import ConceptVaultError
+from conceptvault.evaluate.suite import Suite, SuiteConcept
+from conceptvault.world.captions import caption
+from conceptvault.world.quality import GUIDANCE as WORLD_GUIDANCE
+from conceptvault.world.quality import SAMPLE_STEPS as WORLD_STEPS
+from conceptvault.world.vocabulary import COLOURS, SHAPES, STYLES
+
+DEFAULT_SIZE = 32  # images per concept
+FIVE_SHAPE_SPLITS = {"a": list(SHAPES)[:5], "b": list(SHAPES)[5:]}
+
+_VOCABULARY = {"shape": SHAPES, "colour": COLOURS, "style": STYLES}
+# the attributes a caption may leave out, for a concept of each kind
+_OPTIONAL = {"shape": ("colour", "style"), "colour": ("style",), "style": ("colour",)}
+_MAX_DRAWS = 200
+
+
+def synonym_used(text: str, synonyms: list[str]) -> str | None:
+    """The synonym a caption uses (the longest match, so "five-pointed star" wins over "star")."""
+    for synonym in sorted(synonyms, key=len, reverse=True):
+        if re.search(rf"(?<![\w-]){re.escape(synonym)}(?![\w-])", text):
+            return synonym
+    return None
+
+
+def _world_prompt(kind: str, concept: str, index: int, rng: np.random.Generator) -> str:
+    """The ``index``-th prompt for a concept: synonym ``index mod len``, then each on/off mix of optional words."""
+    synonyms = _VOCABULARY[kind][concept]
+    wanted = synonyms[index % len(synonyms)]
+    optional = _OPTIONAL[kind]
+    mix = (index // len(synonyms)) % (2 ** len(optional))
+    scene = {k: str(rng.choice(list(_VOCABULARY[k]))) for k in ("shape", "colour", "style")}
+    scene[kind] = concept
+    for bit, attribute in enumerate(optional):
+        if mix >> bit & 1:
+            scene[attribute] = None
+    text = ""
+    for _ in range(_MAX_DRAWS):
+        text = caption(scene["shape"], scene["colour"], scene["style"], rng)
+        if synonym_used(text, synonyms) == wanted:
+            break
+    return text
+
+
+def world_concept(kind: str, concept: str, size: int, seed: int = 0) -> SuiteConcept:
+    """``size`` prompts asking for one shape, colour or style, seeds ``seed .. seed + size - 1``."""
+    if concept not in _VOCABULARY[kind]:
+        raise ConceptVaultError(f"the Shapes world has no {kind} {concept!r}; choose one of {', '.join(_VOCABULARY[kind])}.")
+    rng = np.random.default_rng([seed, list(_VOCABULARY[kind]).index(concept), len(kind)])
+    prompts = [_world_prompt(kind, concept, i, rng) for i in range(size)]
+    return SuiteConcept(name=concept, prompts=prompts, seeds=list(range(seed, seed + size)), labels=[concept])
+
+
+def _world_suite(kind: str, hidden: list[str], name: str, size: int, seed: int) -> Suite:
+    if size < 1:
+        raise ConceptVaultError(f"a suite needs at least one image per concept, got size={size}.")
+    kept = [c for c in _VOCABULARY[kind] if c not in hidden]
+    return Suite(
+        name=name,
+        judge=f"world-{kind}",
+        hidden=[world_concept(kind, c, size, seed) for c in hidden],
+        kept=[world_concept(kind, c, size, seed) for c in kept],
+        top_k=[1],
+        steps=WORLD_STEPS,
+        guidance=WORLD_GUIDANCE,
+        description=f"Shapes world: hide the {kind} {', '.join(hidden)}, keep the other {len(kept)}; "
+        f"{size} images per {kind}, judged by the world judge's {kind} head.",
+    )
+
+
+def world_shape_suite(shape: str = "star", *, size: int = DEFAULT_SIZE, seed: int = 0) -> Suite:
+    """Hide one shape, keep the other nine."""
+    return _world_suite("shape", [shape], f"world-shape-{shape}", size, seed)
+
+
+def world_colour_suite(colour: str = "red", *, size: int = DEFAULT_SIZE, seed: int = 0) -> Suite:
+    """Hide one colour, keep the other five."""
+    return _world_suite("colour", [colour], f"world-colour-{colour}", size, seed)
+
+
+def world_style_suite(style: str = "striped", *, size: int = DEFAULT_SIZE, seed: int = 0) -> Suite:
+    """Hide one style, keep the other three."""
+    return _world_suite("style", [style], f"world-style-{style}", size, seed)
+
+
+def world_five_shapes_suite(split: str = "a", *, size: int = DEFAULT_SIZE, seed: int = 0) -> Suite:
+    """Hide five of the ten shapes at once and keep five (the Imagenette protocol); splits ``a`` and ``b``."""
+    if split not in FIVE_SHAPE_SPLITS:
+        raise ConceptVaultError(f"unknown split {split!r}; choose one of {', '.join(FIVE_SHAPE_SPLITS)}.")
+    return _world_suite("shape", FIVE_SHAPE_SPLITS[split], f"world-five-shapes-{split}", size, seed)
+
+
+WORLD_SUITES: dict[str, Callable[..., Suite]] = {
+    "shape": world_shape_suite,
+    "colour": world_colour_suite,
+    "style": world_style_suite,
+    "five-shapes-a": lambda *, size=DEFAULT_SIZE, seed=0: world_five_shapes_suite("a", size=size, seed=seed),
+    "five-shapes-b": lambda *, size=DEFAULT_SIZE, seed=0: world_five_shapes_suite("b", size=size, seed=seed),
+}

@@ -1,0 +1,242 @@
+"""A suite end to end on a tiny pipeline and a vault from a very short hide: figures, reports, resume."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from conceptvault.backbone import load_pipeline, unet_fingerprint
+from conceptvault.errors import ConceptVaultError
+from conceptvault.evaluate import (
+    ClassifierJudge,
+    Suite,
+    SuiteConcept,
+    figure_label,
+    markdown_report,
+    register_judge,
+    resolve_suite,
+    rich_table,
+    run_suite,
+    write_report,
+)
+from conceptvault.hide import Concept, HideConfig, hide
+from conceptvault.key import attached_keys
+from conceptvault.vault import Vault, save_vault
+
+STEPS = 2
+
+
+def _brightness_judge(suite, device):
+    """Reads an image as 'bright' or 'dark' from its mean grey level: fast, deterministic, judge-shaped."""
+
+    def predict(images):
+        level = np.array([np.asarray(image, dtype=np.float64).mean() / 255 for image in images])
+        return np.stack([level, 1 - level], axis=1)
+
+    return ClassifierJudge("test-brightness", ["bright", "dark"], suite.top_k, predict)
+
+
+register_judge("test-brightness", _brightness_judge)
+
+
+def toy_suite(hidden: str = "star") -> Suite:
+    return Suite(
+        name="toy",
+        judge="test-brightness",
+        hidden=[SuiteConcept(hidden, ["a star", "a pentagram", "a red star"], [0, 1, 2], labels=["bright"])],
+        kept=[SuiteConcept("circle", ["a circle", "a blue disc"], [5, 6], labels=["dark"])],
+        steps=STEPS,
+        guidance=3.0,
+        description="a toy suite for tests",
+    )
+
+
+def fresh_pipeline(folder):
+    return load_pipeline(str(folder), device="cpu")
+
+
+def short_vault(model_folder, vault_folder, names):
+    """A vault from a very short hide on the tiny pipeline, saved and loaded back with its keys."""
+    pipe = fresh_pipeline(model_folder)
+    concepts = [Concept(name) for name in names]
+    config = HideConfig(model_updates=2, k=2, lr=1e-3, key_lr=1e-3, m=4, sampler_steps=2, checkpoint_every=0)
+    result = hide(pipe, concepts, config, preserve=["a circle"], progress=False)
+    save_vault(vault_folder / "vault", pipe, concepts, config, result)
+    return Vault.load(vault_folder / "vault", keys="all")
+
+
+@pytest.fixture(scope="module")
+def vault(sd1_path, tmp_path_factory):
+    return short_vault(sd1_path, tmp_path_factory.mktemp("vault"), ["star"])
+
+
+def _images(out):
+    return sorted(out.glob("images/*/*/*.png"))
+
+
+def test_suite_runs_end_to_end_and_writes_every_report(sd1_path, vault, tmp_path):
+    pipe = fresh_pipeline(sd1_path)
+    before = unet_fingerprint(pipe.unet)
+    result = run_suite(pipe, vault, toy_suite(), tmp_path, batch_size=4, progress=False)
+
+    assert unet_fingerprint(pipe.unet) == before and not attached_keys(pipe.unet)  # the pipeline is left as given
+    assert len(_images(tmp_path)) == 3 * 5 and result.meta["images"] == {"total": 15, "generated": 15, "reused": 0}
+    assert set(result.figures) == {"esr", "psr", "rsr", "key_psr"}
+    for figure in result.figures.values():
+        cell = figure["top-1"]["average"]
+        assert {"value", "n", "ci", "original"} <= set(cell) and {"value", "n", "ci"} <= set(cell["original"])
+    assert result.cell("esr")["n"] == 3 and result.cell("psr")["n"] == 2
+    assert result.cell("rsr", concept="star")["original"]["value"] == 1 - result.cell("esr")["original"]["value"]
+    keyed = {r.keys for r in result.records if r.variant == "key"}
+    assert keyed == {("star",)} and {r.keys for r in result.records if r.variant != "key"} == {()}
+
+    files = write_report(result)
+    data = json.loads(files.json.read_text())
+    assert data["suite"] == "toy" and data["hidden"] == ["star"] and data["kept"] == ["circle"]
+    assert data["esr"]["top-1"]["concepts"]["star"] == result.cell("esr", concept="star")
+    html = files.html.read_text()
+    markdown = files.markdown.read_text()
+    for name, by_measure in result.figures.items():
+        for measure in by_measure:
+            assert figure_label(name, measure) in html and figure_label(name, measure) in markdown
+            assert f"{name}[&quot;{measure}&quot;]" in html
+    assert len(re.findall(r"<img [^>]*src='data:image/png;base64,", html)) == 15
+    assert len(json.loads(files.images.read_text())) == 15
+    assert markdown == markdown_report(result) and rich_table(result).row_count == 4
+
+
+def test_resume_reuses_images_and_makes_only_the_missing_ones(sd1_path, vault, tmp_path):
+    pipe = fresh_pipeline(sd1_path)
+    first = run_suite(pipe, vault, toy_suite(), tmp_path, batch_size=4, progress=False)
+    stamps = {p: p.stat().st_mtime_ns for p in _images(tmp_path)}
+
+    again = run_suite(pipe, vault, toy_suite(), tmp_path, batch_size=4, progress=False)
+    assert again.meta["images"] == {"total": 15, "generated": 0, "reused": 15}
+    assert {p: p.stat().st_mtime_ns for p in _images(tmp_path)} == stamps
+    assert again.figures == first.figures
+
+    lost = _images(tmp_path)[4]
+    lost.unlink()
+    third = run_suite(pipe, vault, toy_suite(), tmp_path, batch_size=4, progress=False)
+    assert third.meta["images"]["generated"] == 1 and lost.is_file()
+    assert third.figures == first.figures
+
+
+def test_a_pipeline_evaluated_twice_gets_the_vault_applied_again(sd1_path, vault, tmp_path):
+    pipe = fresh_pipeline(sd1_path)
+    first = run_suite(pipe, vault, toy_suite(), tmp_path / "first", progress=False)
+    second = run_suite(pipe, vault, toy_suite(), tmp_path / "second", progress=False)
+    assert second.meta["images"]["generated"] == 15
+    for one, two in zip(first.records, second.records):
+        assert one.path.read_bytes() == two.path.read_bytes(), one.path
+    public = {r.index: r.path.read_bytes() for r in first.records if r.variant == "public" and r.concept == "star"}
+    original = {r.index: r.path.read_bytes() for r in first.records if r.variant == "original" and r.concept == "star"}
+    assert public != original  # the public weights did change the images
+
+
+def test_an_interrupted_run_continues_where_it_stopped(sd1_path, vault, tmp_path, monkeypatch):
+    import conceptvault.evaluate.run as run_module
+
+    real = run_module.generate_images
+    calls = []
+
+    def interrupted_after_two_batches(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    pipe = fresh_pipeline(sd1_path)
+    before = unet_fingerprint(pipe.unet)
+    monkeypatch.setattr(run_module, "generate_images", interrupted_after_two_batches)
+    with pytest.raises(ConceptVaultError, match="interrupted after 4 new images.*same output folder to continue"):
+        run_suite(pipe, vault, toy_suite(), tmp_path, batch_size=2, progress=False)
+    assert len(_images(tmp_path)) == 4
+    assert unet_fingerprint(pipe.unet) == before and not attached_keys(pipe.unet)
+
+    monkeypatch.setattr(run_module, "generate_images", real)
+    result = run_suite(pipe, vault, toy_suite(), tmp_path, batch_size=2, progress=False)
+    assert result.meta["images"] == {"total": 15, "generated": 11, "reused": 4}
+
+
+def test_images_from_other_settings_are_never_mixed_in(sd1_path, vault, tmp_path):
+    pipe = fresh_pipeline(sd1_path)
+    run_suite(pipe, vault, toy_suite(), tmp_path, batch_size=8, progress=False, with_key=False)
+    with pytest.raises(ConceptVaultError, match="different steps.*another output folder"):
+        run_suite(pipe, vault, toy_suite(), tmp_path, steps=STEPS + 1, batch_size=8, progress=False)
+
+
+def test_public_model_only_without_the_key(sd1_path, vault, tmp_path):
+    result = run_suite(fresh_pipeline(sd1_path), vault, toy_suite(), tmp_path, progress=False, with_key=False)
+    assert set(result.figures) == {"esr", "psr"} and result.meta["images"]["total"] == 10
+
+
+def test_wrong_base_model_and_missing_key_are_one_clear_error(sd1_path, sd2_path, vault, tmp_path):
+    with pytest.raises(ConceptVaultError, match="this vault was made for .* fingerprint"):
+        run_suite(fresh_pipeline(sd2_path), vault, toy_suite(), tmp_path, progress=False)
+    with pytest.raises(ConceptVaultError, match="no key for the suite's hidden concept 'heart'; its keys are star"):
+        run_suite(fresh_pipeline(sd1_path), vault, toy_suite("heart"), tmp_path, progress=False)
+
+
+def test_a_world_suite_runs_on_the_tiny_pipeline(sd1_path, vault, tmp_path):
+    from conceptvault.world.judge import JUDGE_DIR, WEIGHTS_FILE
+
+    if not (JUDGE_DIR / WEIGHTS_FILE).is_file():
+        pytest.skip("the built-in world judge is not shipped in this checkout yet")
+    suite = resolve_suite("shape", concept="star", size=1)
+    result = run_suite(fresh_pipeline(sd1_path), vault, suite, tmp_path, steps=STEPS, batch_size=10, progress=False)
+    assert result.cell("psr")["n"] == 9 and result.cell("rsr")["n"] == 1
+    assert "ESR-1" in write_report(result).html.read_text()
+
+
+def _tiny_clip_folder(folder):
+    """A tiny random CLIP saved offline with the real CLIP tokenizer (same shape as in test_evaluate_judges)."""
+    import shutil
+
+    from tiny_models import TOKENIZER_DIR
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(0)
+    text = dict(vocab_size=49408, hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=4,
+                max_position_embeddings=77, projection_dim=16, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+    vision = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=4, image_size=32,
+                  patch_size=8, projection_dim=16)
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(folder)
+    for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
+        shutil.copy(TOKENIZER_DIR / name, folder / name)
+    return folder
+
+
+def test_a_score_suite_runs_end_to_end_with_clip(sd1_path, vault, tmp_path):
+    clip = _tiny_clip_folder(tmp_path / "clip")
+    suite = Suite(
+        name="style",
+        judge="clip",
+        judge_model=str(clip),
+        hidden=[SuiteConcept("star", ["a star in the style of Kinkade", "a pentagram"], [0, 1])],
+        kept=[SuiteConcept("Kilian Eng", ["art by Kilian Eng"], [2])],
+        steps=STEPS,
+    )
+    result = run_suite(fresh_pipeline(sd1_path), vault, suite, tmp_path / "out", progress=False)
+    assert result.kind == "score" and result.measures == ["clip-score"]
+    assert set(result.figures) == {"hidden_score", "kept_score", "key_score", "key_kept_score"}
+    cell = result.cell("hidden_score")
+    assert cell["n"] == 2 and 0 <= cell["value"] <= 100 and 0 <= cell["original"]["value"] <= 100
+    html = write_report(result).html.read_text()
+    assert "hidden score (clip-score)" in html and "key kept score (clip-score)" in html
+
+
+def test_a_threshold_suite_runs_end_to_end_with_nudenet(sd1_path, vault, tmp_path):
+    from conceptvault.evaluate.nudity import EXPOSED_CLASSES
+
+    concept = SuiteConcept("nudity", ["a person", "a statue"], [3, 4], labels=list(EXPOSED_CLASSES), key="star",
+                           guidance=[3.0, 5.0])
+    suite = Suite(name="nudity", judge="nudenet", hidden=[concept], thresholds=[0.3, 0.5, 0.7], steps=STEPS)
+    result = run_suite(fresh_pipeline(sd1_path), vault, suite, tmp_path, progress=False)
+    assert result.measures == ["threshold-0.3", "threshold-0.5", "threshold-0.7"]
+    assert set(result.figures) == {"esr", "rsr"}  # nothing kept
+    assert result.cell("esr", "threshold-0.5")["n"] == 2
+    assert {r.guidance for r in result.records} == {3.0, 5.0}  # each prompt's own guidance
+    assert "ESR@0.5" in write_report(result).markdown.read_text()
