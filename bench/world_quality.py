@@ -1,0 +1,54 @@
+"""Judge-measured quality of a Shapes world model, and the time to generate 8 images.
+
+    python bench/world_quality.py [--model FOLDER] [--per-shape 32]
+
+Prints shape accuracy per shape, colour accuracy where the caption names a colour, and style accuracy
+where it names a style, over captions with fixed seeds, 25 sampler steps, guidance 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from conceptvault.backbone import load_pipeline
+from conceptvault.generate import generate_images
+from conceptvault.world.judge import load_judge
+from conceptvault.world.quality import GUIDANCE, SAMPLE_STEPS, quality_requests, score_requests
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="builtin")
+    parser.add_argument("--per-shape", type=int, default=32)
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    pipe = load_pipeline(args.model, device="cpu")
+    judge = load_judge()
+
+    start = time.perf_counter()
+    generate_images(pipe, ["a red star"] * 8, list(range(8)), steps=SAMPLE_STEPS, guidance=GUIDANCE, progress=False)
+    eight = time.perf_counter() - start
+
+    requests = quality_requests(args.per_shape)
+    images = generate_images(pipe, [r.prompt for r in requests], [r.seed for r in requests], steps=SAMPLE_STEPS, guidance=GUIDANCE, batch_size=32)
+    scores = score_requests(judge, requests, images)
+    scores["seconds_for_8_images"] = eight
+    print(f"{'shape':<10} accuracy")
+    for shape, accuracy in scores["per_shape"].items():
+        print(f"{shape:<10} {100 * accuracy:6.1f} %")
+    print(f"{'mean':<10} {100 * scores['shape_accuracy']:6.1f} %   (lowest {100 * scores['shape_accuracy_min']:.1f} %)")
+    print(f"colour accuracy where named: {100 * scores['colour_accuracy']:.1f} %")
+    print(f"style accuracy where named:  {100 * scores['style_accuracy']:.1f} %")
+    print(f"8 images, {SAMPLE_STEPS} steps, guidance {GUIDANCE}: {eight:.2f} s on {torch.get_num_threads()} threads")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(scores, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""Batches of rendered Shapes world images with their labels and captions, drawn from a seed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from conceptvault.world.captions import training_caption
+from conceptvault.world.render import render, sample_scene
+from conceptvault.world.vocabulary import COLOURS, SHAPES, STYLES
+
+LABELS = {"shape": list(SHAPES), "colour": list(COLOURS), "style": list(STYLES)}
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor  # (B, 3, 64, 64) in [-1, 1]
+    labels: dict[str, torch.Tensor]  # head -> (B,) class indices
+    captions: list[str]
+
+
+def render_batch(rng: np.random.Generator, size: int, shape: str | None = None) -> Batch:
+    scenes = [sample_scene(rng, shape=shape) for _ in range(size)]
+    images = np.stack([render(scene, rng) for scene in scenes])
+    labels = {
+        head: torch.tensor([names.index(getattr(scene, head)) for scene in scenes])
+        for head, names in LABELS.items()
+    }
+    captions = [training_caption(s.shape, s.colour, s.style, rng) for s in scenes]
+    return Batch(torch.from_numpy(images).permute(0, 3, 1, 2) * 2 - 1, labels, captions)

@@ -1,0 +1,97 @@
+"""The built-in Shapes world: renderer, captions, the shipped model and judge, and the trainer."""
+
+import numpy as np
+import torch
+from diffusers import StableDiffusionPipeline
+
+from conceptvault.world import BUILTIN_MODEL_DIR, COLOURS, SHAPES, STYLES
+from conceptvault.world.captions import training_caption
+from conceptvault.world.data import render_batch
+from conceptvault.world.judge import judge_accuracy, load_judge
+from conceptvault.world.render import render, sample_scene
+from conceptvault.world.train import WorldTrainConfig, train_world
+
+
+def test_vocabulary_has_the_promised_breadth():
+    assert len(SHAPES) >= 10 and len(COLOURS) >= 6 and len(STYLES) >= 4
+    for names in (*SHAPES.values(), *COLOURS.values(), *STYLES.values()):
+        assert len(names) >= 2
+
+
+def test_rendering_is_deterministic_from_a_seed():
+    def draw(seed):
+        rng = np.random.default_rng(seed)
+        return render(sample_scene(rng), rng)
+
+    assert np.array_equal(draw(7), draw(7))
+    assert not np.array_equal(draw(7), draw(8))
+    assert draw(7).shape == (64, 64, 3)
+
+
+def test_scenes_vary_in_size_position_rotation_and_background():
+    rng = np.random.default_rng(0)
+    scenes = [sample_scene(rng) for _ in range(50)]
+    for attribute in ("radius", "centre", "angle", "background", "shape", "colour", "style"):
+        assert len({getattr(s, attribute) for s in scenes}) > 3, attribute
+
+
+def test_captions_use_synonyms_and_sometimes_leave_words_out():
+    rng = np.random.default_rng(0)
+    captions = [training_caption("star", "red", "striped", rng) for _ in range(400)]
+    for word in ("pentagram", "five-pointed star", "crimson", "scarlet", "stripy"):
+        assert any(word in c for c in captions), word
+    named_colour = [any(name in c for name in COLOURS["red"]) for c in captions]
+    named_style = [any(name in c for name in STYLES["striped"]) for c in captions]
+    assert 0.6 < np.mean(named_colour) < 0.9
+    assert 0.45 < np.mean(named_style) < 0.75
+
+
+def test_shipped_pipeline_loads_with_plain_diffusers_and_makes_64px_images():
+    pipe = StableDiffusionPipeline.from_pretrained(BUILTIN_MODEL_DIR, safety_checker=None)
+    assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
+    image = pipe("a red star", num_inference_steps=3, generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.size == (64, 64)
+
+
+def test_shipped_judge_reads_rendered_images():
+    accuracy = judge_accuracy(load_judge(), count=400, seed=2024)
+    assert accuracy["shape"] >= 0.99
+    assert accuracy["colour"] >= 0.99
+    assert accuracy["style"] >= 0.97
+
+
+def test_shipped_model_draws_the_shape_it_is_asked_for():
+    pipe = StableDiffusionPipeline.from_pretrained(BUILTIN_MODEL_DIR, safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    shapes = ["circle", "star", "arrow"]
+    prompts = [f"a {shape}" for shape in shapes for _ in range(4)]
+
+    def sample():
+        generators = [torch.Generator().manual_seed(i) for i in range(len(prompts))]
+        return pipe(prompts, num_inference_steps=25, guidance_scale=3.0, generator=generators).images
+
+    images = sample()
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(images, sample()))
+    judge = load_judge()
+    predicted = [judge.labels["shape"][i] for i in judge.predict(images)["shape"].argmax(-1).tolist()]
+    correct = sum(p == prompt.split()[-1] for p, prompt in zip(predicted, prompts))
+    assert correct >= 10, predicted
+
+
+def test_trainer_runs_each_part_for_a_few_steps(tmp_path):
+    torch.manual_seed(0)
+    config = WorldTrainConfig(judge_steps=2, vae_steps=2, denoiser_steps=2, batch_size=4)
+    report = train_world(tmp_path, config, BUILTIN_MODEL_DIR / "tokenizer", log=lambda _: None)
+    assert set(report["judge_accuracy"]) == {"shape", "colour", "style"}
+    pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "model", safety_checker=None)
+    assert pipe("a square", num_inference_steps=2).images[0].size == (64, 64)
+    assert load_judge(tmp_path / "judge").predict([pipe("a square", num_inference_steps=2).images[0]])["shape"].shape == (1, 10)
+
+
+def test_batches_carry_labels_matching_their_captions():
+    batch = render_batch(np.random.default_rng(3), 16)
+    assert batch.images.shape == (16, 3, 64, 64)
+    assert batch.images.min() >= -1 and batch.images.max() <= 1
+    for i, text in enumerate(batch.captions):
+        shape = list(SHAPES)[batch.labels["shape"][i]]
+        assert any(name in text for name in SHAPES[shape]), text
