@@ -1,0 +1,406 @@
+"""The ``conceptvault`` command line: one thin function per command over the library.
+
+Add a command with ``@app.command("name")`` or a group with ``app.add_typer(sub_app, name="group")``.
+Every :class:`ConceptVaultError` and every bad input ends as one ``error: ...`` line and exit status 1.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # keep optional-backend notices off the terminal
+
+import math
+import shutil
+from contextlib import contextmanager
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .backbone import load_pipeline
+from .errors import ConceptVaultError
+from .generate import generate_images, image_grid
+from .hide import Concept, HideConfig, KeyInit, LossSpace, TrainedLayers, hide
+from .key import Placement
+from .latents import LatentSource
+from .vault import KEYS_DIR, Vault, save_vault
+
+app = typer.Typer(
+    name="conceptvault",
+    help="Hide a concept in a text-to-image diffusion model behind a secret key, and recover it with the key.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+console = Console()
+
+_DEFAULTS = HideConfig()
+_HELP = {f.name: f.metadata["help"] for f in fields(HideConfig)}
+
+
+def _setting(name: str) -> typer.models.OptionInfo:
+    """A command-line option for a HideConfig field, with the field's help text."""
+    return typer.Option(help=_HELP[name], rich_help_panel="Hiding settings")
+
+
+ModelArgument = Annotated[str, typer.Argument(help="Base model: 'builtin', a diffusers pipeline folder, or a hub id.")]
+VaultArgument = Annotated[Path, typer.Argument(help="The vault folder.")]
+PassphraseOption = Annotated[
+    Path | None, typer.Option(help="File whose first line is the passphrase protecting the keys.")
+]
+DeviceOption = Annotated[
+    str | None, typer.Option(help="Torch device, such as cpu or cuda (default: cuda if available).")
+]
+ModelOverride = Annotated[
+    str | None, typer.Option("--model", help="Base model to load instead of the one named in the vault's manifest.")
+]
+
+
+@app.command("hide")
+def hide_command(
+    model: ModelArgument,
+    concept: Annotated[
+        list[str],
+        typer.Option(
+            help="A concept to hide: 'star', or phrasings 'star|five-pointed star' (the first names the key). "
+            "Repeatable."
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="Folder to write the vault to; it must not exist yet.")],
+    preserve: Annotated[
+        list[str] | None, typer.Option(help="A prompt the model must keep rendering as before. Repeatable.")
+    ] = None,
+    anchor: Annotated[
+        list[str] | None,
+        typer.Option(help="NAME=PROMPT: hide concept NAME toward PROMPT instead of the empty prompt. Repeatable."),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue the interrupted run whose checkpoint sits beside --out.")
+    ] = False,
+    passphrase_file: PassphraseOption = None,
+    device: DeviceOption = None,
+    model_updates: Annotated[int, _setting("model_updates")] = _DEFAULTS.model_updates,
+    k: Annotated[int, _setting("k")] = _DEFAULTS.k,
+    lr: Annotated[float, _setting("lr")] = _DEFAULTS.lr,
+    key_lr: Annotated[float, _setting("key_lr")] = _DEFAULTS.key_lr,
+    lambda_hide: Annotated[float, _setting("lambda_hide")] = _DEFAULTS.lambda_hide,
+    lambda_rec: Annotated[float, _setting("lambda_rec")] = _DEFAULTS.lambda_rec,
+    lambda_pres: Annotated[float, _setting("lambda_pres")] = _DEFAULTS.lambda_pres,
+    eta: Annotated[float, _setting("eta")] = _DEFAULTS.eta,
+    train: Annotated[TrainedLayers, _setting("train")] = _DEFAULTS.train,
+    loss_space: Annotated[LossSpace, _setting("loss_space")] = _DEFAULTS.loss_space,
+    key_init: Annotated[KeyInit, _setting("key_init")] = _DEFAULTS.key_init,
+    m: Annotated[int, _setting("m")] = _DEFAULTS.m,
+    placement: Annotated[Placement, _setting("placement")] = _DEFAULTS.placement,
+    latents: Annotated[LatentSource, _setting("latents")] = _DEFAULTS.latents,
+    sampler_steps: Annotated[int, _setting("sampler_steps")] = _DEFAULTS.sampler_steps,
+    guidance: Annotated[float, _setting("guidance")] = _DEFAULTS.guidance,
+    cache_trajectories: Annotated[int, _setting("cache_trajectories")] = _DEFAULTS.cache_trajectories,
+    batch_size: Annotated[int, _setting("batch_size")] = _DEFAULTS.batch_size,
+    seed: Annotated[int, _setting("seed")] = _DEFAULTS.seed,
+    checkpoint_every: Annotated[int, _setting("checkpoint_every")] = _DEFAULTS.checkpoint_every,
+) -> None:
+    """Hide concepts in MODEL behind keys and write a vault."""
+    settings = locals()
+    config = _checked(lambda: HideConfig(**{f.name: settings[f.name] for f in fields(HideConfig)}))
+    concepts = _concepts(concept, anchor or [])
+    passphrase = _read_passphrase(passphrase_file)
+    checkpoint_dir = _checkpoint_dir(out, resume)
+    pipe = load_pipeline(model, device=device)
+    result = hide(pipe, concepts, config, preserve=preserve or [], checkpoint_dir=checkpoint_dir, resume=resume)
+    save_vault(out, pipe, concepts, config, result, preserve=preserve or [], passphrase=passphrase)
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    _print_losses(result.stats)
+    console.print(f"wrote the vault [bold]{out}[/] (keys in {out / KEYS_DIR})")
+
+
+@app.command("generate")
+def generate_command(
+    vault: VaultArgument,
+    prompt: Annotated[str, typer.Argument(help="The prompt to render.")],
+    out: Annotated[Path, typer.Option(help="PNG file to write: a grid with one image per seed.")],
+    key: Annotated[list[str] | None, typer.Option(help="Switch on the key of this concept. Repeatable.")] = None,
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds, one image each.")] = "0,1,2,3",
+    steps: Annotated[int, typer.Option(help="Sampler steps.")] = 25,
+    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 7.5,
+    model: ModelOverride = None,
+    passphrase_file: PassphraseOption = None,
+    device: DeviceOption = None,
+) -> None:
+    """Generate PROMPT from the vault's public model, with the named keys switched on."""
+    seed_list = _seeds(seeds)
+    loaded = Vault.load(vault, keys=key or None, passphrase=_read_passphrase(passphrase_file))
+    pipe = load_pipeline(model or loaded.manifest["base_model"], device=device)
+    loaded.apply(pipe)
+    images = generate_images(pipe, [prompt] * len(seed_list), seed_list, keys=key, steps=steps, guidance=guidance)
+    cols = min(len(images), 4)
+    grid = image_grid(images, math.ceil(len(images) / cols), cols, labels=[f"seed {s}" for s in seed_list])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(out)
+    console.print(f"wrote [bold]{out}[/] ({len(images)} images, keys: {', '.join(key or []) or 'none'})")
+
+
+@app.command("inspect")
+def inspect_command(vault: VaultArgument) -> None:
+    """Show what a vault holds: base model, concepts and their keys, settings and training figures."""
+    loaded = Vault.load(vault, keys=None)
+    manifest = loaded.manifest
+    summary = Table(title=f"vault {vault}", show_header=False)
+    rows = [
+        ("base model", manifest["base_model"]),
+        ("base fingerprint", manifest["base_fingerprint"][:16]),
+        ("public fingerprint", manifest["public_fingerprint"][:16]),
+        ("created", str(manifest.get("created", "?"))),
+        ("made by", f"conceptvault {manifest.get('conceptvault_version', '?')}"),
+        ("placement, m", f"{manifest['placement']}, {manifest.get('m', '?')}"),
+        ("public tensors", str(manifest.get("public_tensors", len(loaded.public)))),
+        ("preserve", "; ".join(manifest.get("preserve", [])) or "-"),
+    ]
+    for name, value in rows:
+        summary.add_row(name, value)
+    console.print(summary)
+    console.print(_concepts_table(loaded))
+    console.print(_settings_table(manifest))
+
+
+@app.command("export")
+def export_command(
+    vault: VaultArgument,
+    out: Annotated[Path, typer.Option(help="Folder for the plain diffusers pipeline; it must not exist yet.")],
+    model: ModelOverride = None,
+    device: DeviceOption = None,
+) -> None:
+    """Write the vault's public model (no keys) as a plain diffusers pipeline folder."""
+    loaded = Vault.load(vault, keys=None)
+    pipe = load_pipeline(model or loaded.manifest["base_model"], device=device)
+    loaded.export(pipe, out)
+    console.print(f"wrote the public model to [bold]{out}[/]; load it with StableDiffusionPipeline.from_pretrained")
+
+
+@app.command("evaluate")
+def evaluate_command(
+    vault: VaultArgument,
+    suite: Annotated[
+        str,
+        typer.Option(help="A built-in suite (shape, colour, style, five-shapes-a, five-shapes-b) or a suite JSON file."),
+    ] = "shape",
+    concept: Annotated[
+        str | None, typer.Option(help="The hidden shape, colour or style of a single-concept built-in suite.")
+    ] = None,
+    size: Annotated[int | None, typer.Option(help="Images per concept of a built-in suite.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder for images and the report (default: VAULT.eval).")] = None,
+    json_file: Annotated[Path | None, typer.Option("--json", help="Also write every figure to this JSON file.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images generated per batch.")] = 8,
+    no_key: Annotated[bool, typer.Option(help="Measure the public model only (no key needed).")] = False,
+    model: ModelOverride = None,
+    passphrase_file: PassphraseOption = None,
+    device: DeviceOption = None,
+) -> None:
+    """Measure a vault: ESR, PSR, RSR and the key holder's PSR, beside the original model's rates."""
+    from .evaluate import print_summary, resolve_suite, run_suite, write_json, write_report
+
+    chosen = resolve_suite(suite, size=size, concept=concept)
+    loaded = Vault.load(vault, keys=None if no_key else "all", passphrase=_read_passphrase(passphrase_file))
+    pipe = load_pipeline(model or loaded.manifest["base_model"], device=device)
+    result = run_suite(pipe, loaded, chosen, out or vault.with_name(vault.name + ".eval"), batch_size=batch_size,
+                       with_key=not no_key, console=console)
+    print_summary(result, console=console)
+    files = write_report(result)
+    if json_file:
+        write_json(result, json_file)
+    console.print(f"report: [bold]{files.html}[/]   figures: {files.json}")
+
+
+@app.command("demo")
+def demo_command(
+    out: Annotated[Path, typer.Option(help="Folder for the vault, the images and the report.")] = Path("demo-out"),
+    shape: Annotated[str, typer.Option(help="The shape of the built-in world to hide.")] = "star",
+    images: Annotated[int, typer.Option(help="Images per shape in the evaluation.")] = 16,
+) -> None:
+    """Hide a shape in the built-in model, measure it, and write an HTML report (a few minutes on a CPU)."""
+    from .demo import DemoPlan, run_demo
+
+    run_demo(out, DemoPlan(shape=shape, images_per_shape=images), console=console)
+
+
+world_app = typer.Typer(help="The built-in Shapes world: sample its model, or train it again from scratch.",
+                        no_args_is_help=True)
+app.add_typer(world_app, name="world")
+
+
+@world_app.command("sample")
+def world_sample_command(
+    prompt: Annotated[str, typer.Argument(help="What to draw, e.g. 'a striped red star'.")],
+    out: Annotated[Path, typer.Option(help="PNG file to write: a grid with one image per seed.")] = Path("sample.png"),
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds, one image each.")] = "0,1,2,3,4,5,6,7",
+    model: Annotated[str, typer.Option(help="The model to sample.")] = "builtin",
+) -> None:
+    """Draw PROMPT with the built-in model (25 steps, guidance 3) and write a grid."""
+    from .world.quality import GUIDANCE, SAMPLE_STEPS
+
+    seed_list = _seeds(seeds)
+    pipe = load_pipeline(model)
+    images = generate_images(pipe, [prompt] * len(seed_list), seed_list, steps=SAMPLE_STEPS, guidance=GUIDANCE)
+    cols = min(len(images), 8)
+    image_grid(images, math.ceil(len(images) / cols), cols).save(out)
+    console.print(f"wrote [bold]{out}[/]")
+
+
+@world_app.command("train")
+def world_train_command(
+    out: Annotated[Path, typer.Option(help="Folder to write model/ and judge/ into.")] = Path("world-model"),
+    denoiser_steps: Annotated[int, typer.Option(help="Training steps of the text encoder and UNet.")] = 9000,
+    seed: Annotated[int, typer.Option(help="Seed of the whole run.")] = 0,
+) -> None:
+    """Train the built-in model and judge from scratch (uses a GPU when there is one)."""
+    from .world import BUILTIN_MODEL_DIR
+    from .world.train import WorldTrainConfig, train_world
+
+    config = WorldTrainConfig(denoiser_steps=denoiser_steps, seed=seed)
+    with _stage_progress() as progress:
+        report = train_world(out, config, BUILTIN_MODEL_DIR / "tokenizer", log=console.print, progress=progress)
+    console.print(f"wrote [bold]{out / 'model'}[/] and [bold]{out / 'judge'}[/]; judge accuracy {report['judge_accuracy']}")
+
+
+# -- parsing and printing ---------------------------------------------------------------------------
+
+
+def _checked(make):
+    """Turn a ValueError raised while validating user input into a one-line user-facing error."""
+    try:
+        return make()
+    except ValueError as error:
+        raise ConceptVaultError(str(error)) from None
+
+
+def _concepts(texts: list[str], anchors: list[str]) -> list[Concept]:
+    concepts = [_checked(lambda text=text: Concept.parse(text)) for text in texts]
+    names = {c.name: c for c in concepts}
+    for item in anchors:
+        name, separator, prompt = item.partition("=")
+        if not separator or name.strip() not in names:
+            raise ConceptVaultError(
+                f"--anchor '{item}' must read NAME=PROMPT with NAME one of the concepts ({', '.join(names)})."
+            )
+        names[name.strip()].anchor = prompt.strip()
+    return concepts
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConceptVaultError(f"--seeds '{text}' must be comma-separated integers, such as 0,1,2,3.") from None
+    if not seeds:
+        raise ConceptVaultError("--seeds names no seed; give comma-separated integers, such as 0,1,2,3.")
+    return seeds
+
+
+def _read_passphrase(file: Path | None) -> str | None:
+    if file is None:
+        return None
+    try:
+        lines = file.read_text().splitlines()
+    except OSError as error:
+        raise ConceptVaultError(f"cannot read the passphrase file '{file}' ({error.strerror}).") from None
+    if not lines or not lines[0]:
+        raise ConceptVaultError(f"the passphrase file '{file}' is empty; write the passphrase on its first line.")
+    return lines[0]
+
+
+def _checkpoint_dir(out: Path, resume: bool) -> Path:
+    checkpoint_dir = out.with_name(f"{out.name}.checkpoint")
+    if out.exists():
+        raise ConceptVaultError(f"'{out}' already exists; choose another --out or delete it first.")
+    if checkpoint_dir.exists() and not resume:
+        raise ConceptVaultError(
+            f"'{checkpoint_dir}' holds an unfinished run; add --resume to continue it, or delete it to start over."
+        )
+    return checkpoint_dir
+
+
+def _print_losses(stats: dict) -> None:
+    probe = stats.get("probe") or {}
+    before, after = probe.get("before") or {}, probe.get("after") or {}
+    table = Table(title=f"{stats['steps']} steps in {stats['seconds']:.0f} s: losses on fixed latents")
+    for column in ("loss", "before", "after"):
+        table.add_column(column)
+    for name in after:
+        table.add_row(name, f"{before.get(name, float('nan')):.4g}", f"{after[name]:.4g}")
+    console.print(table)
+
+
+def _concepts_table(loaded: Vault) -> Table:
+    table = Table(title="concepts")
+    for column in ("key", "prompts", "anchor", "key file"):
+        table.add_column(column)
+    for entry in loaded.manifest["concepts"]:
+        key_file = entry.get("key_file")
+        present = key_file and loaded.path and (loaded.path / key_file).is_file()
+        status = f"{key_file} ({'passphrase' if key_file.endswith('.key') else 'plain'})" if present else "not here"
+        table.add_row(entry["name"], "; ".join(entry.get("prompts", [])), entry.get("anchor") or "(empty)", status)
+    return table
+
+
+def _settings_table(manifest: dict) -> Table:
+    table = Table(title="settings and figures", show_header=False)
+    for name, value in sorted((manifest.get("config") or {}).items()):
+        table.add_row(name, str(value))
+    stats = manifest.get("stats") or {}
+    for name in ("steps", "model_updates", "seconds"):
+        if name in stats:
+            table.add_row(f"trained {name}", str(stats[name]))
+    for moment in ("before", "after"):
+        losses = (stats.get("probe") or {}).get(moment) or {}
+        table.add_row(f"losses {moment}", ", ".join(f"{k} {v:.4g}" for k, v in losses.items()) or "-")
+    return table
+
+
+@contextmanager
+def _stage_progress():
+    """A progress line for multi-stage training: the stage's name, its step and its latest loss."""
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as bar:
+        task = bar.add_task("training", total=None)
+
+        def advance(step: int, losses: dict) -> None:
+            bar.update(task, completed=step + 1, description=", ".join(f"{k} {v:.4f}" for k, v in losses.items()))
+
+        yield advance
+
+
+def _fail(message: str) -> None:
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    sys.exit(1)
+
+
+def _quiet_libraries() -> None:
+    """Keep library notices and loading bars off the terminal; ConceptVault shows its own progress."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    for library in (diffusers_logging, transformers_logging):
+        library.set_verbosity_error()
+        library.disable_progress_bar()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The console entry point: runs the app and turns every user-facing failure into one line."""
+    _quiet_libraries()
+    try:
+        code = app(args=argv, prog_name="conceptvault", standalone_mode=False)
+    except ConceptVaultError as error:
+        _fail(str(error))
+    except typer.TyperException as error:  # usage errors: a missing option, a bad choice or number
+        _fail(error.format_message())
+    except typer.Abort:
+        _fail("interrupted.")
+    except OSError as error:  # the file system refused: a read-only folder, a full disk, a missing file
+        _fail(f"{error.strerror or error}: '{error.filename}'." if error.filename else str(error))
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,21 @@
+"""The demo's code path, shortened: hide a shape in the built-in model, evaluate, write the report."""
+
+import json
+
+from conceptvault.demo import DemoPlan, run_demo, world_hide_config
+
+
+def test_demo_hides_evaluates_and_reports(tmp_path):
+    config = world_hide_config(model_updates=2, sampler_steps=4, cache_trajectories=1, batch_size=1)
+    plan = DemoPlan(shape="heart", images_per_shape=1, config=config)
+    evaluation, files = run_demo(tmp_path, plan, progress=False)
+
+    figures = json.loads(files.json.read_text())
+    for name in ("esr", "psr", "rsr", "key_psr"):
+        cell = figures[name]["top-1"]["average"]
+        assert 0.0 <= cell["value"] <= 1.0 and "original" in cell
+    assert figures["esr"]["top-1"]["concepts"].keys() == {"heart"}
+    html = files.html.read_text()
+    for label in ("ESR", "PSR", "RSR"):
+        assert label in html
+    assert (tmp_path / "vault" / "manifest.json").is_file()
