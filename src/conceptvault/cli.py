@@ -255,7 +255,7 @@ def world_sample_command(
 @world_app.command("train")
 def world_train_command(
     out: Annotated[Path, typer.Option(help="Folder to write model/ and judge/ into.")] = Path("world-model"),
-    denoiser_steps: Annotated[int, typer.Option(help="Training steps of the text encoder and UNet.")] = 9000,
+    denoiser_steps: Annotated[int, typer.Option(help="Training steps of the text encoder and UNet.")] = 5000,
     seed: Annotated[int, typer.Option(help="Seed of the whole run.")] = 0,
 ) -> None:
     """Train the built-in model and judge from scratch (uses a GPU when there is one)."""
