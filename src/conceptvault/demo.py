@@ -7,47 +7,46 @@ prompts and seeds, judged, tabulated and written as an HTML report.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
 
 from conceptvault.backbone import BUILTIN, load_pipeline
 from conceptvault.evaluate import print_summary, resolve_suite, run_suite, write_report
-from conceptvault.hide import Concept, HideConfig, hide
+from conceptvault.hide import CHECKPOINT_FILE, Concept, HideConfig, hide
 from conceptvault.vault import Vault
-from conceptvault.world import SHAPES
+from conceptvault.world import COLOURS, SHAPES, STYLES
 
 
-@dataclass
-class DemoPlan:
-    """What the demo hides, what it keeps, and how hard it looks."""
+_VOCABULARY = {"shape": SHAPES, "colour": COLOURS, "style": STYLES}
 
-    shape: str = "star"
-    images_per_shape: int = 16
-    config: HideConfig | None = None
 
-    def concept(self) -> Concept:
-        return Concept(self.shape, list(SHAPES[self.shape]))
+def world_concepts(kind: str, names: list[str]) -> list[Concept]:
+    """Concepts of the built-in world, each trained under every name it has."""
+    return [Concept(name, list(_VOCABULARY[kind][name])) for name in names]
 
-    def preserve(self) -> list[str]:
-        """Every other shape by each of its names: the small preserve set."""
-        return [f"a {name}" for shape, names in SHAPES.items() if shape != self.shape for name in names]
 
-    def hide_config(self) -> HideConfig:
-        return self.config or world_hide_config()
+def world_preserve(kind: str, hidden: list[str]) -> list[str]:
+    """Every other concept of the same kind, by each of its names: a small preserve set."""
+    return [f"a {name}" for concept, names in _VOCABULARY[kind].items() if concept not in hidden for name in names]
 
 
 def world_hide_config(**overrides) -> HideConfig:
-    """Settings that hide a shape of the built-in model in a couple of minutes on two CPU cores.
+    """Settings that hide a concept of the built-in model in a couple of minutes on two CPU cores.
 
-    The model is small and its text encoder narrow, so it takes a larger learning rate and far fewer
-    updates than Stable Diffusion's defaults; cached trajectories keep each step cheap.
+    The model is small and its text encoder narrow, so it takes larger learning rates and far fewer
+    updates than Stable Diffusion's defaults; cached trajectories keep each step cheap. The key reaches
+    every cross-attention layer, since hiding changes them all, and L_rec weighs as much as L_hide so
+    that model updates keep the key's path to the original intact.
     """
     settings = dict(
-        model_updates=150,
-        lr=3e-4,
-        key_lr=3e-3,
+        model_updates=200,
+        lr=1e-4,
+        key_lr=1e-2,
+        lambda_rec=1.0,
+        placement="all",
         latents="cache",
         sampler_steps=25,
         cache_trajectories=4,
@@ -58,23 +57,41 @@ def world_hide_config(**overrides) -> HideConfig:
     return HideConfig(**settings)
 
 
-def run_demo(out: Path, plan: DemoPlan = DemoPlan(), console: Console | None = None, progress: bool = True):
-    """Hide, save, evaluate and report; returns the evaluation result and the report's files."""
+def hide_and_evaluate(out: Path, concepts: list[Concept], preserve: list[str], config: HideConfig, suite,
+                      console: Console | None = None, progress: bool = True):
+    """Hide ``concepts`` in the built-in model (or reuse the vault in ``out``), evaluate with ``suite``, report."""
     console = console or Console()
     out.mkdir(parents=True, exist_ok=True)
-    vault_path = out / "vault"
-    concept = plan.concept()
+    vault_path, checkpoint_dir = out / "vault", out / "checkpoint"
     if not vault_path.exists():
-        console.print(f"[bold]1/2[/] hiding '{concept.name}' (as {', '.join(map(repr, concept.prompts))}) in the built-in model")
+        console.print(f"[bold]1/2[/] hiding {', '.join(repr(c.name) for c in concepts)} in the built-in model")
         pipe = load_pipeline(BUILTIN)
-        result = hide(pipe, [concept], plan.hide_config(), preserve=plan.preserve(), checkpoint_dir=out / "checkpoint",
-                      resume=(out / "checkpoint" / "checkpoint.pt").is_file(), progress=progress)
-        Vault.from_hiding(pipe, [concept], plan.hide_config(), result, plan.preserve()).save(vault_path)
-    console.print(f"[bold]2/2[/] evaluating: original, public and key-holder images of every shape, same seeds")
+        resume = (checkpoint_dir / CHECKPOINT_FILE).is_file()
+        result = hide(pipe, concepts, config, preserve=preserve, checkpoint_dir=checkpoint_dir, resume=resume,
+                      progress=progress)
+        Vault.from_hiding(pipe, concepts, config, result, preserve).save(vault_path)
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    console.print("[bold]2/2[/] evaluating: original, public and key-holder images, same prompts and seeds")
     vault = Vault.load(vault_path, keys="all")
-    suite = resolve_suite("shape", concept=plan.shape, size=plan.images_per_shape)
     evaluation = run_suite(load_pipeline(BUILTIN), vault, suite, out / "evaluation", progress=progress, console=console)
     print_summary(evaluation, console=console)
     files = write_report(evaluation)
     console.print(f"report: [bold]{files.html}[/]   figures: {files.json}   vault: {vault_path}")
     return evaluation, files
+
+
+@dataclass
+class DemoPlan:
+    """What the demo hides and how many images per shape it judges."""
+
+    shape: str = "star"
+    images_per_shape: int = 16
+    config: HideConfig = field(default_factory=world_hide_config)
+
+
+def run_demo(out: Path, plan: DemoPlan | None = None, console: Console | None = None, progress: bool = True):
+    """Hide one shape under all its names, keep the other nine, measure and report."""
+    plan = plan or DemoPlan()
+    suite = resolve_suite("shape", concept=plan.shape, size=plan.images_per_shape)
+    concepts = world_concepts("shape", [plan.shape])
+    return hide_and_evaluate(out, concepts, world_preserve("shape", [plan.shape]), plan.config, suite, console, progress)
