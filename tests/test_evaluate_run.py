@@ -181,10 +181,6 @@ def test_wrong_base_model_and_missing_key_are_one_clear_error(sd1_path, sd2_path
 
 
 def test_a_world_suite_runs_on_the_tiny_pipeline(sd1_path, vault, tmp_path):
-    from conceptvault.world.judge import JUDGE_DIR, WEIGHTS_FILE
-
-    if not (JUDGE_DIR / WEIGHTS_FILE).is_file():
-        pytest.skip("the built-in world judge is not shipped in this checkout yet")
     suite = resolve_suite("shape", concept="star", size=1)
     result = run_suite(fresh_pipeline(sd1_path), vault, suite, tmp_path, steps=STEPS, batch_size=10, progress=False)
     assert result.cell("psr")["n"] == 9 and result.cell("rsr")["n"] == 1
