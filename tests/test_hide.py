@@ -172,34 +172,18 @@ def test_interrupted_and_resumed_equals_straight(sd1_path, tmp_path):
 
 def test_resume_refuses_other_settings_and_missing_checkpoints(sd1_path, tmp_path):
     config = quick(checkpoint_every=1)
-    hide(load_pipeline(str(sd1_path), device="cpu"), [Concept("star")], config, checkpoint_dir=tmp_path, progress=False)
+
+    def run(concept: str, settings: HideConfig, folder, resume: bool):
+        pipe = load_pipeline(str(sd1_path), device="cpu")
+        return hide(pipe, [Concept(concept)], settings, checkpoint_dir=folder, resume=resume, progress=False)
+
+    run("star", config, tmp_path, resume=False)
     with pytest.raises(ConceptVaultError, match=r"made with lr=1e-05, not 0.001"):
-        hide(
-            load_pipeline(str(sd1_path), device="cpu"),
-            [Concept("star")],
-            quick(checkpoint_every=1, lr=1e-3),
-            checkpoint_dir=tmp_path,
-            resume=True,
-            progress=False,
-        )
+        run("star", quick(checkpoint_every=1, lr=1e-3), tmp_path, resume=True)
     with pytest.raises(ConceptVaultError, match="other concepts"):
-        hide(
-            load_pipeline(str(sd1_path), device="cpu"),
-            [Concept("heart")],
-            config,
-            checkpoint_dir=tmp_path,
-            resume=True,
-            progress=False,
-        )
+        run("heart", config, tmp_path, resume=True)
     with pytest.raises(ConceptVaultError, match="no checkpoint to resume from"):
-        hide(
-            load_pipeline(str(sd1_path), device="cpu"),
-            [Concept("star")],
-            config,
-            checkpoint_dir=tmp_path / "none",
-            resume=True,
-            progress=False,
-        )
+        run("star", config, tmp_path / "none", resume=True)
 
 
 def test_hide_refuses_bad_inputs(sd1_path):
