@@ -17,20 +17,17 @@ from conceptvault.backbone import BUILTIN, load_pipeline
 from conceptvault.evaluate import print_summary, resolve_suite, run_suite, write_report
 from conceptvault.hide import CHECKPOINT_FILE, Concept, HideConfig, hide
 from conceptvault.vault import Vault
-from conceptvault.world import COLOURS, SHAPES, STYLES
-
-
-_VOCABULARY = {"shape": SHAPES, "colour": COLOURS, "style": STYLES}
+from conceptvault.world.vocabulary import VOCABULARY
 
 
 def world_concepts(kind: str, names: list[str]) -> list[Concept]:
     """Concepts of the built-in world, each trained under every name it has."""
-    return [Concept(name, list(_VOCABULARY[kind][name])) for name in names]
+    return [Concept(name, list(VOCABULARY[kind][name])) for name in names]
 
 
 def world_preserve(kind: str, hidden: list[str]) -> list[str]:
     """Every other concept of the same kind, by each of its names: a small preserve set."""
-    return [f"a {name}" for concept, names in _VOCABULARY[kind].items() if concept not in hidden for name in names]
+    return [f"a {name}" for concept, names in VOCABULARY[kind].items() if concept not in hidden for name in names]
 
 
 def world_hide_config(**overrides) -> HideConfig:

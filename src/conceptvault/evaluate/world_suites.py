@@ -17,12 +17,11 @@ from conceptvault.evaluate.suite import Suite, SuiteConcept
 from conceptvault.world.captions import caption
 from conceptvault.world.quality import GUIDANCE as WORLD_GUIDANCE
 from conceptvault.world.quality import SAMPLE_STEPS as WORLD_STEPS
-from conceptvault.world.vocabulary import COLOURS, SHAPES, STYLES
+from conceptvault.world.vocabulary import SHAPES, VOCABULARY
 
 DEFAULT_SIZE = 32  # images per concept
 FIVE_SHAPE_SPLITS = {"a": list(SHAPES)[:5], "b": list(SHAPES)[5:]}
 
-_VOCABULARY = {"shape": SHAPES, "colour": COLOURS, "style": STYLES}
 # the attributes a caption may leave out, for a concept of each kind
 _OPTIONAL = {"shape": ("colour", "style"), "colour": ("style",), "style": ("colour",)}
 _MAX_DRAWS = 200
@@ -38,11 +37,11 @@ def synonym_used(text: str, synonyms: list[str]) -> str | None:
 
 def _world_prompt(kind: str, concept: str, index: int, rng: np.random.Generator) -> str:
     """The ``index``-th prompt for a concept: synonym ``index mod len``, then each on/off mix of optional words."""
-    synonyms = _VOCABULARY[kind][concept]
+    synonyms = VOCABULARY[kind][concept]
     wanted = synonyms[index % len(synonyms)]
     optional = _OPTIONAL[kind]
     mix = (index // len(synonyms)) % (2 ** len(optional))
-    scene = {k: str(rng.choice(list(_VOCABULARY[k]))) for k in ("shape", "colour", "style")}
+    scene = {k: str(rng.choice(list(VOCABULARY[k]))) for k in ("shape", "colour", "style")}
     scene[kind] = concept
     for bit, attribute in enumerate(optional):
         if mix >> bit & 1:
@@ -57,9 +56,9 @@ def _world_prompt(kind: str, concept: str, index: int, rng: np.random.Generator)
 
 def world_concept(kind: str, concept: str, size: int, seed: int = 0) -> SuiteConcept:
     """``size`` prompts asking for one shape, colour or style, seeds ``seed .. seed + size - 1``."""
-    if concept not in _VOCABULARY[kind]:
-        raise ConceptVaultError(f"the Shapes world has no {kind} {concept!r}; choose one of {', '.join(_VOCABULARY[kind])}.")
-    rng = np.random.default_rng([seed, list(_VOCABULARY[kind]).index(concept), len(kind)])
+    if concept not in VOCABULARY[kind]:
+        raise ConceptVaultError(f"the Shapes world has no {kind} {concept!r}; choose one of {', '.join(VOCABULARY[kind])}.")
+    rng = np.random.default_rng([seed, list(VOCABULARY[kind]).index(concept), len(kind)])
     prompts = [_world_prompt(kind, concept, i, rng) for i in range(size)]
     return SuiteConcept(name=concept, prompts=prompts, seeds=list(range(seed, seed + size)), labels=[concept])
 
@@ -67,7 +66,7 @@ def world_concept(kind: str, concept: str, size: int, seed: int = 0) -> SuiteCon
 def _world_suite(kind: str, hidden: list[str], name: str, size: int, seed: int) -> Suite:
     if size < 1:
         raise ConceptVaultError(f"a suite needs at least one image per concept, got size={size}.")
-    kept = [c for c in _VOCABULARY[kind] if c not in hidden]
+    kept = [c for c in VOCABULARY[kind] if c not in hidden]
     return Suite(
         name=name,
         judge=f"world-{kind}",

@@ -9,9 +9,9 @@ import torch
 
 from conceptvault.world.captions import training_caption
 from conceptvault.world.render import render, sample_scene
-from conceptvault.world.vocabulary import COLOURS, SHAPES, STYLES
+from conceptvault.world.vocabulary import VOCABULARY
 
-LABELS = {"shape": list(SHAPES), "colour": list(COLOURS), "style": list(STYLES)}
+LABELS = {head: list(names) for head, names in VOCABULARY.items()}
 
 
 @dataclass

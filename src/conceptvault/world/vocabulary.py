@@ -40,3 +40,6 @@ COLOUR_RGB: dict[str, tuple[float, float, float]] = {
     "purple": (0.55, 0.15, 0.70),
     "orange": (1.00, 0.52, 0.04),
 }
+
+# every kind of concept the world has, by the name of the judge head that reads it
+VOCABULARY: dict[str, dict[str, list[str]]] = {"shape": SHAPES, "colour": COLOURS, "style": STYLES}
