@@ -40,7 +40,7 @@ def world_hide_config(**overrides) -> HideConfig:
     """
     settings = dict(
         model_updates=200,
-        lr=3e-4,
+        lr=1e-3,
         key_lr=1e-2,
         lambda_rec=1.0,
         placement="all",
