@@ -63,7 +63,7 @@ def short_vault(model_folder, vault_folder, names):
     concepts = [Concept(name) for name in names]
     config = HideConfig(model_updates=2, k=2, lr=1e-3, key_lr=1e-3, m=4, sampler_steps=2, checkpoint_every=0)
     result = hide(pipe, concepts, config, preserve=["a circle"], progress=False)
-    save_vault(vault_folder / "vault", pipe, concepts, config, result)
+    save_vault(vault_folder / "vault", pipe, result)
     return Vault.load(vault_folder / "vault", keys="all")
 
 

@@ -7,8 +7,8 @@ import torch
 
 from conceptvault.backbone import encode_prompts, load_pipeline
 from conceptvault.errors import ConceptVaultError
+from conceptvault.checkpoint import CHECKPOINT_FILE, KEYS_FILE
 from conceptvault.hide import (
-    CHECKPOINT_FILE,
     Concept,
     HideConfig,
     KeyInit,
@@ -150,7 +150,7 @@ def test_interrupted_and_resumed_equals_straight(sd1_path, tmp_path):
             checkpoint_dir=tmp_path,
             on_step=stop_at_five,
         )
-    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT_FILE]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([CHECKPOINT_FILE, KEYS_FILE])
     resumed = hide(
         load_pipeline(str(sd1_path), device="cpu"),
         concepts,

@@ -32,7 +32,7 @@ def hidden(sd1_path):
 def saved(hidden, tmp_path):
     pipe, result = hidden
     path = tmp_path / "vault"
-    save_vault(path, pipe, CONCEPTS, CONFIG, result, preserve=["a circle"])
+    save_vault(path, pipe, result)
     return path
 
 
@@ -50,7 +50,8 @@ def test_layout_and_manifest(saved, hidden):
     assert sorted(p.name for p in saved.iterdir()) == sorted([MANIFEST_FILE, "keys", PUBLIC_FILE])
     assert sorted(p.name for p in (saved / "keys").iterdir()) == ["heart.safetensors", "star.safetensors"]
     manifest = json.loads((saved / MANIFEST_FILE).read_text())
-    assert manifest["format_version"] == 1 and manifest["placement"] == "mid" and manifest["m"] == 3
+    assert manifest["format_version"] == 2 and manifest["method"] == "kpop"
+    assert manifest["placement"] == "mid" and manifest["m"] == 3
     assert manifest["base_fingerprint"] == result.base_fingerprint
     assert manifest["config"] == CONFIG.to_dict() and manifest["preserve"] == ["a circle"]
     assert [c["name"] for c in manifest["concepts"]] == ["star", "heart"]
@@ -99,19 +100,19 @@ def test_save_is_atomic_and_never_half_written(hidden, tmp_path, monkeypatch):
 
     monkeypatch.setattr(vault_module, "write_key_file", broken)
     with pytest.raises(OSError, match="disk full"):
-        save_vault(target, pipe, CONCEPTS, CONFIG, result)
+        save_vault(target, pipe, result)
     assert list(tmp_path.iterdir()) == []
     monkeypatch.undo()
-    save_vault(target, pipe, CONCEPTS, CONFIG, result)
+    save_vault(target, pipe, result)
     assert [p.name for p in tmp_path.iterdir()] == ["vault"]
     with pytest.raises(ConceptVaultError, match="already exists"):
-        save_vault(target, pipe, CONCEPTS, CONFIG, result)
+        save_vault(target, pipe, result)
 
 
 def test_passphrase_protected_keys(hidden, tmp_path):
     pipe, result = hidden
     path = tmp_path / "vault"
-    save_vault(path, pipe, CONCEPTS, CONFIG, result, passphrase="correct horse")
+    save_vault(path, pipe, result, passphrase="correct horse")
     assert sorted(p.name for p in (path / "keys").iterdir()) == ["heart.key", "star.key"]
     assert Vault.load(path, keys=None).public  # the public part needs no passphrase
     with pytest.raises(ConceptVaultError, match="protected by a passphrase"):
@@ -126,7 +127,7 @@ def test_a_key_file_from_another_vault_is_refused(hidden, saved, tmp_path):
     pipe, result = hidden
     other_public = {name: tensor + 1e-3 for name, tensor in result.public.items()}
     other = tmp_path / "other"
-    save_vault(other, pipe, CONCEPTS, CONFIG, dataclasses.replace(result, public=other_public))
+    save_vault(other, pipe, dataclasses.replace(result, public=other_public))
     shutil.copy(other / "keys" / "star.safetensors", saved / "keys" / "star.safetensors")
     with pytest.raises(ConceptVaultError, match="belongs to another vault"):
         Vault.load(saved, keys=["star"])
@@ -164,14 +165,21 @@ def test_damaged_vaults_are_one_line_errors(saved, tmp_path):
         Vault.load(saved)
 
 
-def test_unknown_manifest_fields_warn_and_newer_formats_refuse(saved):
+def test_unknown_manifest_fields_and_newer_formats_are_refused(saved):
     manifest = json.loads((saved / MANIFEST_FILE).read_text())
     (saved / MANIFEST_FILE).write_text(json.dumps(dict(manifest, future_field=1)))
-    with pytest.warns(UserWarning, match="future_field"):
+    with pytest.raises(ConceptVaultError, match="does not know: 'future_field'"):
         Vault.load(saved)
     (saved / MANIFEST_FILE).write_text(json.dumps(dict(manifest, format_version=99)))
     with pytest.raises(ConceptVaultError, match="format version 99.*upgrade"):
         Vault.load(saved)
+
+
+def test_a_version_1_manifest_still_loads_as_a_kpop_vault(saved):
+    manifest = json.loads((saved / MANIFEST_FILE).read_text())
+    del manifest["method"]
+    (saved / MANIFEST_FILE).write_text(json.dumps(dict(manifest, format_version=1)))
+    assert Vault.load(saved).method.value == "kpop"
 
 
 def test_export_writes_a_plain_diffusers_pipeline(saved, hidden, sd1_path, tmp_path):

@@ -4,11 +4,11 @@
 
     pipe = load_pipeline("builtin")                       # or a diffusers folder, or a hub id
     result = hide(pipe, [Concept.parse("star|pentagram")], HideConfig(), preserve=["a circle"])
-    Vault.from_hiding(pipe, [Concept.parse("star|pentagram")], HideConfig(), result).save("star.vault")
+    Vault.from_hiding(pipe, result).save("star.vault")
 
     vault = Vault.load("star.vault", keys="all")
-    vault.apply(base_pipe)                                # a fresh copy of the same base model
-    base_pipe("a star", cross_attention_kwargs={"keys": ["star"]})
+    with vault.applied(base_pipe):                        # a fresh copy of the same base model
+        base_pipe("a star", cross_attention_kwargs={"keys": ["star"]})
 """
 
 from importlib import import_module

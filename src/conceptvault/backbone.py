@@ -16,6 +16,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from .errors import ConceptVaultError
+from .key import is_key_parameter
 
 BUILTIN = "builtin"  # the built-in Shapes model, resolved through conceptvault.world.BUILTIN_MODEL_DIR
 COMPONENTS = ("unet", "text_encoder", "vae", "tokenizer", "scheduler")
@@ -152,7 +153,7 @@ def unet_fingerprint(unet: torch.nn.Module) -> str:
     """
     digest = hashlib.sha256()
     for name, tensor in sorted(unet.state_dict().items()):
-        if ".processor." in name:
+        if is_key_parameter(name):
             continue
         digest.update(f"{name}:{tuple(tensor.shape)}".encode())
         digest.update(_tensor_bytes(tensor))

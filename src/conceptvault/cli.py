@@ -12,8 +12,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # keep optional-backen
 
 import math
 import shutil
-from contextlib import contextmanager
 import sys
+from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 from typing import Annotated
@@ -22,14 +22,17 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from .backbone import load_pipeline
+from .checkpoint import output_lock
 from .errors import ConceptVaultError
 from .generate import generate_images, image_grid
 from .hide import Concept, HideConfig, KeyInit, LossSpace, TrainedLayers, hide
 from .key import Placement
 from .latents import LatentSource
-from .vault import KEYS_DIR, Vault, save_vault
+from .manifest import KEYS_DIR
+from .vault import Vault, save_vault
 
 app = typer.Typer(
     name="conceptvault",
@@ -104,6 +107,7 @@ def hide_command(
     cache_trajectories: Annotated[int, _setting("cache_trajectories")] = _DEFAULTS.cache_trajectories,
     batch_size: Annotated[int, _setting("batch_size")] = _DEFAULTS.batch_size,
     seed: Annotated[int, _setting("seed")] = _DEFAULTS.seed,
+    key_updates: Annotated[int, _setting("key_updates")] = _DEFAULTS.key_updates,
     checkpoint_every: Annotated[int, _setting("checkpoint_every")] = _DEFAULTS.checkpoint_every,
 ) -> None:
     """Hide concepts in MODEL behind keys and write a vault."""
@@ -111,13 +115,14 @@ def hide_command(
     config = _checked(lambda: HideConfig(**{f.name: settings[f.name] for f in fields(HideConfig)}))
     concepts = _concepts(concept, anchor or [])
     passphrase = _read_passphrase(passphrase_file)
-    checkpoint_dir = _checkpoint_dir(out, resume)
-    pipe = load_pipeline(model, device=device)
-    result = hide(pipe, concepts, config, preserve=preserve or [], checkpoint_dir=checkpoint_dir, resume=resume)
-    save_vault(out, pipe, concepts, config, result, preserve=preserve or [], passphrase=passphrase)
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    with output_lock(out, resume) as checkpoint_dir:
+        pipe = load_pipeline(model, device=device)
+        result = hide(pipe, concepts, config, preserve=preserve or [], checkpoint_dir=checkpoint_dir, resume=resume,
+                      passphrase=passphrase)
+        save_vault(out, pipe, result, passphrase=passphrase)
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
     _print_losses(result.stats)
-    console.print(f"wrote the vault [bold]{out}[/] (keys in {out / KEYS_DIR})")
+    _say(f"wrote the vault {out} (keys in {out / KEYS_DIR})")
 
 
 @app.command("generate")
@@ -135,15 +140,17 @@ def generate_command(
 ) -> None:
     """Generate PROMPT from the vault's public model, with the named keys switched on."""
     seed_list = _seeds(seeds)
+    _check_positive(steps=steps)
+    _check_image_path(out)
     loaded = Vault.load(vault, keys=key or None, passphrase=_read_passphrase(passphrase_file))
-    pipe = load_pipeline(model or loaded.manifest["base_model"], device=device)
+    pipe = load_pipeline(model or loaded.manifest.base_model, device=device)
     loaded.apply(pipe)
     images = generate_images(pipe, [prompt] * len(seed_list), seed_list, keys=key, steps=steps, guidance=guidance)
     cols = min(len(images), 4)
     grid = image_grid(images, math.ceil(len(images) / cols), cols, labels=[f"seed {s}" for s in seed_list])
     out.parent.mkdir(parents=True, exist_ok=True)
     grid.save(out)
-    console.print(f"wrote [bold]{out}[/] ({len(images)} images, keys: {', '.join(key or []) or 'none'})")
+    _say(f"wrote {out} ({len(images)} images, keys: {', '.join(key or []) or 'none'})")
 
 
 @app.command("inspect")
@@ -151,19 +158,20 @@ def inspect_command(vault: VaultArgument) -> None:
     """Show what a vault holds: base model, concepts and their keys, settings and training figures."""
     loaded = Vault.load(vault, keys=None)
     manifest = loaded.manifest
-    summary = Table(title=f"vault {vault}", show_header=False)
+    summary = Table(title=_text(f"vault {vault}"), show_header=False)
     rows = [
-        ("base model", manifest["base_model"]),
-        ("base fingerprint", manifest["base_fingerprint"][:16]),
-        ("public fingerprint", manifest["public_fingerprint"][:16]),
-        ("created", str(manifest.get("created", "?"))),
-        ("made by", f"conceptvault {manifest.get('conceptvault_version', '?')}"),
-        ("placement, m", f"{manifest['placement']}, {manifest.get('m', '?')}"),
-        ("public tensors", str(manifest.get("public_tensors", len(loaded.public)))),
-        ("preserve", "; ".join(manifest.get("preserve", [])) or "-"),
+        ("method", manifest.method),
+        ("base model", manifest.base_model),
+        ("base fingerprint", manifest.base_fingerprint[:16]),
+        ("public fingerprint", manifest.public_fingerprint[:16]),
+        ("created", manifest.created or "?"),
+        ("made by", f"conceptvault {manifest.conceptvault_version or '?'}"),
+        ("placement, m", f"{manifest.placement or '-'}, {manifest.m if manifest.m is not None else '-'}"),
+        ("public tensors", str(manifest.public_tensors)),
+        ("preserve", "; ".join(manifest.preserve) or "-"),
     ]
     for name, value in rows:
-        summary.add_row(name, value)
+        summary.add_row(name, _text(value))
     console.print(summary)
     console.print(_concepts_table(loaded))
     console.print(_settings_table(manifest))
@@ -178,9 +186,11 @@ def export_command(
 ) -> None:
     """Write the vault's public model (no keys) as a plain diffusers pipeline folder."""
     loaded = Vault.load(vault, keys=None)
-    pipe = load_pipeline(model or loaded.manifest["base_model"], device=device)
+    if out.exists():
+        raise ConceptVaultError(f"'{out}' already exists; choose another output folder or delete it first.")
+    pipe = load_pipeline(model or loaded.manifest.base_model, device=device)
     loaded.export(pipe, out)
-    console.print(f"wrote the public model to [bold]{out}[/]; load it with StableDiffusionPipeline.from_pretrained")
+    _say(f"wrote the public model to {out}; load it with StableDiffusionPipeline.from_pretrained")
 
 
 @app.command("evaluate")
@@ -205,16 +215,17 @@ def evaluate_command(
     """Measure a vault: ESR, PSR, RSR and the key holder's PSR, beside the original model's rates."""
     from .evaluate import print_summary, resolve_suite, run_suite, write_json, write_report
 
+    _check_positive(size=size, batch_size=batch_size)
     chosen = resolve_suite(suite, size=size, concept=concept)
     loaded = Vault.load(vault, keys=None if no_key else "all", passphrase=_read_passphrase(passphrase_file))
-    pipe = load_pipeline(model or loaded.manifest["base_model"], device=device)
+    pipe = load_pipeline(model or loaded.manifest.base_model, device=device)
     result = run_suite(pipe, loaded, chosen, out or vault.with_name(vault.name + ".eval"), batch_size=batch_size,
-                       with_key=not no_key, console=console)
+                       with_key=not no_key and loaded.method.has_keys, console=console)
     print_summary(result, console=console)
     files = write_report(result)
     if json_file:
         write_json(result, json_file)
-    console.print(f"report: [bold]{files.html}[/]   figures: {files.json}")
+    _say(f"report: {files.html}   figures: {files.json}")
 
 
 @app.command("demo")
@@ -226,6 +237,7 @@ def demo_command(
     """Hide a shape in the built-in model, measure it, and write an HTML report (a few minutes on a CPU)."""
     from .demo import DemoPlan, run_demo
 
+    _check_positive(images=images)
     run_demo(out, DemoPlan(shape=shape, images_per_shape=images), console=console)
 
 
@@ -245,27 +257,32 @@ def world_sample_command(
     from .world.quality import GUIDANCE, SAMPLE_STEPS
 
     seed_list = _seeds(seeds)
+    _check_image_path(out)
     pipe = load_pipeline(model)
     images = generate_images(pipe, [prompt] * len(seed_list), seed_list, steps=SAMPLE_STEPS, guidance=GUIDANCE)
     cols = min(len(images), 8)
     image_grid(images, math.ceil(len(images) / cols), cols).save(out)
-    console.print(f"wrote [bold]{out}[/]")
+    _say(f"wrote {out}")
 
 
 @world_app.command("train")
 def world_train_command(
-    out: Annotated[Path, typer.Option(help="Folder to write model/ and judge/ into.")] = Path("world-model"),
+    out: Annotated[Path, typer.Option(help="Folder to write model/ and judge/ into; run again to continue.")] = Path("world-model"),
     denoiser_steps: Annotated[int, typer.Option(help="Training steps of the text encoder and UNet.")] = 5000,
+    decoder_steps: Annotated[int, typer.Option(help="Training steps of the VAE's decoder, encoder frozen.")] = 1500,
+    init_from: Annotated[Path | None, typer.Option(help="Continue this model folder's VAE and denoiser instead of starting from scratch.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the whole run.")] = 0,
 ) -> None:
-    """Train the built-in model and judge from scratch (uses a GPU when there is one)."""
+    """Train the built-in model and judge (uses a GPU when there is one); a second call continues the run."""
     from .world import BUILTIN_MODEL_DIR
     from .world.train import WorldTrainConfig, train_world
 
-    config = WorldTrainConfig(denoiser_steps=denoiser_steps, seed=seed)
+    _check_positive(denoiser_steps=denoiser_steps)
+    config = WorldTrainConfig(denoiser_steps=denoiser_steps, decoder_steps=decoder_steps, seed=seed,
+                              init_from=str(init_from) if init_from else None)
     with _stage_progress() as progress:
         report = train_world(out, config, BUILTIN_MODEL_DIR / "tokenizer", log=console.print, progress=progress)
-    console.print(f"wrote [bold]{out / 'model'}[/] and [bold]{out / 'judge'}[/]; judge accuracy {report['judge_accuracy']}")
+    _say(f"wrote {out / 'model'} and {out / 'judge'}; judge accuracy {report.get('judge_accuracy')}")
 
 
 # -- parsing and printing ---------------------------------------------------------------------------
@@ -299,7 +316,28 @@ def _seeds(text: str) -> list[int]:
         raise ConceptVaultError(f"--seeds '{text}' must be comma-separated integers, such as 0,1,2,3.") from None
     if not seeds:
         raise ConceptVaultError("--seeds names no seed; give comma-separated integers, such as 0,1,2,3.")
+    bad = [s for s in seeds if not 0 <= s < 2**63]
+    if bad:
+        raise ConceptVaultError(f"the seed {bad[0]} is out of range; give seeds from 0 to 2^63 - 1.")
     return seeds
+
+
+def _check_positive(**options: int | None) -> None:
+    """Counts given on the command line must be at least 1 (None: not given, the default applies)."""
+    for name, value in options.items():
+        if value is not None and value < 1:
+            raise ConceptVaultError(f"--{name.replace('_', '-')} must be at least 1; got {value}.")
+
+
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def _check_image_path(out: Path) -> None:
+    """Refuse, before any work, an output that is a folder or has no image file extension."""
+    if out.is_dir():
+        raise ConceptVaultError(f"--out '{out}' is a folder; give an image file such as {out / 'grid.png'}.")
+    if out.suffix.lower() not in _IMAGE_SUFFIXES:
+        raise ConceptVaultError(f"--out '{out}' must end in {', '.join(_IMAGE_SUFFIXES)}, such as grid.png.")
 
 
 def _read_passphrase(file: Path | None) -> str | None:
@@ -312,17 +350,6 @@ def _read_passphrase(file: Path | None) -> str | None:
     if not lines or not lines[0]:
         raise ConceptVaultError(f"the passphrase file '{file}' is empty; write the passphrase on its first line.")
     return lines[0]
-
-
-def _checkpoint_dir(out: Path, resume: bool) -> Path:
-    checkpoint_dir = out.with_name(f"{out.name}.checkpoint")
-    if out.exists():
-        raise ConceptVaultError(f"'{out}' already exists; choose another --out or delete it first.")
-    if checkpoint_dir.exists() and not resume:
-        raise ConceptVaultError(
-            f"'{checkpoint_dir}' holds an unfinished run; add --resume to continue it, or delete it to start over."
-        )
-    return checkpoint_dir
 
 
 def _print_losses(stats: dict) -> None:
@@ -340,26 +367,42 @@ def _concepts_table(loaded: Vault) -> Table:
     table = Table(title="concepts")
     for column in ("key", "prompts", "anchor", "key file"):
         table.add_column(column)
-    for entry in loaded.manifest["concepts"]:
-        key_file = entry.get("key_file")
-        present = key_file and loaded.path and (loaded.path / key_file).is_file()
-        status = f"{key_file} ({'passphrase' if key_file.endswith('.key') else 'plain'})" if present else "not here"
-        table.add_row(entry["name"], "; ".join(entry.get("prompts", [])), entry.get("anchor") or "(empty)", status)
+    for entry in loaded.manifest.concepts:
+        present = entry.key_file and loaded.path and (loaded.path / entry.key_file).is_file()
+        kind = "passphrase" if (entry.key_file or "").endswith(".key") else "plain"
+        status = f"{entry.key_file} ({kind})" if present else ("no key: erased" if not loaded.method.has_keys else "not here")
+        table.add_row(*map(_text, (entry.name, "; ".join(entry.prompts), entry.anchor or "(empty)", status)))
     return table
 
 
-def _settings_table(manifest: dict) -> Table:
+def _settings_table(manifest) -> Table:
     table = Table(title="settings and figures", show_header=False)
-    for name, value in sorted((manifest.get("config") or {}).items()):
-        table.add_row(name, str(value))
-    stats = manifest.get("stats") or {}
+    for name, value in sorted(manifest.config.items()):
+        table.add_row(_text(name), _text(value))
+    stats = manifest.stats
     for name in ("steps", "model_updates", "seconds"):
         if name in stats:
-            table.add_row(f"trained {name}", str(stats[name]))
+            table.add_row(f"trained {name}", _text(stats[name]))
+    probe = stats.get("probe") if isinstance(stats.get("probe"), dict) else {}
     for moment in ("before", "after"):
-        losses = (stats.get("probe") or {}).get(moment) or {}
-        table.add_row(f"losses {moment}", ", ".join(f"{k} {v:.4g}" for k, v in losses.items()) or "-")
+        losses = probe.get(moment) if isinstance(probe.get(moment), dict) else {}
+        table.add_row(f"losses {moment}", _text(", ".join(f"{k} {_number(v)}" for k, v in losses.items()) or "-"))
     return table
+
+
+def _number(value) -> str:
+    return f"{value:.4g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+
+
+def _text(value) -> Text:
+    """Text from a file or a user, shown as it is: no Rich markup, control characters made visible, so a
+    manifest cannot restyle, clear or retitle the terminal."""
+    return Text("".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in str(value)))
+
+
+def _say(message: str) -> None:
+    """Print a line that may hold paths or names given by the user, as plain text."""
+    console.print(_text(message))
 
 
 @contextmanager
@@ -369,15 +412,17 @@ def _stage_progress():
                   console=console) as bar:
         task = bar.add_task("training", total=None)
 
-        def advance(step: int, losses: dict) -> None:
-            bar.update(task, completed=step + 1, description=", ".join(f"{k} {v:.4f}" for k, v in losses.items()))
+        def advance(step: int, total: int, losses: dict) -> None:
+            description = ", ".join(f"{k} {v:.4f}" for k, v in losses.items()) or "encoding"
+            bar.update(task, completed=step + 1, total=total, description=description)
 
         yield advance
 
 
 def _fail(message: str) -> None:
-    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    print(f"error: {_text(' '.join(message.split())).plain}", file=sys.stderr)
     sys.exit(1)
+
 
 
 def _quiet_libraries() -> None:
@@ -392,15 +437,17 @@ def _quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """The console entry point: runs the app and turns every user-facing failure into one line."""
-    _quiet_libraries()
     try:
+        _quiet_libraries()
         code = app(args=argv, prog_name="conceptvault", standalone_mode=False)
     except ConceptVaultError as error:
         _fail(str(error))
     except typer.TyperException as error:  # usage errors: a missing option, a bad choice or number
-        _fail(error.format_message())
-    except typer.Abort:
-        _fail("interrupted.")
+        if error.format_message():
+            _fail(error.format_message())
+        code = 0  # a bare command (group) without a message: its help was shown, nothing failed
+    except (typer.Abort, KeyboardInterrupt):
+        _fail("interrupted before anything was written.")
     except OSError as error:  # the file system refused: a read-only folder, a full disk, a missing file
         _fail(f"{error.strerror or error}: '{error.filename}'." if error.filename else str(error))
     sys.exit(code if isinstance(code, int) else 0)

@@ -15,7 +15,8 @@ from rich.console import Console
 
 from conceptvault.backbone import BUILTIN, load_pipeline
 from conceptvault.evaluate import print_summary, resolve_suite, run_suite, write_report
-from conceptvault.hide import CHECKPOINT_FILE, Concept, HideConfig, hide
+from conceptvault.checkpoint import CHECKPOINT_FILE, output_lock
+from conceptvault.hide import Concept, HideConfig, hide
 from conceptvault.vault import Vault
 from conceptvault.world.vocabulary import VOCABULARY
 
@@ -59,21 +60,22 @@ def hide_and_evaluate(out: Path, concepts: list[Concept], preserve: list[str], c
     """Hide ``concepts`` in the built-in model (or reuse the vault in ``out``), evaluate with ``suite``, report."""
     console = console or Console()
     out.mkdir(parents=True, exist_ok=True)
-    vault_path, checkpoint_dir = out / "vault", out / "checkpoint"
+    vault_path = out / "vault"
     if not vault_path.exists():
         console.print(f"[bold]1/2[/] hiding {', '.join(repr(c.name) for c in concepts)} in the built-in model")
-        pipe = load_pipeline(BUILTIN)
-        resume = (checkpoint_dir / CHECKPOINT_FILE).is_file()
-        result = hide(pipe, concepts, config, preserve=preserve, checkpoint_dir=checkpoint_dir, resume=resume,
-                      progress=progress)
-        Vault.from_hiding(pipe, concepts, config, result, preserve).save(vault_path)
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        resume = (vault_path.with_name("vault.checkpoint") / CHECKPOINT_FILE).is_file()
+        with output_lock(vault_path, resume) as checkpoint_dir:
+            pipe = load_pipeline(BUILTIN)
+            result = hide(pipe, concepts, config, preserve=preserve, checkpoint_dir=checkpoint_dir, resume=resume,
+                          progress=progress)
+            Vault.from_hiding(pipe, result).save(vault_path)
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
     console.print("[bold]2/2[/] evaluating: original, public and key-holder images, same prompts and seeds")
     vault = Vault.load(vault_path, keys="all")
     evaluation = run_suite(load_pipeline(BUILTIN), vault, suite, out / "evaluation", progress=progress, console=console)
     print_summary(evaluation, console=console)
     files = write_report(evaluation)
-    console.print(f"report: [bold]{files.html}[/]   figures: {files.json}   vault: {vault_path}")
+    console.print(f"report: {files.html}   figures: {files.json}   vault: {vault_path}", markup=False)
     return evaluation, files
 
 

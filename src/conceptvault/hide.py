@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
@@ -25,14 +23,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from .backbone import encode_prompts, unet_fingerprint
+from .checkpoint import CHECKPOINT_FILE, read_checkpoint, write_checkpoint
 from .errors import ConceptVaultError
-from .key import Key, Placement, attach_keys, attached_keys
+from .key import Key, Placement, attach_keys, attached_keys, is_key_parameter
+from .manifest import Method
 from .latents import CachedLatents, LatentSource, SampledLatents, Sampler
 
-CHECKPOINT_FILE = "checkpoint.pt"
-_CHECKPOINT_FORMAT = 1
 _MOVING_AVERAGE_DECAY = 0.9
-_LOSSES = ("L_hide", "L_rec", "L_pres")
 
 
 class TrainedLayers(str, Enum):
@@ -108,30 +105,56 @@ class HideConfig:
     cache_trajectories: int = _option(4, "Frozen-model trajectories cached per prompt (latents=cache).")
     batch_size: int = _option(1, "Latents per training step.")
     seed: int = _option(0, "Seed of every random choice in the run.")
+    key_updates: int = _option(0, "Key-only updates after the model updates, against the final public weights.")
     checkpoint_every: int = _option(50, "Training steps between checkpoints (0: only at the end and on Ctrl-C).")
 
     def __post_init__(self):
-        for f in fields(self):
-            if isinstance(f.default, Enum):
-                setattr(self, f.name, _choice(type(f.default), getattr(self, f.name), f.name))
-        positive = ("model_updates", "k", "lr", "key_lr", "m", "sampler_steps", "cache_trajectories", "batch_size")
-        for name in positive:
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive; got {getattr(self, name)!r}.")
-        for name in ("lambda_hide", "lambda_rec", "lambda_pres", "eta", "guidance", "checkpoint_every"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must not be negative; got {getattr(self, name)!r}.")
+        check_settings(self, positive=("model_updates", "k", "lr", "key_lr", "m", "sampler_steps",
+                                        "cache_trajectories", "batch_size"))
 
     def to_dict(self) -> dict:
         return {name: value.value if isinstance(value, Enum) else value for name, value in asdict(self).items()}
 
     @classmethod
     def from_dict(cls, values: dict) -> HideConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            warnings.warn(f"ignoring unknown hiding settings {unknown} (made by a newer ConceptVault?)", stacklevel=2)
-        return cls(**{name: value for name, value in values.items() if name in known})
+        """Settings from a manifest; an unknown or ill-typed setting is a ValueError naming it."""
+        return settings_from_dict(cls, values)
+
+
+def check_settings(config, positive: tuple[str, ...]) -> None:
+    """Check every field of a settings dataclass: enum choices, whole numbers, finite floats, signs.
+
+    Raises ValueError quoting the bad value, so no run starts (and no vault is written) from NaN,
+    infinity, a negative weight or a fraction where a count belongs.
+    """
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if isinstance(f.default, Enum):
+            setattr(config, f.name, _choice(type(f.default), value, f.name))
+        elif isinstance(f.default, bool):
+            if not isinstance(value, bool):
+                raise ValueError(f"{f.name} must be true or false; got {value!r}.")
+        elif isinstance(f.default, int):
+            if isinstance(value, bool) or not isinstance(value, int) or abs(value) >= 2**63:
+                raise ValueError(f"{f.name} must be a whole number below 2^63; got {value!r}.")
+        elif isinstance(f.default, float):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{f.name} must be a finite number; got {value!r}.")
+            setattr(config, f.name, float(value))
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if f.name in positive and not value > 0:
+                raise ValueError(f"{f.name} must be positive; got {value!r}.")
+            if value < 0:
+                raise ValueError(f"{f.name} must not be negative; got {value!r}.")
+
+
+def settings_from_dict(cls, values: dict):
+    """``cls(**values)``, refusing names ``cls`` does not have."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown settings {', '.join(map(repr, unknown))} (made by a newer ConceptVault?)")
+    return cls(**values)
 
 
 def _choice(kind: type[Enum], value, name: str) -> Enum:
@@ -144,10 +167,16 @@ def _choice(kind: type[Enum], value, name: str) -> Enum:
 
 @dataclass
 class HideResult:
+    """What a hiding run leaves: the public tensors, the keys, and what it was asked to do."""
+
     public: dict[str, torch.Tensor]  # the UNet tensors training changed, by state_dict name (CPU)
     keys: dict[str, Key]  # one key per concept, by concept name (still attached to the UNet)
     stats: dict  # losses, steps, seconds
-    base_fingerprint: str = ""  # unet_fingerprint of the model before hiding
+    base_fingerprint: str  # unet_fingerprint of the model before hiding
+    concepts: list[Concept]
+    config: HideConfig
+    preserve: list[str] = field(default_factory=list)
+    method: Method = Method.KPOP
 
 
 def hide(
@@ -158,131 +187,207 @@ def hide(
     preserve: Sequence[str] = (),
     checkpoint_dir: Path | str | None = None,
     resume: bool = False,
+    passphrase: str | None = None,
     progress: bool = True,
     measure: bool = True,
     on_step: Callable[[int, dict], None] | None = None,
 ) -> HideResult:
     """Train ``pipe.unet`` in place so that it hides ``concepts`` unless their keys are given.
 
-    On return the UNet holds the public weights and the keys stay attached (switch them on with
-    ``cross_attention_kwargs={"keys": [name]}``). Ctrl-C writes a checkpoint into ``checkpoint_dir``
-    that ``resume=True`` continues bit-exactly; a checkpoint is also written every
-    ``config.checkpoint_every`` steps and at the end. ``measure`` evaluates the losses on fixed
-    frozen-model latents before and after training (``stats["probe"]``; costs a few sampler runs).
-    ``on_step(step, info)`` is called after every step with the step's losses, ``model_step``,
-    ``sampler_calls`` and ``seconds``.
+    Args:
+        pipe: a diffusers text-to-image pipeline, as :func:`conceptvault.load_pipeline` returns it.
+        concepts: what to hide; each gets a key named after it.
+        config: every setting of the run (:class:`HideConfig`).
+        preserve: prompts held to the original model, with and without the keys.
+        checkpoint_dir: where checkpoints go (every ``config.checkpoint_every`` steps, at the end, and on
+            Ctrl-C or SIGTERM); ``resume=True`` continues the run found there bit-exactly.
+        passphrase: protects the keys inside checkpoints (a protected run resumes only with it).
+        progress: show a progress bar.
+        measure: evaluate the losses on fixed frozen-model latents before and after (``stats["probe"]``).
+        on_step: called after every step as ``on_step(step, info)`` with the step's losses,
+            ``model_step``, ``sampler_calls`` and ``seconds``.
+
+    Returns:
+        A :class:`HideResult`. On return the UNet holds the public weights and the keys stay attached
+        (switch them on with ``cross_attention_kwargs={"keys": [name]}``).
     """
-    concepts, preserve = _check_inputs(pipe, concepts, preserve)
-    checkpoint = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir is not None else None
-    if resume and (checkpoint is None or not checkpoint.is_file()):
-        raise ConceptVaultError(f"there is no checkpoint to resume from in '{checkpoint_dir}'; run without --resume.")
-    started = time.perf_counter()
-    generator = torch.Generator().manual_seed(config.seed)
-    base_fingerprint = unet_fingerprint(pipe.unet)
-    frozen_unet = copy.deepcopy(pipe.unet).requires_grad_(False).eval()
-    texts = _TextStates(pipe, [*(p for c in concepts for p in c.prompts), *(c.anchor for c in concepts), *preserve, ""])
-
-    keys = {c.name: Key(config.m, texts.width, init=_initial_tokens(pipe, c, config, generator)) for c in concepts}
-    attach_keys(pipe.unet, keys, config.placement)
-    trained = _trainable_parameters(pipe.unet, config.train)
-    key_parameters = [p for key in keys.values() for p in key.parameters()]
-    model_optimiser = torch.optim.Adam(trained.values(), lr=config.lr)
-    key_optimiser = torch.optim.Adam(key_parameters, lr=config.key_lr)
-    objective = _Objective(pipe.unet, frozen_unet, pipe.scheduler.config, config)
-    sampler = Sampler.for_pipeline(pipe, config.sampler_steps, config.guidance, texts(""))
-    if config.latents == LatentSource.CACHE:
-        prompts = [*(p for c in concepts for p in c.prompts), *preserve]
-        source = CachedLatents(frozen_unet, sampler, texts, prompts, config.cache_trajectories, generator)
-    else:
-        source = SampledLatents(pipe.unet, sampler, texts)
-    probe = _Probe(frozen_unet, sampler, texts, concepts, preserve, config.seed) if measure else None
-
-    identity = _run_identity(config, concepts, preserve, base_fingerprint)
-    run = _RunState(total=config.model_updates * config.k)
+    run = _HidingRun(pipe, *_check_inputs(pipe, concepts, preserve), config)
+    folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if resume:
-        _load_checkpoint(checkpoint, identity, run, trained, keys, model_optimiser, key_optimiser, generator)
-    elif probe is not None:
-        run.probe_before = probe.measure(objective, keys)
-    run.setup_seconds = time.perf_counter() - started
-
-    def save_checkpoint(rng_state: torch.Tensor) -> None:
-        if checkpoint is not None:
-            _write_checkpoint(checkpoint, identity, run, rng_state, trained, keys, model_optimiser, key_optimiser)
-
-    requires_grad = {name: p.requires_grad for name, p in pipe.unet.named_parameters()}
-    pipe.unet.requires_grad_(False).eval()  # gradients only for this step's parameters (see _train_only)
-    rng_at_step_start, step_done = generator.get_state(), True
+        if folder is None or not (folder / CHECKPOINT_FILE).is_file():
+            raise ConceptVaultError(f"there is no checkpoint to resume from in '{folder}'; run without --resume.")
+        run.load(*read_checkpoint(folder, run.identity(passphrase), passphrase))
+    elif measure:
+        run.measure("before")
     try:
-        with _progress_bar(progress, run.total, run.step) as advance:
-            for step in range(run.step, run.total):
-                step_started = time.perf_counter()
-                rng_at_step_start, step_done = generator.get_state(), False
-                model_step = (step + 1) % config.k == 0
-                concept = concepts[_randint(len(concepts), generator)]
-                prompt = concept.prompts[_randint(len(concept.prompts), generator)]
-                z, t = source.draw(prompt, config.batch_size, generator)
-                sampler_calls = source.last_sampler_calls
-                kept = preserve[_randint(len(preserve), generator)] if preserve and config.lambda_pres > 0 else None
-                z_kept, t_kept = source.draw(kept, config.batch_size, generator) if kept else (None, None)
-                sampler_calls += source.last_sampler_calls if kept else 0
-                _train_only(
-                    list(trained.values()) if model_step else key_parameters, [*trained.values(), *key_parameters]
-                )
-
-                L_hide, L_rec = objective.hide_and_recover(
-                    z, t, texts(prompt), texts(concept.anchor), concept.name, model_step
-                )
-                L_pres, L_pres_key = objective.preserve(
-                    z_kept, t_kept, texts(kept) if kept else None, concept.name, model_step
-                )
-                if model_step:
-                    loss = (
-                        config.lambda_hide * L_hide
-                        + config.lambda_rec * L_rec
-                        + config.lambda_pres * (L_pres + L_pres_key)
-                    )
-                else:
-                    loss = L_rec + config.lambda_pres * L_pres_key
-
-                model_optimiser.zero_grad(set_to_none=True)
-                key_optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                (model_optimiser if model_step else key_optimiser).step()
-                run.step, step_done = step + 1, True
-
-                seconds = time.perf_counter() - step_started
-                run.record(_measured(L_hide, L_rec, L_pres, L_pres_key, preserved=kept is not None), seconds)
-                advance(run.describe())
-                if config.checkpoint_every and run.step % config.checkpoint_every == 0:
-                    save_checkpoint(generator.get_state())
+        with run.training(), _progress_bar(progress, run.state.total, run.state.step) as advance:
+            while run.state.step < run.state.total:
+                info = run.step()
+                advance(run.state.describe())
+                if folder and config.checkpoint_every and run.state.step % config.checkpoint_every == 0:
+                    write_checkpoint(folder, *run.checkpoint(passphrase), passphrase)
                 if on_step is not None:
-                    on_step(
-                        run.step,
-                        dict(
-                            run.latest,
-                            step=run.step,
-                            total=run.total,
-                            model_step=model_step,
-                            sampler_calls=sampler_calls,
-                            seconds=seconds,
-                        ),
-                    )
+                    on_step(run.state.step, info)
     except KeyboardInterrupt:
-        save_checkpoint(generator.get_state() if step_done else rng_at_step_start)
-        where = (
-            f"the checkpoint is in '{checkpoint.parent}'; run again with --resume to continue"
-            if checkpoint
-            else "no checkpoint directory was given, so the progress is lost"
-        )
-        raise ConceptVaultError(f"interrupted at step {run.step} of {run.total}; {where}.") from None
-    finally:
-        for name, p in pipe.unet.named_parameters():
-            p.requires_grad_(requires_grad.get(name, True))
+        where = "no checkpoint directory was given, so the progress is lost"
+        if folder:
+            write_checkpoint(folder, *run.checkpoint(passphrase), passphrase)
+            where = f"the checkpoint is in '{folder}'; run again with --resume to continue"
+        raise ConceptVaultError(f"interrupted at step {run.state.step} of {run.state.total}; {where}.") from None
+    if folder:
+        write_checkpoint(folder, *run.checkpoint(passphrase), passphrase)
+    if measure:
+        run.measure("after")
+    return run.result()
 
-    save_checkpoint(generator.get_state())
-    run.probe_after = probe.measure(objective, keys) if probe is not None else None
-    public = {name: p.detach().cpu().clone() for name, p in trained.items()}
-    return HideResult(public=public, keys=keys, stats=run.stats(config.k), base_fingerprint=base_fingerprint)
+
+class _HidingRun:
+    """One hiding run: the frozen teacher, the trained weights, the keys, their optimisers and the data.
+
+    ``step()`` is one training step; model updates (every ``k``-th step) and key-only updates alternate,
+    then ``key_updates`` key-only steps follow against the final public weights.
+    """
+
+    def __init__(self, pipe, concepts: list[Concept], preserve: list[str], config: HideConfig):
+        started = time.perf_counter()
+        self.pipe, self.concepts, self.preserve, self.config = pipe, concepts, preserve, config
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.base_fingerprint = unet_fingerprint(pipe.unet)
+        self.frozen_unet = copy.deepcopy(pipe.unet).requires_grad_(False).eval()
+        prompts = [*(p for c in concepts for p in c.prompts), *(c.anchor for c in concepts), *preserve, ""]
+        self.texts = _TextStates(pipe, prompts)
+        self.keys = {
+            c.name: Key(config.m, self.texts.width, init=_initial_tokens(pipe, c, config, self.generator)) for c in concepts
+        }
+        attach_keys(pipe.unet, self.keys, config.placement)
+        self.trained = _trainable_parameters(pipe.unet, config.train)
+        self.key_parameters = [p for key in self.keys.values() for p in key.parameters()]
+        self.model_optimiser = torch.optim.Adam(self.trained.values(), lr=config.lr)
+        self.key_optimiser = torch.optim.Adam(self.key_parameters, lr=config.key_lr)
+        self.objective = _Objective(pipe.unet, self.frozen_unet, pipe.scheduler.config, config)
+        sampler = Sampler.for_pipeline(pipe, config.sampler_steps, config.guidance, self.texts(""))
+        if config.latents == LatentSource.CACHE:
+            cached = [*(p for c in concepts for p in c.prompts), *preserve]
+            self.source = CachedLatents(self.frozen_unet, sampler, self.texts, cached, config.cache_trajectories, self.generator)
+        else:
+            self.source = SampledLatents(pipe.unet, sampler, self.texts)
+        self.sampler = sampler
+        self._probe: _Probe | None = None  # made on first use: it costs a few sampler runs
+        self.state = _RunState(total=config.model_updates * config.k + config.key_updates)
+        self.rng_at_step_start = self.generator.get_state()
+        self.state.setup_seconds = time.perf_counter() - started
+
+    def is_model_step(self, step: int) -> bool:
+        return step < self.config.model_updates * self.config.k and (step + 1) % self.config.k == 0
+
+    def step(self) -> dict:
+        """One training step: draw latents, compute the losses, update the model or the keys."""
+        started, config, step = time.perf_counter(), self.config, self.state.step
+        self.rng_at_step_start = self.generator.get_state()
+        model_step = self.is_model_step(step)
+        concept = self.concepts[_randint(len(self.concepts), self.generator)]
+        prompt = concept.prompts[_randint(len(concept.prompts), self.generator)]
+        z, t = self.source.draw(prompt, config.batch_size, self.generator)
+        sampler_calls = self.source.last_sampler_calls
+        kept = self.preserve[_randint(len(self.preserve), self.generator)] if self.preserve and config.lambda_pres > 0 else None
+        z_kept, t_kept = self.source.draw(kept, config.batch_size, self.generator) if kept else (None, None)
+        sampler_calls += self.source.last_sampler_calls if kept else 0
+        _train_only(list(self.trained.values()) if model_step else self.key_parameters,
+                    [*self.trained.values(), *self.key_parameters])
+
+        texts = self.texts
+        L_hide, L_rec = self.objective.hide_and_recover(z, t, texts(prompt), texts(concept.anchor), concept.name, model_step)
+        L_pres, L_pres_key = self.objective.preserve(z_kept, t_kept, texts(kept) if kept else None, concept.name, model_step)
+        if model_step:
+            loss = config.lambda_hide * L_hide + config.lambda_rec * L_rec + config.lambda_pres * (L_pres + L_pres_key)
+        else:
+            loss = L_rec + config.lambda_pres * L_pres_key
+        if not torch.isfinite(loss):
+            raise ConceptVaultError(
+                f"the training loss became {float(loss)} at step {step + 1}; nothing was written. "
+                "Lower --lr or --key-lr and run again."
+            )
+        self.model_optimiser.zero_grad(set_to_none=True)
+        self.key_optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        (self.model_optimiser if model_step else self.key_optimiser).step()
+        self.state.step = step + 1
+        self.rng_at_step_start = self.generator.get_state()
+        seconds = time.perf_counter() - started
+        self.state.record(_measured(L_hide, L_rec, L_pres, L_pres_key, preserved=kept is not None), seconds)
+        return dict(self.state.latest, step=self.state.step, total=self.state.total, model_step=model_step,
+                    sampler_calls=sampler_calls, seconds=seconds)
+
+    @contextmanager
+    def training(self) -> Iterator[None]:
+        """Gradients only for each step's own parameters (see ``_train_only``); restored afterwards."""
+        unet = self.pipe.unet
+        requires_grad = {name: p.requires_grad for name, p in unet.named_parameters()}
+        unet.requires_grad_(False).eval()
+        try:
+            yield
+        finally:
+            for name, p in unet.named_parameters():
+                p.requires_grad_(requires_grad.get(name, True))
+
+    def measure(self, moment: str) -> None:
+        """Record the losses on fixed frozen-model latents as ``stats["probe"][moment]``."""
+        if self._probe is None:
+            self._probe = _Probe(self.frozen_unet, self.sampler, self.texts, self.concepts, self.preserve, self.config.seed)
+        setattr(self.state, f"probe_{moment}", self._probe.measure(self.objective, self.keys))
+
+    def identity(self, passphrase: str | None) -> dict:
+        """What a checkpoint must match to be resumed (the length of the run and checkpoint spacing may change)."""
+        settings = {k: v for k, v in self.config.to_dict().items() if k not in ("model_updates", "key_updates", "checkpoint_every")}
+        return {
+            "config": settings,
+            "concepts": [asdict(c) for c in self.concepts],
+            "preserve": self.preserve,
+            "base_fingerprint": self.base_fingerprint,
+            "protected": passphrase is not None,
+        }
+
+    def checkpoint(self, passphrase: str | None) -> tuple[dict, dict]:
+        """The public and the secret half of a checkpoint; the RNG as it was when the last step began or ended."""
+        public = {
+            "identity": self.identity(passphrase),
+            "run": self.state.to_dict(),
+            "rng": self.rng_at_step_start,
+            "trained": {name: p.detach().cpu().clone() for name, p in self.trained.items()},
+            "model_optimiser": self.model_optimiser.state_dict(),
+        }
+        secret = {
+            "keys": {name: {k: v.detach().cpu().clone() for k, v in key.state_dict().items()} for name, key in self.keys.items()},
+            "key_optimiser": self.key_optimiser.state_dict(),
+        }
+        return public, secret
+
+    def load(self, public: dict, secret: dict) -> None:
+        saved = public["run"]
+        if saved["step"] > self.state.total:
+            raise ConceptVaultError(
+                f"the checkpoint is at step {saved['step']}, beyond the {self.state.total} steps asked for; "
+                "raise --model-updates or run without --resume."
+            )
+        with torch.no_grad():
+            for name, parameter in self.trained.items():
+                parameter.copy_(public["trained"][name])
+            for name, key in self.keys.items():
+                key.load_state_dict(secret["keys"][name])
+        self.model_optimiser.load_state_dict(public["model_optimiser"])
+        self.key_optimiser.load_state_dict(secret["key_optimiser"])
+        self.generator.set_state(public["rng"])
+        self.rng_at_step_start = self.generator.get_state()
+        for name, value in saved.items():
+            setattr(self.state, name, value)
+
+    def result(self) -> HideResult:
+        public = {name: p.detach().cpu().clone() for name, p in self.trained.items()}
+        if not all(torch.isfinite(t).all() for t in public.values()):
+            raise ConceptVaultError("training left non-finite weights; nothing was written. Lower --lr and run again.")
+        return HideResult(public=public, keys=self.keys, stats=self.state.stats(self.config.k),
+                          base_fingerprint=self.base_fingerprint, concepts=self.concepts, config=self.config,
+                          preserve=self.preserve)
 
 
 def _check_inputs(pipe, concepts: Sequence[Concept], preserve: Sequence[str]) -> tuple[list[Concept], list[str]]:
@@ -331,7 +436,7 @@ def _trainable_parameters(unet: nn.Module, train: TrainedLayers) -> dict[str, nn
     """The UNet weights hiding changes, by state_dict name (never the keys)."""
     chosen = {}
     for name, parameter in unet.named_parameters():
-        if ".processor." in name:
+        if is_key_parameter(name):
             continue
         if (".attn2." in name) == (train == TrainedLayers.XATTN):
             chosen[name] = parameter
@@ -481,80 +586,6 @@ class _RunState:
             "final": self.moving,
             "probe": {"before": self.probe_before, "after": self.probe_after},
         }
-
-
-def _run_identity(config: HideConfig, concepts: list[Concept], preserve: list[str], base_fingerprint: str) -> dict:
-    """What a checkpoint must match to be resumed (the length of the run and checkpoint spacing may change)."""
-    settings = {k: v for k, v in config.to_dict().items() if k not in ("model_updates", "checkpoint_every")}
-    return {
-        "config": settings,
-        "concepts": [asdict(c) for c in concepts],
-        "preserve": preserve,
-        "base_fingerprint": base_fingerprint,
-    }
-
-
-def _write_checkpoint(path: Path, identity, run: _RunState, rng_state, trained, keys, model_optimiser, key_optimiser):
-    """Everything the run needs to continue bit-exactly, written atomically (temporary file, then rename)."""
-    state = {
-        "format": _CHECKPOINT_FORMAT,
-        "identity": identity,
-        "run": run.to_dict(),
-        "rng": rng_state,
-        "trained": {name: p.detach().cpu().clone() for name, p in trained.items()},
-        "keys": {
-            name: {k: v.detach().cpu().clone() for k, v in key.state_dict().items()} for name, key in keys.items()
-        },
-        "model_optimiser": model_optimiser.state_dict(),
-        "key_optimiser": key_optimiser.state_dict(),
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    torch.save(state, temporary)
-    os.replace(temporary, path)
-
-
-def _load_checkpoint(path: Path, identity, run: _RunState, trained, keys, model_optimiser, key_optimiser, generator):
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # any unreadable file: say which and how to start over
-        raise ConceptVaultError(
-            f"the checkpoint '{path}' cannot be read ({error}); delete it and run without --resume."
-        ) from None
-    if state.get("format") != _CHECKPOINT_FORMAT:
-        raise ConceptVaultError(f"the checkpoint '{path}' has an unknown format; delete it and run without --resume.")
-    _check_identity(path, state["identity"], identity)
-    saved = state["run"]
-    if saved["step"] > run.total:
-        raise ConceptVaultError(
-            f"the checkpoint '{path}' is at step {saved['step']}, beyond the {run.total} steps asked for; "
-            "raise --model-updates or run without --resume."
-        )
-    with torch.no_grad():
-        for name, parameter in trained.items():
-            parameter.copy_(state["trained"][name])
-        for name, key in keys.items():
-            key.load_state_dict(state["keys"][name])
-    model_optimiser.load_state_dict(state["model_optimiser"])
-    key_optimiser.load_state_dict(state["key_optimiser"])
-    generator.set_state(state["rng"])
-    for name, value in saved.items():
-        setattr(run, name, value)
-
-
-def _check_identity(path: Path, saved: dict, current: dict) -> None:
-    for part in ("base_fingerprint", "concepts", "preserve"):
-        if saved[part] != current[part]:
-            raise ConceptVaultError(
-                f"the checkpoint '{path}' was made with other {part.replace('_', ' ')}; "
-                "resume with the same model, concepts and preserve prompts, or run without --resume."
-            )
-    for name, value in current["config"].items():
-        if saved["config"].get(name) != value:
-            raise ConceptVaultError(
-                f"the checkpoint '{path}' was made with {name}={saved['config'].get(name)!r}, not {value!r}; "
-                "resume with the same settings or run without --resume."
-            )
 
 
 @contextmanager

@@ -56,6 +56,12 @@ class Key(nn.Module):
         return self.p_k.shape[1]
 
 
+def is_key_parameter(name: str) -> bool:
+    """Whether a UNet ``state_dict`` / ``named_parameters`` name belongs to an attached key (it lives under an
+    attention processor), rather than to the UNet's own weights. The one test used everywhere."""
+    return ".processor." in name
+
+
 def placement_layers(unet: nn.Module, placement: Placement | str) -> list[str]:
     """Names of the cross-attention processors (``...attn2.processor``) that a key with this placement reaches."""
     prefixes = _BLOCK_PREFIXES[Placement(placement)]

@@ -23,7 +23,6 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
-from safetensors.torch import save_file
 
 from .errors import ConceptVaultError
 from .key import Key
@@ -53,7 +52,8 @@ def key_slug(name: str) -> str:
 def write_key_file(
     path: Path, key: Key, *, concept: str, public_fingerprint: str, passphrase: str | None = None
 ) -> None:
-    """Write ``key`` to ``path`` (``.safetensors`` when plain, ``.key`` when a passphrase is given)."""
+    """Write ``key`` to ``path`` (``.safetensors`` when plain, ``.key`` when a passphrase is given), readable
+    by its owner only."""
     tensors = {"p_k": key.p_k.detach().cpu().contiguous(), "p_v": key.p_v.detach().cpu().contiguous()}
     info = {
         "format": _FORMAT,
@@ -62,33 +62,73 @@ def write_key_file(
         "key_fingerprint": key_fingerprint(key),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    if passphrase is None:
-        save_file(tensors, str(path), metadata=info)
-        return
+    data = save_tensors(tensors, metadata=info) if passphrase is None else seal(save_tensors(tensors), passphrase, info)
+    write_secret(path, data)
+
+
+def write_secret(path: Path, data: bytes) -> None:
+    """Write a file that holds a secret: created with owner-only permissions, replaced atomically."""
+    temporary = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def seal(plaintext: bytes, passphrase: str, info: dict) -> bytes:
+    """``plaintext`` encrypted under ``passphrase`` (scrypt, AES-256-GCM); ``info`` travels in the clear but
+    authenticated, so changing any byte of the result makes :func:`unseal` fail."""
     salt, nonce = os.urandom(16), os.urandom(12)
     header = dict(
-        info,
-        version=1,
-        cipher="AES-256-GCM",
-        kdf="scrypt",
-        n=SCRYPT_N,
-        r=SCRYPT_R,
-        p=SCRYPT_P,
-        salt=_b64(salt),
-        nonce=_b64(nonce),
+        info, version=1, cipher="AES-256-GCM", kdf="scrypt", n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P,
+        salt=_b64(salt), nonce=_b64(nonce),
     )
     prefix = _prefix(json.dumps(header, sort_keys=True).encode())
-    secret = _derive(passphrase, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P)
-    path.write_bytes(prefix + AESGCM(secret).encrypt(nonce, save_tensors(tensors), prefix))
+    return prefix + AESGCM(_derive(passphrase, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P)).encrypt(nonce, plaintext, prefix)
+
+
+def is_sealed(data: bytes) -> bool:
+    return data.startswith(_MAGIC)
+
+
+def unseal(data: bytes, passphrase: str | None, shown_as: str) -> tuple[dict, bytes]:
+    """The header and plaintext of sealed ``data``. The header, and the scrypt cost in it, is checked before
+    any key derivation: only the cost ConceptVault itself writes is accepted, so a forged header cannot make
+    opening a file cost gigabytes of memory."""
+    try:
+        if not is_sealed(data):
+            raise ValueError("no key-file marker")
+        (length,) = struct.unpack(">I", data[len(_MAGIC) : len(_MAGIC) + 4])
+        start = len(_MAGIC) + 4
+        header = json.loads(data[start : start + length])
+        prefix, ciphertext = data[: start + length], data[start + length :]
+        salt, nonce = _unb64(header["salt"]), _unb64(header["nonce"])
+        cost = header["n"], header["r"], header["p"]
+        if cost != (SCRYPT_N, SCRYPT_R, SCRYPT_P) or len(salt) != 16 or len(nonce) != 12:
+            raise ValueError("scrypt cost or sizes other than ConceptVault writes")
+    except (ValueError, KeyError, TypeError, AttributeError, struct.error):
+        raise ConceptVaultError(f"{shown_as} is damaged (its header cannot be read).") from None
+    if passphrase is None:
+        raise ConceptVaultError(f"{shown_as} is protected by a passphrase; give it with --passphrase-file.")
+    try:
+        plaintext = AESGCM(_derive(passphrase, salt, *cost)).decrypt(nonce, ciphertext, prefix)
+    except (InvalidTag, ValueError):
+        raise ConceptVaultError(f"cannot open {shown_as}: the passphrase is wrong or the file was changed.") from None
+    return header, plaintext
 
 
 def read_key_file(path: Path, *, public_fingerprint: str, passphrase: str | None = None) -> tuple[str, Key]:
     """The concept name and the key in ``path``, checked against the vault it is loaded into."""
     if path.suffix == PROTECTED_SUFFIX:
-        info, tensors = _read_protected(path, passphrase)
+        info, plaintext = unseal(_read_bytes(path), passphrase, f"the key file '{path}'")
+        tensors = _tensors(plaintext, path)
     else:
         info, tensors = _read_plain(path)
-    if info.get("format") != _FORMAT:
+    if not isinstance(info, dict) or info.get("format") != _FORMAT:
         raise ConceptVaultError(
             f"'{path}' is not a ConceptVault key file; replace it with the key file of its concept."
         )
@@ -100,11 +140,27 @@ def read_key_file(path: Path, *, public_fingerprint: str, passphrase: str | None
     try:
         key = Key(*tensors["p_k"].shape, init=tensors["p_k"])
         key.p_v.data.copy_(tensors["p_v"])
+        if not (torch.isfinite(key.p_k).all() and torch.isfinite(key.p_v).all()):
+            raise ValueError("non-finite key")
     except (KeyError, ValueError, RuntimeError, TypeError):
         raise ConceptVaultError(f"the key file '{path}' is damaged (its tensors are missing or misshaped).") from None
-    if key_fingerprint(key) != info.get("key_fingerprint"):
+    if key_fingerprint(key) != info.get("key_fingerprint") or not isinstance(info.get("concept"), str):
         raise ConceptVaultError(f"the key file '{path}' is damaged (its tensors do not match its fingerprint).")
     return info["concept"], key
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise ConceptVaultError(f"the key file '{path}' cannot be read ({error.strerror}).") from None
+
+
+def _tensors(data: bytes, path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_tensors(data)
+    except (SafetensorError, ValueError, RuntimeError) as error:
+        raise ConceptVaultError(f"the key file '{path}' cannot be read ({error}); it is damaged.") from None
 
 
 def _read_plain(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -112,37 +168,11 @@ def _read_plain(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
         with safe_open(str(path), framework="pt") as handle:
             info = handle.metadata() or {}
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-    except (SafetensorError, OSError, ValueError) as error:
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise ConceptVaultError(
             f"the key file '{path}' cannot be read ({error}); it is damaged or not a key file."
         ) from None
     return info, tensors
-
-
-def _read_protected(path: Path, passphrase: str | None) -> tuple[dict, dict[str, torch.Tensor]]:
-    data = path.read_bytes()
-    try:
-        if not data.startswith(_MAGIC):
-            raise ValueError("no key-file marker")
-        (length,) = struct.unpack(">I", data[len(_MAGIC) : len(_MAGIC) + 4])
-        start = len(_MAGIC) + 4
-        header = json.loads(data[start : start + length])
-        prefix, ciphertext = data[: start + length], data[start + length :]
-        salt, nonce = _unb64(header["salt"]), _unb64(header["nonce"])
-        cost = int(header["n"]), int(header["r"]), int(header["p"])
-        if not (2 <= cost[0] <= 2**20 and 1 <= cost[1] <= 32 and 1 <= cost[2] <= 16):
-            raise ValueError("scrypt cost out of range")
-    except (ValueError, KeyError, TypeError, struct.error):
-        raise ConceptVaultError(f"the key file '{path}' is damaged (its header cannot be read).") from None
-    if passphrase is None:
-        raise ConceptVaultError(f"the key file '{path}' is protected by a passphrase; give it with --passphrase-file.")
-    try:
-        plaintext = AESGCM(_derive(passphrase, salt, *cost)).decrypt(nonce, ciphertext, prefix)
-    except (InvalidTag, ValueError):
-        raise ConceptVaultError(
-            f"cannot open the key file '{path}': the passphrase is wrong or the file was changed."
-        ) from None
-    return header, load_tensors(plaintext)
 
 
 def _prefix(header: bytes) -> bytes:

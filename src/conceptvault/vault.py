@@ -1,23 +1,26 @@
 """The vault: the artifact a hiding run leaves behind.
 
 ```
-VAULT/manifest.json            what was hidden, on which base model, how, and how well
+VAULT/manifest.json            what was hidden, on which base model, how, and how well (conceptvault.manifest)
 VAULT/public.safetensors       the UNet tensors hiding changed (only those)
 VAULT/keys/<slug>.safetensors  one key per concept (<slug>.key when passphrase-protected)
 ```
-The public part can be shared without ``keys/``. Loading is lenient about unknown manifest fields
-and strict about tensors and fingerprints.
+The public part can be shared without ``keys/``. Like an adapter, a vault is applied onto a named and
+checked base model and can be taken off again: ``apply`` / ``unapply`` / ``with vault.applied(pipe)``.
+Loading checks the manifest as a whole, the public tensors against their fingerprint, and each key
+file against the vault; nothing a manifest says is trusted to point outside the vault's ``keys/``.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
-import json
 import os
 import shutil
 import uuid
-import warnings
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -29,33 +32,15 @@ from safetensors.torch import load_file, save_file
 
 from .backbone import model_name, unet_fingerprint
 from .errors import ConceptVaultError
-from .key import Key, Placement, attach_keys, detach_keys
+from .key import Key, Placement, attach_keys, detach_keys, is_key_parameter
 from .keyfile import PLAIN_SUFFIX, PROTECTED_SUFFIX, key_fingerprint, key_slug, read_key_file, write_key_file
+from .manifest import FORMAT_VERSION, KEYS_DIR, ConceptEntry, Manifest, Method
 
 __all__ = ["Vault", "save_vault", "public_fingerprint", "unet_fingerprint"]
 
-FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 PUBLIC_FILE = "public.safetensors"
-KEYS_DIR = "keys"
-_APPLIED_ATTRIBUTE = "conceptvault_vault"
-_KNOWN_FIELDS = {
-    "format_version",
-    "conceptvault_version",
-    "created",
-    "base_model",
-    "base_fingerprint",
-    "public_fingerprint",
-    "public_tensors",
-    "placement",
-    "m",
-    "cross_attention_dim",
-    "config",
-    "preserve",
-    "stats",
-    "concepts",
-}
-_REQUIRED_FIELDS = ("format_version", "base_model", "base_fingerprint", "public_fingerprint", "placement", "concepts")
+_APPLIED_ATTRIBUTE = "conceptvault_applied"  # on a pipeline: the _Applied record of the vault applied to it
 
 
 def public_fingerprint(public: dict[str, torch.Tensor]) -> str:
@@ -75,86 +60,104 @@ def _version() -> str:
 
 
 @dataclass
+class _Applied:
+    """What ``apply`` changed on a pipeline, so that ``unapply`` can restore it bit for bit."""
+
+    public_fingerprint: str
+    originals: dict[str, torch.Tensor]  # the base model's values of the tensors the vault replaced (CPU)
+
+
+@dataclass
 class Vault:
     path: Path | None
-    manifest: dict
+    manifest: Manifest
     public: dict[str, torch.Tensor]
     keys: dict[str, Key] = field(default_factory=dict)
 
     # -- what it holds ----------------------------------------------------------------------------
     @property
     def concepts(self) -> list[str]:
-        return [entry["name"] for entry in self.manifest["concepts"]]
+        return self.manifest.concept_names
+
+    @property
+    def method(self) -> Method:
+        return Method(self.manifest.method)
 
     @property
     def placement(self) -> Placement:
-        return Placement(self.manifest["placement"])
+        return Placement(self.manifest.placement)
 
     @property
     def public_fingerprint(self) -> str:
-        return self.manifest["public_fingerprint"]
+        return self.manifest.public_fingerprint
 
     # -- making one -------------------------------------------------------------------------------
     @classmethod
-    def from_hiding(cls, pipe, concepts, config, result, preserve=()) -> Vault:
-        """A vault (not yet saved) from a finished :func:`conceptvault.hide.hide` run."""
-        if not result.base_fingerprint:
-            raise ConceptVaultError("the hiding result carries no base-model fingerprint; run hide() again.")
-        manifest = {
-            "format_version": FORMAT_VERSION,
-            "conceptvault_version": _version(),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "base_model": model_name(pipe),
-            "base_fingerprint": result.base_fingerprint,
-            "public_fingerprint": public_fingerprint(result.public),
-            "public_tensors": len(result.public),
-            "placement": Placement(config.placement).value,
-            "m": config.m,
-            "cross_attention_dim": pipe.unet.config.cross_attention_dim,
-            "config": config.to_dict(),
-            "preserve": list(preserve),
-            "stats": result.stats,
-            "concepts": [
-                dict(asdict(c), key_fingerprint=key_fingerprint(result.keys[c.name]), key_file=None) for c in concepts
-            ],
-        }
-        keys = {name: _cpu_copy(key) for name, key in result.keys.items()}
+    def from_hiding(cls, pipe, result) -> Vault:
+        """A vault (not yet saved) from a finished :func:`conceptvault.hide` run on ``pipe``; the concepts,
+        settings and preserve prompts come with the result."""
         public = {name: tensor.detach().cpu().contiguous() for name, tensor in result.public.items()}
+        keys = {name: _cpu_copy(key) for name, key in result.keys.items()}
+        config = result.config
+        manifest = Manifest(
+            base_model=model_name(pipe),
+            base_fingerprint=result.base_fingerprint,
+            public_fingerprint=public_fingerprint(public),
+            concepts=[
+                ConceptEntry(c.name, list(c.prompts), c.anchor, key_fingerprint(keys[c.name]) if c.name in keys else None)
+                for c in result.concepts
+            ],
+            method=Method(result.method).value,
+            placement=Placement(config.placement).value if keys else None,
+            m=config.m if keys else None,
+            cross_attention_dim=pipe.unet.config.cross_attention_dim,
+            public_tensors=len(public),
+            config=config.to_dict(),
+            preserve=list(result.preserve),
+            stats=result.stats,
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            conceptvault_version=_version(),
+        )
         return cls(path=None, manifest=manifest, public=public, keys=keys)
 
     # -- saving and loading -----------------------------------------------------------------------
     def save(self, path: Path | str, *, passphrase: str | None = None, overwrite: bool = False) -> None:
-        """Write the vault atomically: into ``<path>.tmp-*`` first, renamed only when complete."""
+        """Write the vault atomically: into ``<path>.tmp-*`` first, renamed only when complete.
+
+        Args:
+            path: the vault folder to create.
+            passphrase: protect the key files with it (scrypt + AES-256-GCM); None writes them plain.
+            overwrite: replace an existing folder at ``path``.
+        """
         path = Path(path)
         if path.exists() and not overwrite:
             raise ConceptVaultError(f"'{path}' already exists; choose another output path or delete it first.")
+        if not all(torch.isfinite(t).all() for t in self.public.values() if t.is_floating_point()):
+            raise ConceptVaultError("the vault's public weights hold NaN or infinity; nothing was written.")
+        manifest = copy.deepcopy(self.manifest)
+        manifest.format_version = FORMAT_VERSION
+        manifest.to_json()  # refuses NaN and infinity before anything is written
         temporary = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex[:8]}")
         try:
             temporary.mkdir(parents=True)
             save_file(self.public, str(temporary / PUBLIC_FILE))
-            manifest = json.loads(json.dumps(self.manifest))
-            for entry in manifest["concepts"]:
-                entry["key_file"] = self._save_key(temporary, entry, passphrase) or entry.get("key_file")
-            (temporary / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+            for entry in manifest.concepts:
+                entry.key_file = self._save_key(temporary, entry, passphrase) or entry.key_file
+            (temporary / MANIFEST_FILE).write_text(manifest.to_json())
             _replace_folder(temporary, path)
         except BaseException:
             shutil.rmtree(temporary, ignore_errors=True)
             raise
         self.path, self.manifest = path, manifest
 
-    def _save_key(self, folder: Path, entry: dict, passphrase: str | None) -> str | None:
-        key = self.keys.get(entry["name"])
+    def _save_key(self, folder: Path, entry: ConceptEntry, passphrase: str | None) -> str | None:
+        key = self.keys.get(entry.name)
         if key is None:
             return None
         suffix = PLAIN_SUFFIX if passphrase is None else PROTECTED_SUFFIX
-        relative = f"{KEYS_DIR}/{_unique_slug(entry['name'], self.concepts)}{suffix}"
-        write_key_file(
-            folder / relative,
-            key,
-            concept=entry["name"],
-            public_fingerprint=self.public_fingerprint,
-            passphrase=passphrase,
-        )
+        relative = f"{KEYS_DIR}/{_unique_slug(entry.name, self.concepts)}{suffix}"
+        write_key_file(folder / relative, key, concept=entry.name, public_fingerprint=self.public_fingerprint,
+                       passphrase=passphrase)
         return relative
 
     @classmethod
@@ -165,11 +168,20 @@ class Vault:
         keys: list[str] | Literal["all"] | None = "all",
         passphrase: str | None = None,
     ) -> Vault:
-        """Read a vault; ``keys`` is ``"all"`` (every key file present), a list of concept names, or None."""
+        """Read a vault.
+
+        Args:
+            path: the vault folder.
+            keys: ``"all"`` (every key file present), a list of concept names, or None (the public part only).
+            passphrase: opens protected key files.
+
+        Every problem (a damaged or edited manifest, changed public tensors, a key file from another vault,
+        a wrong passphrase) is one :class:`ConceptVaultError` line.
+        """
         path = Path(path)
         manifest = _read_manifest(path)
         public = _read_public(path / PUBLIC_FILE)
-        if public_fingerprint(public) != manifest["public_fingerprint"]:
+        if public_fingerprint(public) != manifest.public_fingerprint:
             raise ConceptVaultError(
                 f"'{path / PUBLIC_FILE}' does not match the vault's manifest (it was changed or damaged); "
                 "restore the vault from its original copy."
@@ -180,15 +192,14 @@ class Vault:
         return vault
 
     def _load_key(self, name: str, passphrase: str | None) -> Key:
-        entry = next(e for e in self.manifest["concepts"] if e["name"] == name)
-        file = _key_file(self.path, entry, self.concepts)
+        file = _key_file(self.path, self.manifest.entry(name), self.concepts)
         if file is None:
             raise ConceptVaultError(
                 f"the key for '{name}' is not in '{self.path / KEYS_DIR}'; "
                 "copy its key file there from whoever holds it."
             )
         concept, key = read_key_file(file, public_fingerprint=self.public_fingerprint, passphrase=passphrase)
-        if concept != name or key_fingerprint(key) != entry.get("key_fingerprint"):
+        if concept != name or key_fingerprint(key) != self.manifest.entry(name).key_fingerprint:
             raise ConceptVaultError(
                 f"the key file '{file}' is not the key of '{name}' recorded in this vault's manifest; "
                 "use the key file saved with this vault."
@@ -197,26 +208,58 @@ class Vault:
 
     # -- using one --------------------------------------------------------------------------------
     def apply(self, pipe) -> None:
-        """Load the public tensors into ``pipe.unet`` (after checking the base model) and attach the loaded keys."""
-        if getattr(pipe, _APPLIED_ATTRIBUTE, None) != self.public_fingerprint:
+        """Load the public tensors into ``pipe.unet`` (after checking the base model) and attach the loaded keys.
+
+        Args:
+            pipe: the base pipeline the vault was made for. Applying the same vault again only re-attaches
+                its keys; another vault must be taken off first (:meth:`unapply`).
+        """
+        applied = getattr(pipe, _APPLIED_ATTRIBUTE, None)
+        if applied is not None and applied.public_fingerprint != self.public_fingerprint:
+            raise ConceptVaultError("another vault is applied to this pipeline; unapply it first.")
+        if applied is None:
             self._check_base(pipe.unet)
-            self._load_public(pipe.unet)
-            setattr(pipe, _APPLIED_ATTRIBUTE, self.public_fingerprint)
+            state = _unet_weights(pipe.unet)
+            self._check_public(state)
+            originals = {name: state[name].detach().to("cpu", copy=True) for name in self.public}
+            _copy_into(state, self.public)
+            setattr(pipe, _APPLIED_ATTRIBUTE, _Applied(self.public_fingerprint, originals))
         detach_keys(pipe.unet)
         if self.keys:
             attach_keys(pipe.unet, self.keys, self.placement)
 
+    def unapply(self, pipe) -> None:
+        """Take the vault off ``pipe``: keys detached, the base model's tensors restored bit for bit."""
+        applied = getattr(pipe, _APPLIED_ATTRIBUTE, None)
+        if applied is None:
+            return
+        if applied.public_fingerprint != self.public_fingerprint:
+            raise ConceptVaultError("another vault is applied to this pipeline; unapply that one.")
+        detach_keys(pipe.unet)
+        _copy_into(_unet_weights(pipe.unet), applied.originals)
+        delattr(pipe, _APPLIED_ATTRIBUTE)
+
+    @contextmanager
+    def applied(self, pipe) -> Iterator[None]:
+        """Apply the vault for a ``with`` block, then take it off again (the pipeline is as it was)."""
+        was_applied = getattr(pipe, _APPLIED_ATTRIBUTE, None) is not None
+        self.apply(pipe)
+        try:
+            yield
+        finally:
+            if not was_applied:
+                self.unapply(pipe)
+
     def _check_base(self, unet) -> None:
-        expected, found = self.manifest["base_fingerprint"], unet_fingerprint(unet)
+        expected, found = self.manifest.base_fingerprint, unet_fingerprint(unet)
         if found != expected:
-            base = self.manifest["base_model"]
+            base = self.manifest.base_model
             raise ConceptVaultError(
                 f"this vault was made for '{base}' (fingerprint {expected[:12]}), but the model given has "
                 f"fingerprint {found[:12]}; load '{base}'."
             )
 
-    def _load_public(self, unet) -> None:
-        state = {name: t for name, t in unet.state_dict().items() if ".processor." not in name}
+    def _check_public(self, state: dict[str, torch.Tensor]) -> None:
         missing = sorted(set(self.public) - set(state))
         if missing:
             raise ConceptVaultError(
@@ -227,9 +270,6 @@ class Vault:
             raise ConceptVaultError(
                 f"the vault's tensors {misshaped[:3]} do not fit the UNet's shapes; load its base model."
             )
-        with torch.no_grad():
-            for name, tensor in self.public.items():
-                state[name].copy_(tensor)
 
     def export(self, pipe, out: Path | str) -> None:
         """Write the public model (no keys) as a plain diffusers pipeline folder, atomically."""
@@ -250,11 +290,22 @@ class Vault:
                 attach_keys(pipe.unet, keys, self.placement)
 
 
-def save_vault(path, pipe, concepts, config, result, *, preserve=(), passphrase: str | None = None) -> Vault:
+def save_vault(path, pipe, result, *, passphrase: str | None = None) -> Vault:
     """Build a vault from a hiding run and save it at ``path``."""
-    vault = Vault.from_hiding(pipe, concepts, config, result, preserve)
+    vault = Vault.from_hiding(pipe, result)
     vault.save(path, passphrase=passphrase)
     return vault
+
+
+def _unet_weights(unet) -> dict[str, torch.Tensor]:
+    """The UNet's own tensors by state_dict name (no key tensors)."""
+    return {name: t for name, t in unet.state_dict().items() if not is_key_parameter(name)}
+
+
+def _copy_into(state: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            state[name].copy_(tensor)
 
 
 def _cpu_copy(key: Key) -> Key:
@@ -280,30 +331,17 @@ def _replace_folder(new: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _read_manifest(path: Path) -> dict:
+def _read_manifest(path: Path) -> Manifest:
     file = path / MANIFEST_FILE
     if not file.is_file():
         raise ConceptVaultError(
             f"'{path}' is not a ConceptVault vault (it has no {MANIFEST_FILE}); give a vault folder."
         )
     try:
-        manifest = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ConceptVaultError(
-            f"'{file}' is damaged (not valid JSON); restore the vault from its original copy."
-        ) from None
-    missing = [name for name in _REQUIRED_FIELDS if name not in manifest]
-    if missing:
-        raise ConceptVaultError(f"'{file}' lacks {', '.join(missing)}; restore the vault from its original copy.")
-    if not isinstance(manifest["format_version"], int) or manifest["format_version"] > FORMAT_VERSION:
-        raise ConceptVaultError(
-            f"'{path}' has format version {manifest['format_version']!r}, newer than this ConceptVault reads "
-            f"({FORMAT_VERSION}); upgrade conceptvault."
-        )
-    unknown = sorted(set(manifest) - _KNOWN_FIELDS)
-    if unknown:
-        warnings.warn(f"{file} has fields this ConceptVault does not know: {unknown}; they are ignored.", stacklevel=3)
-    return manifest
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        raise ConceptVaultError(f"'{file}' cannot be read; restore the vault from its original copy.") from None
+    return Manifest.from_json(text, file)
 
 
 def _read_public(file: Path) -> dict[str, torch.Tensor]:
@@ -311,17 +349,22 @@ def _read_public(file: Path) -> dict[str, torch.Tensor]:
         raise ConceptVaultError(f"the vault is missing '{file}'; restore the vault from its original copy.")
     try:
         return load_file(str(file))
-    except (SafetensorError, OSError, ValueError) as error:
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise ConceptVaultError(
             f"'{file}' cannot be read ({error}); restore the vault from its original copy."
         ) from None
 
 
 def _requested_keys(vault: Vault, keys) -> list[str]:
-    if keys is None:
+    if keys is None or (keys == "all" and not vault.method.has_keys):
         return []
+    if not vault.method.has_keys:
+        raise ConceptVaultError(
+            f"this vault was made by {vault.method.value}, which erases its concepts: it has no keys; "
+            "load it without keys."
+        )
     if keys == "all":
-        return [name for name in vault.concepts if _key_file(vault.path, _entry(vault, name), vault.concepts)]
+        return [name for name in vault.concepts if _key_file(vault.path, vault.manifest.entry(name), vault.concepts)]
     if isinstance(keys, str):
         keys = [keys]
     unknown = [name for name in keys if name not in vault.concepts]
@@ -332,12 +375,20 @@ def _requested_keys(vault: Vault, keys) -> list[str]:
     return list(dict.fromkeys(keys))
 
 
-def _entry(vault: Vault, name: str) -> dict:
-    return next(e for e in vault.manifest["concepts"] if e["name"] == name)
+def _key_file(folder: Path, entry: ConceptEntry, names: list[str]) -> Path | None:
+    """The concept's key file in ``folder/keys``: the one the manifest names, else a plain or protected one.
 
-
-def _key_file(folder: Path, entry: dict, names: list[str]) -> Path | None:
-    """The concept's key file in ``folder/keys``: the one the manifest names, else a plain or protected one."""
-    slug = _unique_slug(entry["name"], names)
-    candidates = [entry.get("key_file"), f"{KEYS_DIR}/{slug}{PLAIN_SUFFIX}", f"{KEYS_DIR}/{slug}{PROTECTED_SUFFIX}"]
-    return next((folder / c for c in candidates if c and (folder / c).is_file()), None)
+    Only a regular file that really lies in the vault's own ``keys/`` folder counts: no symbolic link
+    (of the file or of ``keys/``) is followed, so a manifest cannot make ConceptVault open, or reveal
+    the existence of, any file elsewhere. Every refusal looks like a missing key.
+    """
+    keys_dir = folder / KEYS_DIR
+    if keys_dir.is_symlink() or not keys_dir.is_dir():
+        return None
+    slug = _unique_slug(entry.name, names)
+    candidates = [entry.key_file, f"{KEYS_DIR}/{slug}{PLAIN_SUFFIX}", f"{KEYS_DIR}/{slug}{PROTECTED_SUFFIX}"]
+    for candidate in filter(None, candidates):
+        path = folder / candidate
+        if path.parent == keys_dir and not path.is_symlink() and path.is_file():
+            return path
+    return None

@@ -21,7 +21,7 @@ from conceptvault.evaluate.report import (
     write_json,
     write_report,
 )
-from conceptvault.evaluate.run import EvaluationResult, ImageRecord, run_suite, vault_applied
+from conceptvault.evaluate.run import EvaluationResult, ImageRecord, run_suite
 from conceptvault.evaluate.sd_suites import imagenette_suite, nudity_suite, style_suite
 from conceptvault.evaluate.suite import Suite, SuiteConcept, load_suite, suite_from_csv
 from conceptvault.evaluate.world_suites import (
@@ -58,7 +58,6 @@ __all__ = [
     "run_suite",
     "style_suite",
     "suite_from_csv",
-    "vault_applied",
     "wilson_interval",
     "world_colour_suite",
     "world_five_shapes_suite",

@@ -20,7 +20,7 @@ def resolve_suite(spec: str, *, size: int | None = None, concept: str | None = N
     or the path of a suite JSON file. ``size`` is the images per concept of a built-in suite; ``concept``
     picks the hidden shape, colour or style of the single-concept ones (e.g. ``shape`` + ``heart``)."""
     if spec in WORLD_SUITES:
-        options = {"size": size or DEFAULT_SIZE, "seed": seed}
+        options = {"size": DEFAULT_SIZE if size is None else size, "seed": seed}
         if concept is not None:
             if spec not in _SINGLE_CONCEPT:
                 raise ConceptVaultError(f"the suite {spec!r} fixes its hidden concepts; leave the concept out.")

@@ -29,8 +29,6 @@ from conceptvault.evaluate.metrics import KEY, ORIGINAL, PUBLIC, rate_figures, s
 from conceptvault.evaluate.store import ImageStore
 from conceptvault.evaluate.suite import Suite, SuiteConcept
 from conceptvault.generate import generate_images
-from conceptvault.key import detach_keys
-from conceptvault.vault import _APPLIED_ATTRIBUTE as APPLIED_VAULT_ATTRIBUTE  # where apply() marks a pipeline
 from conceptvault.vault import Vault
 
 FORMAT_VERSION = 1
@@ -191,10 +189,10 @@ def _key_plan(suite: Suite, vault: Vault) -> dict[str, tuple[str, ...]]:
 def _check_base(pipe: Any, vault: Vault) -> str:
     """The pipeline's UNet fingerprint, checked against the base model the vault was made for."""
     fingerprint = unet_fingerprint(pipe.unet)
-    expected = vault.manifest.get("base_fingerprint")
-    if expected and expected != fingerprint:
+    expected = vault.manifest.base_fingerprint
+    if expected != fingerprint:
         raise ConceptVaultError(
-            f"this vault was made for {vault.manifest.get('base_model', 'another model')!r} (fingerprint "
+            f"this vault was made for {vault.manifest.base_model!r} (fingerprint "
             f"{expected[:12]}..), but the pipeline given has fingerprint {fingerprint[:12]}..; evaluate with the "
             "base model the vault was made for, loaded fresh (no vault applied)."
         )
@@ -211,7 +209,7 @@ def _tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
 
 def _identities(vault: Vault, base_fingerprint: str, key_plan: dict, settings: dict) -> dict[str, dict]:
     """What makes each variant's images: a folder holding images made otherwise is refused, never mixed."""
-    public = vault.manifest.get("public_fingerprint") or _tensors_digest(dict(vault.public))
+    public = vault.public_fingerprint
     used = sorted({k for keys in key_plan.values() for k in keys})
     keys = {name: _tensors_digest(vault.keys[name].state_dict()) for name in used}
     return {
@@ -251,28 +249,6 @@ def _progress_bars(enabled: bool, console: Console | None) -> Iterator[Progress]
         yield bars
 
 
-@contextmanager
-def vault_applied(pipe: Any, vault: Vault) -> Iterator[None]:
-    """Apply the vault to ``pipe`` for a ``with`` block, then restore the original weights and processors
-    (and forget that the vault was applied, so that applying it again really loads it again)."""
-    state = pipe.unet.state_dict()
-    saved = {name: state[name].detach().to("cpu", copy=True) for name in vault.public if name in state}
-    marker = getattr(pipe, APPLIED_VAULT_ATTRIBUTE, None)
-    vault.apply(pipe)
-    try:
-        yield
-    finally:
-        detach_keys(pipe.unet)
-        state = pipe.unet.state_dict()
-        with torch.no_grad():
-            for name, tensor in saved.items():
-                state[name].copy_(tensor)
-        if marker is None and hasattr(pipe, APPLIED_VAULT_ATTRIBUTE):
-            delattr(pipe, APPLIED_VAULT_ATTRIBUTE)
-        elif marker is not None:
-            setattr(pipe, APPLIED_VAULT_ATTRIBUTE, marker)
-
-
 def _generate(
     pipe: Any, vault: Vault, missing: list[ImageRecord], store: ImageStore, settings: dict, batch_size: int, bars: Progress
 ) -> int:
@@ -285,7 +261,7 @@ def _generate(
     try:
         _generate_batches(pipe, original, store, settings, batch_size, bars, task)
         if vaulted:
-            with vault_applied(pipe, vault):
+            with vault.applied(pipe):
                 _generate_batches(pipe, vaulted, store, settings, batch_size, bars, task)
     except KeyboardInterrupt:
         made = sum(store.has(r.path) for r in missing)
@@ -355,10 +331,11 @@ def _figures(judge: Judge, suite: Suite, records: list[ImageRecord]) -> dict[str
 def _vault_summary(vault: Vault, base_fingerprint: str) -> dict:
     manifest = vault.manifest
     return {
-        "path": str(getattr(vault, "path", "") or ""),
-        "base_model": manifest.get("base_model"),
+        "path": str(vault.path or ""),
+        "method": manifest.method,
+        "base_model": manifest.base_model,
         "base_fingerprint": base_fingerprint,
-        "concepts": [c.get("name") if isinstance(c, dict) else str(c) for c in manifest.get("concepts", [])],
-        "placement": manifest.get("placement"),
-        "public_fingerprint": manifest.get("public_fingerprint"),
+        "concepts": manifest.concept_names,
+        "placement": manifest.placement,
+        "public_fingerprint": manifest.public_fingerprint,
     }

@@ -1,0 +1,24 @@
+"""The ``conceptvault`` console entry point, kept free of heavy imports.
+
+Importing the command line takes seconds (torch, diffusers); an interrupt in that time must end in
+one line too, and SIGTERM must stop a command the way Ctrl-C does, so a hiding run leaves its checkpoint.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> None:
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        from conceptvault.cli import main as run
+    except KeyboardInterrupt:
+        print("error: interrupted before anything was written.", file=sys.stderr)
+        sys.exit(1)
+    run(argv)

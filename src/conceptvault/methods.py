@@ -1,0 +1,12 @@
+"""Which settings class each way of making a vault uses, so a manifest's settings can be checked."""
+
+from __future__ import annotations
+
+from .manifest import Method
+
+
+def config_class(method: Method | str) -> type:
+    """The dataclass holding a method's settings; each has ``from_dict`` and ``to_dict``."""
+    from .hide import HideConfig
+
+    return {Method.KPOP: HideConfig}[Method(method)]
