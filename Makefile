@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # CPU build of torch on machines without a GPU; users with CUDA install their own torch first.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test bench setup clean
+.PHONY: demo test lint bench setup clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
 
 bench: setup
 	$(PY) bench/hide_step.py

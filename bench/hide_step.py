@@ -72,6 +72,7 @@ class ResidentMemory:
 
 def build_pipeline(model: str, latent_size: int):
     from diffusers import UNet2DConditionModel
+
     from tiny_models import build_tiny_pipeline
 
     pipe = build_tiny_pipeline("sd1")

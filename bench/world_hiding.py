@@ -35,12 +35,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     suite = resolve_suite(args.suite, concept=args.concept, size=args.size)
     hidden = [c.name for c in suite.hidden]
-    overrides = {name: json.loads(value) if value[:1].isdigit() or value[:1] == "-" else value
-                 for name, value in (item.split("=", 1) for item in args.set)}
+    overrides = {
+        name: json.loads(value) if value[:1].isdigit() or value[:1] == "-" else value
+        for name, value in (item.split("=", 1) for item in args.set)
+    }
     config = world_hide_config(**overrides)
     out = args.out or Path("runs") / f"hiding-{suite.name}"
-    evaluation, files = hide_and_evaluate(out, world_concepts(_KIND[args.suite], hidden),
-                                          world_preserve(_KIND[args.suite], hidden), config, suite)
+    evaluation, files = hide_and_evaluate(
+        out, world_concepts(_KIND[args.suite], hidden), world_preserve(_KIND[args.suite], hidden), config, suite
+    )
     print(json.dumps({name: evaluation.cell(name)["value"] for name in ("esr", "psr", "rsr", "key_psr")}))
 
 

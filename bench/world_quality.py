@@ -35,13 +35,22 @@ def main() -> None:
     eight = time.perf_counter() - start
 
     requests = quality_requests(args.per_shape)
-    images = generate_images(pipe, [r.prompt for r in requests], [r.seed for r in requests], steps=SAMPLE_STEPS, guidance=GUIDANCE, batch_size=32)
+    images = generate_images(
+        pipe,
+        [r.prompt for r in requests],
+        [r.seed for r in requests],
+        steps=SAMPLE_STEPS,
+        guidance=GUIDANCE,
+        batch_size=32,
+    )
     scores = score_requests(judge, requests, images)
     scores["seconds_for_8_images"] = eight
     print(f"{'shape':<10} accuracy")
     for shape, accuracy in scores["per_shape"].items():
         print(f"{shape:<10} {100 * accuracy:6.1f} %")
-    print(f"{'mean':<10} {100 * scores['shape_accuracy']:6.1f} %   (lowest {100 * scores['shape_accuracy_min']:.1f} %)")
+    print(
+        f"{'mean':<10} {100 * scores['shape_accuracy']:6.1f} %   (lowest {100 * scores['shape_accuracy_min']:.1f} %)"
+    )
     print(f"colour accuracy where named: {100 * scores['colour_accuracy']:.1f} %")
     print(f"style accuracy where named:  {100 * scores['style_accuracy']:.1f} %")
     print(f"8 images, {SAMPLE_STEPS} steps, guidance {GUIDANCE}: {eight:.2f} s on {torch.get_num_threads()} threads")

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
-from tiny_models import TOKENIZER_DIR
 from transformers import CLIPConfig, CLIPModel, ResNetConfig, ResNetForImageClassification
 
 from conceptvault.errors import ConceptVaultError
@@ -15,6 +14,7 @@ from conceptvault.evaluate.classifier import ImageNetJudge
 from conceptvault.evaluate.clip_score import ClipScoreJudge
 from conceptvault.evaluate.nudity import NudeNetJudge
 from conceptvault.evaluate.preprocess import IMAGENET_MEAN, IMAGENET_STD, to_pixel_batch
+from tiny_models import TOKENIZER_DIR
 
 
 def _images(count: int = 3, size: int = 64) -> list[Image.Image]:
@@ -57,8 +57,10 @@ class _FakeDetector:
         return [
             [{"class": "BELLY_EXPOSED", "score": 0.45, "box": [0, 0, 1, 1]}],
             [{"class": "FEET_COVERED", "score": 0.9, "box": [0, 0, 1, 1]}],
-            [{"class": "BUTTOCKS_EXPOSED", "score": 0.8, "box": [0, 0, 1, 1]},
-             {"class": "BELLY_EXPOSED", "score": 0.35, "box": [0, 0, 1, 1]}],
+            [
+                {"class": "BUTTOCKS_EXPOSED", "score": 0.8, "box": [0, 0, 1, 1]},
+                {"class": "BELLY_EXPOSED", "score": 0.35, "box": [0, 0, 1, 1]},
+            ],
         ][: len(images)]
 
 
@@ -77,8 +79,13 @@ def test_nudenet_thresholds_count_only_exposed_classes():
 def tiny_resnet(tmp_path_factory):
     torch.manual_seed(0)
     config = ResNetConfig(
-        embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic", num_labels=1000,
-        id2label={i: f"class {i}" for i in range(1000)}, label2id={f"class {i}": i for i in range(1000)},
+        embedding_size=8,
+        hidden_sizes=[8, 16],
+        depths=[1, 1],
+        layer_type="basic",
+        num_labels=1000,
+        id2label={i: f"class {i}" for i in range(1000)},
+        label2id={f"class {i}": i for i in range(1000)},
     )
     folder = tmp_path_factory.mktemp("resnet")
     ResNetForImageClassification(config).eval().save_pretrained(folder)
@@ -94,8 +101,13 @@ def test_imagenet_judge_with_a_tiny_offline_resnet(tiny_resnet):
     assert reading.hits["top-1"][0] and reading.hits["top-5"][0]
     assert (reading.hits["top-5"] >= reading.hits["top-1"]).all()
     assert reading.notes[0].startswith(f"class {top} ")
-    suite = Suite("objects", "imagenet", hidden=[SuiteConcept("Tench", ["Image of Tench"], [0], labels=["0"])],
-                  top_k=[1, 5], judge_model=str(tiny_resnet))
+    suite = Suite(
+        "objects",
+        "imagenet",
+        hidden=[SuiteConcept("Tench", ["Image of Tench"], [0], labels=["0"])],
+        top_k=[1, 5],
+        judge_model=str(tiny_resnet),
+    )
     assert make_judge(suite, device="cpu").measures == ["top-1", "top-5"]
 
 
@@ -112,11 +124,27 @@ def test_judge_networks_that_cannot_be_found_are_one_clear_error(tmp_path, monke
 def test_clip_score_with_a_tiny_offline_clip(tmp_path):
     torch.manual_seed(0)
     config = CLIPConfig(
-        text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=37, num_hidden_layers=1,
-                         num_attention_heads=4, max_position_embeddings=77, projection_dim=16,
-                         bos_token_id=49406, eos_token_id=49407, pad_token_id=49407),
-        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=4,
-                           image_size=32, patch_size=8, projection_dim=16),
+        text_config=dict(
+            vocab_size=49408,
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            projection_dim=16,
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=49407,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=8,
+            projection_dim=16,
+        ),
         projection_dim=16,
     )
     CLIPModel(config).save_pretrained(tmp_path)

@@ -129,7 +129,7 @@ def test_a_pipeline_evaluated_twice_gets_the_vault_applied_again(sd1_path, vault
     first = run_suite(pipe, vault, toy_suite(), tmp_path / "first", progress=False)
     second = run_suite(pipe, vault, toy_suite(), tmp_path / "second", progress=False)
     assert second.meta["images"]["generated"] == 15
-    for one, two in zip(first.records, second.records):
+    for one, two in zip(first.records, second.records, strict=False):
         assert one.path.read_bytes() == two.path.read_bytes(), one.path
     public = {r.index: r.path.read_bytes() for r in first.records if r.variant == "public" and r.concept == "star"}
     original = {r.index: r.path.read_bytes() for r in first.records if r.variant == "original" and r.concept == "star"}
@@ -191,14 +191,32 @@ def _tiny_clip_folder(folder):
     """A tiny random CLIP saved offline with the real CLIP tokenizer (same shape as in test_evaluate_judges)."""
     import shutil
 
-    from tiny_models import TOKENIZER_DIR
     from transformers import CLIPConfig, CLIPModel
 
+    from tiny_models import TOKENIZER_DIR
+
     torch.manual_seed(0)
-    text = dict(vocab_size=49408, hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=4,
-                max_position_embeddings=77, projection_dim=16, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
-    vision = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=4, image_size=32,
-                  patch_size=8, projection_dim=16)
+    text = dict(
+        vocab_size=49408,
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        projection_dim=16,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+    )
+    vision = dict(
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        image_size=32,
+        patch_size=8,
+        projection_dim=16,
+    )
     CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(folder)
     for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
         shutil.copy(TOKENIZER_DIR / name, folder / name)
@@ -227,8 +245,9 @@ def test_a_score_suite_runs_end_to_end_with_clip(sd1_path, vault, tmp_path):
 def test_a_threshold_suite_runs_end_to_end_with_nudenet(sd1_path, vault, tmp_path):
     from conceptvault.evaluate.nudity import EXPOSED_CLASSES
 
-    concept = SuiteConcept("nudity", ["a person", "a statue"], [3, 4], labels=list(EXPOSED_CLASSES), key="star",
-                           guidance=[3.0, 5.0])
+    concept = SuiteConcept(
+        "nudity", ["a person", "a statue"], [3, 4], labels=list(EXPOSED_CLASSES), key="star", guidance=[3.0, 5.0]
+    )
     suite = Suite(name="nudity", judge="nudenet", hidden=[concept], thresholds=[0.3, 0.5, 0.7], steps=STEPS)
     result = run_suite(fresh_pipeline(sd1_path), vault, suite, tmp_path, progress=False)
     assert result.measures == ["threshold-0.3", "threshold-0.5", "threshold-0.7"]

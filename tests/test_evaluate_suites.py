@@ -64,9 +64,13 @@ def test_suite_round_trips_through_json(tmp_path):
 
 
 def test_suite_from_a_users_csv(tmp_path):
-    rows = [{"concept": c, "prompt": f"a photo of a {c}", "evaluation_seed": s} for c in ("cat", "dog") for s in (1, 2, 3)]
+    rows = [
+        {"concept": c, "prompt": f"a photo of a {c}", "evaluation_seed": s} for c in ("cat", "dog") for s in (1, 2, 3)
+    ]
     path = _write_csv(tmp_path / "mine.csv", rows)
-    suite = suite_from_csv(path, name="pets", judge="imagenet", hidden=["cat"], labels={"cat": ["281"]}, limit=2, top_k=[1, 5])
+    suite = suite_from_csv(
+        path, name="pets", judge="imagenet", hidden=["cat"], labels={"cat": ["281"]}, limit=2, top_k=[1, 5]
+    )
     assert [c.name for c in suite.hidden] == ["cat"] and [c.name for c in suite.kept] == ["dog"]
     assert suite.hidden[0].seeds == [1, 2] and suite.hidden[0].labels == ["281"] and suite.kept[0].labels == ["dog"]
     with pytest.raises(ConceptVaultError, match=r"hidden concepts \['cow'\] are not in"):

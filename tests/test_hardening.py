@@ -75,8 +75,17 @@ def test_a_protected_run_cannot_resume_without_its_passphrase(sd1_path, tmp_path
         raise KeyboardInterrupt
 
     def start(resume: bool, passphrase, on_step=None):
-        return hide(load_pipeline(str(sd1_path), device="cpu"), [Concept("star")], QUICK, checkpoint_dir=tmp_path,
-                    resume=resume, passphrase=passphrase, progress=False, measure=False, on_step=on_step)
+        return hide(
+            load_pipeline(str(sd1_path), device="cpu"),
+            [Concept("star")],
+            QUICK,
+            checkpoint_dir=tmp_path,
+            resume=resume,
+            passphrase=passphrase,
+            progress=False,
+            measure=False,
+            on_step=on_step,
+        )
 
     with pytest.raises(ConceptVaultError, match="interrupted"):
         start(False, "open sesame", on_step=stop)
@@ -88,8 +97,15 @@ def test_a_protected_run_cannot_resume_without_its_passphrase(sd1_path, tmp_path
 
 
 def test_checkpoint_keys_are_sealed_and_secret_files_owner_only(sd1_path, tmp_path):
-    result = hide(load_pipeline(str(sd1_path), device="cpu"), [Concept("star")], QUICK, checkpoint_dir=tmp_path,
-                  passphrase="open sesame", progress=False, measure=False)
+    result = hide(
+        load_pipeline(str(sd1_path), device="cpu"),
+        [Concept("star")],
+        QUICK,
+        checkpoint_dir=tmp_path,
+        passphrase="open sesame",
+        progress=False,
+        measure=False,
+    )
     sealed = (tmp_path / KEYS_FILE).read_bytes()
     key_bytes = result.keys["star"].p_k.detach().cpu().numpy().tobytes()
     assert keyfile.is_sealed(sealed) and key_bytes[:16] not in sealed
@@ -102,7 +118,9 @@ def test_checkpoint_keys_are_sealed_and_secret_files_owner_only(sd1_path, tmp_pa
 # -- 3: key files stay inside keys/ ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("key_file", ["/etc/passwd", "keys/../../secret.safetensors", "keys/a/b.safetensors", "manifest.json"])
+@pytest.mark.parametrize(
+    "key_file", ["/etc/passwd", "keys/../../secret.safetensors", "keys/a/b.safetensors", "manifest.json"]
+)
 def test_a_manifest_cannot_point_a_key_file_outside_keys(vault_copy, key_file):
     manifest = json.loads((vault_copy / MANIFEST_FILE).read_text())
     manifest["concepts"][0]["key_file"] = key_file
@@ -186,15 +204,32 @@ def test_every_float_setting_must_be_finite(setting, value):
 
 
 def test_a_diverging_run_stops_and_writes_nothing(sd1_path, tmp_path, capsys):
-    code, out, err = run(capsys, "hide", sd1_path, "--concept", "star", "--out", tmp_path / "v", "--lr", "1e30",
-                         "--lambda-hide", "1e30", *QUICK_ARGS)
+    code, out, err = run(
+        capsys,
+        "hide",
+        sd1_path,
+        "--concept",
+        "star",
+        "--out",
+        tmp_path / "v",
+        "--lr",
+        "1e30",
+        "--lambda-hide",
+        "1e30",
+        *QUICK_ARGS,
+    )
     assert one_line_error(code, out, err)
     assert "nothing was written" in err and not (tmp_path / "v").exists()
 
 
 def test_a_manifest_refuses_nan():
-    manifest = Manifest(base_model="m", base_fingerprint=FINGERPRINT, public_fingerprint=FINGERPRINT, concepts=[],
-                        stats={"loss": float("nan")})
+    manifest = Manifest(
+        base_model="m",
+        base_fingerprint=FINGERPRINT,
+        public_fingerprint=FINGERPRINT,
+        concepts=[],
+        stats={"loss": float("nan")},
+    )
     with pytest.raises(ConceptVaultError, match="NaN or infinity; nothing was written"):
         manifest.to_json()
 
@@ -226,9 +261,28 @@ def test_an_unwritable_output_is_refused_before_training(sd1_path, tmp_path, cap
 
 
 def _start_hide(out: Path, *extra: str) -> subprocess.Popen:
-    command = [sys.executable, "-c", "from conceptvault.console import main; main()", "hide", "builtin", "--concept", "star",
-               "--out", str(out), "--model-updates", "400", "--sampler-steps", "4", "--latents", "cache",
-               "--lr", "1e-4", "--checkpoint-every", "0", *extra]
+    command = [
+        sys.executable,
+        "-c",
+        "from conceptvault.console import main; main()",
+        "hide",
+        "builtin",
+        "--concept",
+        "star",
+        "--out",
+        str(out),
+        "--model-updates",
+        "400",
+        "--sampler-steps",
+        "4",
+        "--latents",
+        "cache",
+        "--lr",
+        "1e-4",
+        "--checkpoint-every",
+        "0",
+        *extra,
+    ]
     environment = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
 
@@ -254,7 +308,9 @@ def test_ctrl_c_during_setup_says_nothing_was_written(tmp_path):
     time.sleep(1.5)  # still importing or loading the model
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
-    assert process.returncode == 1 and err.strip().splitlines() == ["error: interrupted before anything was written."], err
+    assert process.returncode == 1 and err.strip().splitlines() == [
+        "error: interrupted before anything was written."
+    ], err
     assert not out.exists() and not (tmp_path / "vault.checkpoint").exists()
 
 
@@ -276,8 +332,14 @@ def _no_model(*args, **kwargs):
         (["evaluate", "{vault}", "--size", "0"], "--size must be at least 1"),
         (["demo", "--images", "0"], "--images must be at least 1"),
         (["hide", "builtin", "--concept", "star", "--out", "{tmp}/v", "--eta", "nan"], "eta must be a finite number"),
-        (["hide", "builtin", "--concept", "star", "--out", "{tmp}/v", "--guidance", "inf"], "guidance must be a finite"),
-        (["hide", "builtin", "--concept", "star", "--out", "{tmp}/v", "--seed", str(2**64)], "seed must be a whole number"),
+        (
+            ["hide", "builtin", "--concept", "star", "--out", "{tmp}/v", "--guidance", "inf"],
+            "guidance must be a finite",
+        ),
+        (
+            ["hide", "builtin", "--concept", "star", "--out", "{tmp}/v", "--seed", str(2**64)],
+            "seed must be a whole number",
+        ),
         (["world", "sample", "a star", "--out", "{tmp}/s.txt"], "must end in .png"),
     ],
 )
@@ -299,13 +361,13 @@ def test_a_bare_command_shows_its_help_and_succeeds(capsys):
     [
         ("format_version", "1", "no readable format_version"),
         ("format_version", True, "no readable format_version"),
-        ("concepts", "abc", "concepts is \"abc\", not a list"),
+        ("concepts", "abc", 'concepts is "abc", not a list'),
         ("base_model", None, "base_model is null, not a str"),
-        ("placement", "bogus", "placement is \"bogus\", not one of"),
-        ("config", "x", "config is \"x\", not a dict"),
+        ("placement", "bogus", 'placement is "bogus", not one of'),
+        ("config", "x", 'config is "x", not a dict'),
         ("config", {"lr": "fast"}, "config: lr must be a finite number"),
         ("config", {"turbo": 1}, "config: unknown settings 'turbo'"),
-        ("method", "magic", "method is \"magic\", not one of"),
+        ("method", "magic", 'method is "magic", not one of'),
         ("public_fingerprint", "abc", "public_fingerprint is not a SHA-256 digest"),
         ("m", 2.5, "m is 2.5, not a int"),
     ],
@@ -334,9 +396,26 @@ def _loads_or_one_line(load) -> None:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(field=st.sampled_from(["format_version", "base_model", "base_fingerprint", "public_fingerprint", "placement",
-                              "m", "concepts", "config", "preserve", "stats", "method", "created", "extra"]),
-       value=JSON_VALUES)
+@given(
+    field=st.sampled_from(
+        [
+            "format_version",
+            "base_model",
+            "base_fingerprint",
+            "public_fingerprint",
+            "placement",
+            "m",
+            "concepts",
+            "config",
+            "preserve",
+            "stats",
+            "method",
+            "created",
+            "extra",
+        ]
+    ),
+    value=JSON_VALUES,
+)
 def test_fuzz_manifest_fields(vault_path, field, value):
     with tempfile.TemporaryDirectory() as folder:
         copy = Path(folder) / "vault"
@@ -346,7 +425,10 @@ def test_fuzz_manifest_fields(vault_path, field, value):
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(entry_field=st.sampled_from(["name", "prompts", "anchor", "key_fingerprint", "key_file", "other"]), value=JSON_VALUES)
+@given(
+    entry_field=st.sampled_from(["name", "prompts", "anchor", "key_fingerprint", "key_file", "other"]),
+    value=JSON_VALUES,
+)
 def test_fuzz_concept_entries(vault_path, entry_field, value):
     with tempfile.TemporaryDirectory() as folder:
         copy = Path(folder) / "vault"

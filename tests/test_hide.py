@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from conceptvault.backbone import encode_prompts, load_pipeline
-from conceptvault.errors import ConceptVaultError
 from conceptvault.checkpoint import CHECKPOINT_FILE, KEYS_FILE
+from conceptvault.errors import ConceptVaultError
 from conceptvault.hide import (
     Concept,
     HideConfig,

@@ -134,7 +134,9 @@ def test_with_guidance_the_key_reaches_both_branches(sd1_path):
     attach_keys(pipe.unet, {"star": random_key(pipe.unet)}, Placement.MID)
     attn = cross_attention_modules(pipe.unet)["mid_block.attentions.0.transformer_blocks.0.attn2"]
     seen = []
-    handle = attn.register_forward_hook(lambda m, args, kwargs, out: seen.append((args, kwargs, out)), with_kwargs=True)
+    handle = attn.register_forward_hook(
+        lambda m, args, kwargs, out: seen.append((args, kwargs, out)), with_kwargs=True
+    )
     pipe(
         "a star",
         num_inference_steps=1,

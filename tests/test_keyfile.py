@@ -79,7 +79,9 @@ def test_protected_header_records_the_kdf(tmp_path, key):
 def test_a_key_file_refuses_another_vault(tmp_path, key, passphrase):
     path = tmp_path / ("star.safetensors" if passphrase is None else "star.key")
     write_key_file(path, key, concept="star", public_fingerprint=VAULT_PRINT, passphrase=passphrase)
-    with pytest.raises(ConceptVaultError, match=r"belongs to another vault \(fingerprint aaaaaaaaaaaa\), not this one"):
+    with pytest.raises(
+        ConceptVaultError, match=r"belongs to another vault \(fingerprint aaaaaaaaaaaa\), not this one"
+    ):
         read_key_file(path, public_fingerprint="b" * 64, passphrase=passphrase)
 
 

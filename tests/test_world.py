@@ -71,10 +71,10 @@ def test_shipped_model_draws_the_shape_it_is_asked_for():
         return pipe(prompts, num_inference_steps=25, guidance_scale=3.0, generator=generators).images
 
     images = sample()
-    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(images, sample()))
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(images, sample(), strict=False))
     judge = load_judge()
     predicted = [judge.labels["shape"][i] for i in judge.predict(images)["shape"].argmax(-1).tolist()]
-    correct = sum(p == prompt.split()[-1] for p, prompt in zip(predicted, prompts))
+    correct = sum(p == prompt.split()[-1] for p, prompt in zip(predicted, prompts, strict=False))
     assert correct >= 10, predicted
 
 
@@ -85,7 +85,9 @@ def test_trainer_runs_each_part_for_a_few_steps(tmp_path):
     assert set(report["judge_accuracy"]) == {"shape", "colour", "style"}
     pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "model", safety_checker=None)
     assert pipe("a square", num_inference_steps=2).images[0].size == (64, 64)
-    assert load_judge(tmp_path / "judge").predict([pipe("a square", num_inference_steps=2).images[0]])["shape"].shape == (1, 10)
+    assert load_judge(tmp_path / "judge").predict([pipe("a square", num_inference_steps=2).images[0]])[
+        "shape"
+    ].shape == (1, 10)
 
 
 def test_batches_carry_labels_matching_their_captions():

@@ -1,14 +1,14 @@
 """ConceptVault: hide a concept in a text-to-image diffusion model behind a secret key, recover it with the key.
 
-    from conceptvault import Concept, HideConfig, Vault, hide, load_pipeline
+from conceptvault import Concept, HideConfig, Vault, hide, load_pipeline
 
-    pipe = load_pipeline("builtin")                       # or a diffusers folder, or a hub id
-    result = hide(pipe, [Concept.parse("star|pentagram")], HideConfig(), preserve=["a circle"])
-    Vault.from_hiding(pipe, result).save("star.vault")
+pipe = load_pipeline("builtin")                       # or a diffusers folder, or a hub id
+result = hide(pipe, [Concept.parse("star|pentagram")], HideConfig(), preserve=["a circle"])
+Vault.from_hiding(pipe, result).save("star.vault")
 
-    vault = Vault.load("star.vault", keys="all")
-    with vault.applied(base_pipe):                        # a fresh copy of the same base model
-        base_pipe("a star", cross_attention_kwargs={"keys": ["star"]})
+vault = Vault.load("star.vault", keys="all")
+with vault.applied(base_pipe):                        # a fresh copy of the same base model
+    base_pipe("a star", cross_attention_kwargs={"keys": ["star"]})
 """
 
 from importlib import import_module

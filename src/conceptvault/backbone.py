@@ -82,7 +82,8 @@ def _builtin_folder() -> Path:
         from .world import BUILTIN_MODEL_DIR
     except ImportError:
         raise ConceptVaultError(
-            "the built-in model is not part of this installation; give a diffusers pipeline folder or a hub id instead."
+            "the built-in model is not part of this installation; "
+            "give a diffusers pipeline folder or a hub id instead."
         ) from None
     return Path(BUILTIN_MODEL_DIR)
 
@@ -117,7 +118,9 @@ def _check_folder(path: Path, *, shown_as: str) -> Path:
 def _load_failure(model: str, source: str, error: Exception) -> str:
     reason = _first_sentence(str(error))
     if source != model or Path(source).exists():
-        return f"could not load the model '{model}' ({reason}); check that the folder is a complete diffusers pipeline."
+        return (
+            f"could not load the model '{model}' ({reason}); check that the folder is a complete diffusers pipeline."
+        )
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         hint = "HF_HUB_OFFLINE is set, so only cached models load; download it first or unset HF_HUB_OFFLINE"
     else:

@@ -34,7 +34,10 @@ def write_checkpoint(folder: Path, public: dict, secret: dict, passphrase: str |
     """Write both halves; ``secret`` (keys and their optimiser) is sealed when there is a passphrase."""
     folder.mkdir(parents=True, exist_ok=True)
     data = _to_bytes(secret)
-    write_secret(folder / KEYS_FILE, data if passphrase is None else seal(data, passphrase, {"format": "conceptvault-checkpoint-keys"}))
+    write_secret(
+        folder / KEYS_FILE,
+        data if passphrase is None else seal(data, passphrase, {"format": "conceptvault-checkpoint-keys"}),
+    )
     write_secret(folder / CHECKPOINT_FILE, _to_bytes(dict(public, format=FORMAT)))
 
 
@@ -90,7 +93,8 @@ def _from_bytes(data: bytes, path: Path) -> dict:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as error:  # any unreadable file: say which and how to start over
         raise ConceptVaultError(
-            f"the checkpoint '{path}' cannot be read ({type(error).__name__}); delete its folder and run without --resume."
+            f"the checkpoint '{path}' cannot be read ({type(error).__name__}); "
+            "delete its folder and run without --resume."
         ) from None
     if not isinstance(state, dict):
         raise ConceptVaultError(f"the checkpoint '{path}' is damaged; delete its folder and run without --resume.")
@@ -118,7 +122,9 @@ def output_lock(out: Path, resume: bool) -> Iterator[Path]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ConceptVaultError(f"another run is writing to '{out}' right now; wait for it or choose another --out.") from None
+            raise ConceptVaultError(
+                f"another run is writing to '{out}' right now; wait for it or choose another --out."
+            ) from None
         if existed and not resume and (folder / CHECKPOINT_FILE).exists():
             raise ConceptVaultError(
                 f"'{folder}' holds an unfinished run; add --resume to continue it, or delete it to start over."

@@ -117,8 +117,15 @@ def hide_command(
     passphrase = _read_passphrase(passphrase_file)
     with output_lock(out, resume) as checkpoint_dir:
         pipe = load_pipeline(model, device=device)
-        result = hide(pipe, concepts, config, preserve=preserve or [], checkpoint_dir=checkpoint_dir, resume=resume,
-                      passphrase=passphrase)
+        result = hide(
+            pipe,
+            concepts,
+            config,
+            preserve=preserve or [],
+            checkpoint_dir=checkpoint_dir,
+            resume=resume,
+            passphrase=passphrase,
+        )
         save_vault(out, pipe, result, passphrase=passphrase)
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     _print_losses(result.stats)
@@ -198,14 +205,18 @@ def evaluate_command(
     vault: VaultArgument,
     suite: Annotated[
         str,
-        typer.Option(help="A built-in suite (shape, colour, style, five-shapes-a, five-shapes-b) or a suite JSON file."),
+        typer.Option(
+            help="A built-in suite (shape, colour, style, five-shapes-a, five-shapes-b) or a suite JSON file."
+        ),
     ] = "shape",
     concept: Annotated[
         str | None, typer.Option(help="The hidden shape, colour or style of a single-concept built-in suite.")
     ] = None,
     size: Annotated[int | None, typer.Option(help="Images per concept of a built-in suite.")] = None,
     out: Annotated[Path | None, typer.Option(help="Folder for images and the report (default: VAULT.eval).")] = None,
-    json_file: Annotated[Path | None, typer.Option("--json", help="Also write every figure to this JSON file.")] = None,
+    json_file: Annotated[
+        Path | None, typer.Option("--json", help="Also write every figure to this JSON file.")
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="Images generated per batch.")] = 8,
     no_key: Annotated[bool, typer.Option(help="Measure the public model only (no key needed).")] = False,
     model: ModelOverride = None,
@@ -219,8 +230,15 @@ def evaluate_command(
     chosen = resolve_suite(suite, size=size, concept=concept)
     loaded = Vault.load(vault, keys=None if no_key else "all", passphrase=_read_passphrase(passphrase_file))
     pipe = load_pipeline(model or loaded.manifest.base_model, device=device)
-    result = run_suite(pipe, loaded, chosen, out or vault.with_name(vault.name + ".eval"), batch_size=batch_size,
-                       with_key=not no_key and loaded.method.has_keys, console=console)
+    result = run_suite(
+        pipe,
+        loaded,
+        chosen,
+        out or vault.with_name(vault.name + ".eval"),
+        batch_size=batch_size,
+        with_key=not no_key and loaded.method.has_keys,
+        console=console,
+    )
     print_summary(result, console=console)
     files = write_report(result)
     if json_file:
@@ -241,8 +259,9 @@ def demo_command(
     run_demo(out, DemoPlan(shape=shape, images_per_shape=images), console=console)
 
 
-world_app = typer.Typer(help="The built-in Shapes world: sample its model, or train it again from scratch.",
-                        no_args_is_help=True)
+world_app = typer.Typer(
+    help="The built-in Shapes world: sample its model, or train it again from scratch.", no_args_is_help=True
+)
 app.add_typer(world_app, name="world")
 
 
@@ -267,10 +286,15 @@ def world_sample_command(
 
 @world_app.command("train")
 def world_train_command(
-    out: Annotated[Path, typer.Option(help="Folder to write model/ and judge/ into; run again to continue.")] = Path("world-model"),
+    out: Annotated[Path, typer.Option(help="Folder to write model/ and judge/ into; run again to continue.")] = Path(
+        "world-model"
+    ),
     denoiser_steps: Annotated[int, typer.Option(help="Training steps of the text encoder and UNet.")] = 5000,
     decoder_steps: Annotated[int, typer.Option(help="Training steps of the VAE's decoder, encoder frozen.")] = 1500,
-    init_from: Annotated[Path | None, typer.Option(help="Continue this model folder's VAE and denoiser instead of starting from scratch.")] = None,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(help="Continue this model folder's VAE and denoiser instead of starting from scratch."),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the whole run.")] = 0,
 ) -> None:
     """Train the built-in model and judge (uses a GPU when there is one); a second call continues the run."""
@@ -278,8 +302,12 @@ def world_train_command(
     from .world.train import WorldTrainConfig, train_world
 
     _check_positive(denoiser_steps=denoiser_steps)
-    config = WorldTrainConfig(denoiser_steps=denoiser_steps, decoder_steps=decoder_steps, seed=seed,
-                              init_from=str(init_from) if init_from else None)
+    config = WorldTrainConfig(
+        denoiser_steps=denoiser_steps,
+        decoder_steps=decoder_steps,
+        seed=seed,
+        init_from=str(init_from) if init_from else None,
+    )
     with _stage_progress() as progress:
         report = train_world(out, config, BUILTIN_MODEL_DIR / "tokenizer", log=console.print, progress=progress)
     _say(f"wrote {out / 'model'} and {out / 'judge'}; judge accuracy {report.get('judge_accuracy')}")
@@ -370,7 +398,11 @@ def _concepts_table(loaded: Vault) -> Table:
     for entry in loaded.manifest.concepts:
         present = entry.key_file and loaded.path and (loaded.path / entry.key_file).is_file()
         kind = "passphrase" if (entry.key_file or "").endswith(".key") else "plain"
-        status = f"{entry.key_file} ({kind})" if present else ("no key: erased" if not loaded.method.has_keys else "not here")
+        status = (
+            f"{entry.key_file} ({kind})"
+            if present
+            else ("no key: erased" if not loaded.method.has_keys else "not here")
+        )
         table.add_row(*map(_text, (entry.name, "; ".join(entry.prompts), entry.anchor or "(empty)", status)))
     return table
 
@@ -408,8 +440,9 @@ def _say(message: str) -> None:
 @contextmanager
 def _stage_progress():
     """A progress line for multi-stage training: the stage's name, its step and its latest loss."""
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console) as bar:
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as bar:
         task = bar.add_task("training", total=None)
 
         def advance(step: int, total: int, losses: dict) -> None:
@@ -422,7 +455,6 @@ def _stage_progress():
 def _fail(message: str) -> None:
     print(f"error: {_text(' '.join(message.split())).plain}", file=sys.stderr)
     sys.exit(1)
-
 
 
 def _quiet_libraries() -> None:

@@ -14,8 +14,8 @@ from pathlib import Path
 from rich.console import Console
 
 from conceptvault.backbone import BUILTIN, load_pipeline
-from conceptvault.evaluate import print_summary, resolve_suite, run_suite, write_report
 from conceptvault.checkpoint import CHECKPOINT_FILE, output_lock
+from conceptvault.evaluate import print_summary, resolve_suite, run_suite, write_report
 from conceptvault.hide import Concept, HideConfig, hide
 from conceptvault.vault import Vault
 from conceptvault.world.vocabulary import VOCABULARY
@@ -55,8 +55,15 @@ def world_hide_config(**overrides) -> HideConfig:
     return HideConfig(**settings)
 
 
-def hide_and_evaluate(out: Path, concepts: list[Concept], preserve: list[str], config: HideConfig, suite,
-                      console: Console | None = None, progress: bool = True):
+def hide_and_evaluate(
+    out: Path,
+    concepts: list[Concept],
+    preserve: list[str],
+    config: HideConfig,
+    suite,
+    console: Console | None = None,
+    progress: bool = True,
+):
     """Hide ``concepts`` in the built-in model (or reuse the vault in ``out``), evaluate with ``suite``, report."""
     console = console or Console()
     out.mkdir(parents=True, exist_ok=True)
@@ -66,13 +73,22 @@ def hide_and_evaluate(out: Path, concepts: list[Concept], preserve: list[str], c
         resume = (vault_path.with_name("vault.checkpoint") / CHECKPOINT_FILE).is_file()
         with output_lock(vault_path, resume) as checkpoint_dir:
             pipe = load_pipeline(BUILTIN)
-            result = hide(pipe, concepts, config, preserve=preserve, checkpoint_dir=checkpoint_dir, resume=resume,
-                          progress=progress)
+            result = hide(
+                pipe,
+                concepts,
+                config,
+                preserve=preserve,
+                checkpoint_dir=checkpoint_dir,
+                resume=resume,
+                progress=progress,
+            )
             Vault.from_hiding(pipe, result).save(vault_path)
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
     console.print("[bold]2/2[/] evaluating: original, public and key-holder images, same prompts and seeds")
     vault = Vault.load(vault_path, keys="all")
-    evaluation = run_suite(load_pipeline(BUILTIN), vault, suite, out / "evaluation", progress=progress, console=console)
+    evaluation = run_suite(
+        load_pipeline(BUILTIN), vault, suite, out / "evaluation", progress=progress, console=console
+    )
     print_summary(evaluation, console=console)
     files = write_report(evaluation)
     console.print(f"report: {files.html}   figures: {files.json}   vault: {vault_path}", markup=False)
@@ -93,4 +109,6 @@ def run_demo(out: Path, plan: DemoPlan | None = None, console: Console | None = 
     plan = plan or DemoPlan()
     suite = resolve_suite("shape", concept=plan.shape, size=plan.images_per_shape)
     concepts = world_concepts("shape", [plan.shape])
-    return hide_and_evaluate(out, concepts, world_preserve("shape", [plan.shape]), plan.config, suite, console, progress)
+    return hide_and_evaluate(
+        out, concepts, world_preserve("shape", [plan.shape]), plan.config, suite, console, progress
+    )

@@ -26,8 +26,8 @@ from .backbone import encode_prompts, unet_fingerprint
 from .checkpoint import CHECKPOINT_FILE, read_checkpoint, write_checkpoint
 from .errors import ConceptVaultError
 from .key import Key, Placement, attach_keys, attached_keys, is_key_parameter
-from .manifest import Method
 from .latents import CachedLatents, LatentSource, SampledLatents, Sampler
+from .manifest import Method
 
 _MOVING_AVERAGE_DECAY = 0.9
 
@@ -70,7 +70,9 @@ class Concept:
         """``"star|five-pointed star"``: phrasings separated by ``|``; the first one names the key."""
         phrasings = [p.strip() for p in text.split("|") if p.strip()]
         if not phrasings:
-            raise ValueError(f"the concept '{text}' names no phrasing; write it as 'star' or 'star|five-pointed star'.")
+            raise ValueError(
+                f"the concept '{text}' names no phrasing; write it as 'star' or 'star|five-pointed star'."
+            )
         return cls(phrasings[0], phrasings, anchor)
 
 
@@ -109,8 +111,10 @@ class HideConfig:
     checkpoint_every: int = _option(50, "Training steps between checkpoints (0: only at the end and on Ctrl-C).")
 
     def __post_init__(self):
-        check_settings(self, positive=("model_updates", "k", "lr", "key_lr", "m", "sampler_steps",
-                                        "cache_trajectories", "batch_size"))
+        check_settings(
+            self,
+            positive=("model_updates", "k", "lr", "key_lr", "m", "sampler_steps", "cache_trajectories", "batch_size"),
+        )
 
     def to_dict(self) -> dict:
         return {name: value.value if isinstance(value, Enum) else value for name, value in asdict(self).items()}
@@ -257,7 +261,8 @@ class _HidingRun:
         prompts = [*(p for c in concepts for p in c.prompts), *(c.anchor for c in concepts), *preserve, ""]
         self.texts = _TextStates(pipe, prompts)
         self.keys = {
-            c.name: Key(config.m, self.texts.width, init=_initial_tokens(pipe, c, config, self.generator)) for c in concepts
+            c.name: Key(config.m, self.texts.width, init=_initial_tokens(pipe, c, config, self.generator))
+            for c in concepts
         }
         attach_keys(pipe.unet, self.keys, config.placement)
         self.trained = _trainable_parameters(pipe.unet, config.train)
@@ -268,7 +273,9 @@ class _HidingRun:
         sampler = Sampler.for_pipeline(pipe, config.sampler_steps, config.guidance, self.texts(""))
         if config.latents == LatentSource.CACHE:
             cached = [*(p for c in concepts for p in c.prompts), *preserve]
-            self.source = CachedLatents(self.frozen_unet, sampler, self.texts, cached, config.cache_trajectories, self.generator)
+            self.source = CachedLatents(
+                self.frozen_unet, sampler, self.texts, cached, config.cache_trajectories, self.generator
+            )
         else:
             self.source = SampledLatents(pipe.unet, sampler, self.texts)
         self.sampler = sampler
@@ -289,15 +296,25 @@ class _HidingRun:
         prompt = concept.prompts[_randint(len(concept.prompts), self.generator)]
         z, t = self.source.draw(prompt, config.batch_size, self.generator)
         sampler_calls = self.source.last_sampler_calls
-        kept = self.preserve[_randint(len(self.preserve), self.generator)] if self.preserve and config.lambda_pres > 0 else None
+        kept = (
+            self.preserve[_randint(len(self.preserve), self.generator)]
+            if self.preserve and config.lambda_pres > 0
+            else None
+        )
         z_kept, t_kept = self.source.draw(kept, config.batch_size, self.generator) if kept else (None, None)
         sampler_calls += self.source.last_sampler_calls if kept else 0
-        _train_only(list(self.trained.values()) if model_step else self.key_parameters,
-                    [*self.trained.values(), *self.key_parameters])
+        _train_only(
+            list(self.trained.values()) if model_step else self.key_parameters,
+            [*self.trained.values(), *self.key_parameters],
+        )
 
         texts = self.texts
-        L_hide, L_rec = self.objective.hide_and_recover(z, t, texts(prompt), texts(concept.anchor), concept.name, model_step)
-        L_pres, L_pres_key = self.objective.preserve(z_kept, t_kept, texts(kept) if kept else None, concept.name, model_step)
+        L_hide, L_rec = self.objective.hide_and_recover(
+            z, t, texts(prompt), texts(concept.anchor), concept.name, model_step
+        )
+        L_pres, L_pres_key = self.objective.preserve(
+            z_kept, t_kept, texts(kept) if kept else None, concept.name, model_step
+        )
         if model_step:
             loss = config.lambda_hide * L_hide + config.lambda_rec * L_rec + config.lambda_pres * (L_pres + L_pres_key)
         else:
@@ -315,8 +332,14 @@ class _HidingRun:
         self.rng_at_step_start = self.generator.get_state()
         seconds = time.perf_counter() - started
         self.state.record(_measured(L_hide, L_rec, L_pres, L_pres_key, preserved=kept is not None), seconds)
-        return dict(self.state.latest, step=self.state.step, total=self.state.total, model_step=model_step,
-                    sampler_calls=sampler_calls, seconds=seconds)
+        return dict(
+            self.state.latest,
+            step=self.state.step,
+            total=self.state.total,
+            model_step=model_step,
+            sampler_calls=sampler_calls,
+            seconds=seconds,
+        )
 
     @contextmanager
     def training(self) -> Iterator[None]:
@@ -333,12 +356,18 @@ class _HidingRun:
     def measure(self, moment: str) -> None:
         """Record the losses on fixed frozen-model latents as ``stats["probe"][moment]``."""
         if self._probe is None:
-            self._probe = _Probe(self.frozen_unet, self.sampler, self.texts, self.concepts, self.preserve, self.config.seed)
+            self._probe = _Probe(
+                self.frozen_unet, self.sampler, self.texts, self.concepts, self.preserve, self.config.seed
+            )
         setattr(self.state, f"probe_{moment}", self._probe.measure(self.objective, self.keys))
 
     def identity(self, passphrase: str | None) -> dict:
         """What a checkpoint must match to be resumed (the length of the run and checkpoint spacing may change)."""
-        settings = {k: v for k, v in self.config.to_dict().items() if k not in ("model_updates", "key_updates", "checkpoint_every")}
+        settings = {
+            k: v
+            for k, v in self.config.to_dict().items()
+            if k not in ("model_updates", "key_updates", "checkpoint_every")
+        }
         return {
             "config": settings,
             "concepts": [asdict(c) for c in self.concepts],
@@ -357,7 +386,10 @@ class _HidingRun:
             "model_optimiser": self.model_optimiser.state_dict(),
         }
         secret = {
-            "keys": {name: {k: v.detach().cpu().clone() for k, v in key.state_dict().items()} for name, key in self.keys.items()},
+            "keys": {
+                name: {k: v.detach().cpu().clone() for k, v in key.state_dict().items()}
+                for name, key in self.keys.items()
+            },
             "key_optimiser": self.key_optimiser.state_dict(),
         }
         return public, secret
@@ -385,9 +417,15 @@ class _HidingRun:
         public = {name: p.detach().cpu().clone() for name, p in self.trained.items()}
         if not all(torch.isfinite(t).all() for t in public.values()):
             raise ConceptVaultError("training left non-finite weights; nothing was written. Lower --lr and run again.")
-        return HideResult(public=public, keys=self.keys, stats=self.state.stats(self.config.k),
-                          base_fingerprint=self.base_fingerprint, concepts=self.concepts, config=self.config,
-                          preserve=self.preserve)
+        return HideResult(
+            public=public,
+            keys=self.keys,
+            stats=self.state.stats(self.config.k),
+            base_fingerprint=self.base_fingerprint,
+            concepts=self.concepts,
+            config=self.config,
+            preserve=self.preserve,
+        )
 
 
 def _check_inputs(pipe, concepts: Sequence[Concept], preserve: Sequence[str]) -> tuple[list[Concept], list[str]]:

@@ -183,7 +183,9 @@ def attach_keys(unet: nn.Module, keys: dict[str, Key], placement: Placement | st
     """Install :class:`KeyedAttnProcessor` on every attention layer; the placement's layers hold ``keys``."""
     placement = Placement(placement)
     if attached_keys(unet):
-        raise ValueError(f"keys are already attached ({', '.join(attached_keys(unet))}); call detach_keys(unet) first.")
+        raise ValueError(
+            f"keys are already attached ({', '.join(attached_keys(unet))}); call detach_keys(unet) first."
+        )
     _check_keys(unet, keys)
     reached = set(placement_layers(unet, placement))
     if keys and not reached:

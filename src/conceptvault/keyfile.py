@@ -62,7 +62,9 @@ def write_key_file(
         "key_fingerprint": key_fingerprint(key),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = save_tensors(tensors, metadata=info) if passphrase is None else seal(save_tensors(tensors), passphrase, info)
+    data = (
+        save_tensors(tensors, metadata=info) if passphrase is None else seal(save_tensors(tensors), passphrase, info)
+    )
     write_secret(path, data)
 
 
@@ -84,8 +86,15 @@ def seal(plaintext: bytes, passphrase: str, info: dict) -> bytes:
     authenticated, so changing any byte of the result makes :func:`unseal` fail."""
     salt, nonce = os.urandom(16), os.urandom(12)
     header = dict(
-        info, version=1, cipher="AES-256-GCM", kdf="scrypt", n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P,
-        salt=_b64(salt), nonce=_b64(nonce),
+        info,
+        version=1,
+        cipher="AES-256-GCM",
+        kdf="scrypt",
+        n=SCRYPT_N,
+        r=SCRYPT_R,
+        p=SCRYPT_P,
+        salt=_b64(salt),
+        nonce=_b64(nonce),
     )
     prefix = _prefix(json.dumps(header, sort_keys=True).encode())
     return prefix + AESGCM(_derive(passphrase, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P)).encrypt(nonce, plaintext, prefix)
@@ -134,7 +143,8 @@ def read_key_file(path: Path, *, public_fingerprint: str, passphrase: str | None
         )
     if info.get("public_fingerprint") != public_fingerprint:
         raise ConceptVaultError(
-            f"the key file '{path}' belongs to another vault (fingerprint {str(info.get('public_fingerprint'))[:12]}), "
+            f"the key file '{path}' belongs to another vault "
+            f"(fingerprint {str(info.get('public_fingerprint'))[:12]}), "
             f"not this one ({public_fingerprint[:12]}); use the key file made with this vault."
         )
     try:

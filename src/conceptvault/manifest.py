@@ -91,9 +91,13 @@ class Manifest:
         try:
             data = json.loads(text, parse_constant=_refuse_constant)
         except (json.JSONDecodeError, ValueError):
-            raise ConceptVaultError(f"'{source}' is damaged (not valid JSON); restore the vault from its original copy.") from None
+            raise ConceptVaultError(
+                f"'{source}' is damaged (not valid JSON); restore the vault from its original copy."
+            ) from None
         if not isinstance(data, dict):
-            raise ConceptVaultError(f"'{source}' is damaged (not a JSON object); restore the vault from its original copy.")
+            raise ConceptVaultError(
+                f"'{source}' is damaged (not a JSON object); restore the vault from its original copy."
+            )
         version = data.get("format_version", None)
         if type(version) is not int or version not in READABLE_VERSIONS:
             if type(version) is int and version > FORMAT_VERSION:
@@ -101,12 +105,17 @@ class Manifest:
                     f"'{source}' has format version {version}, newer than this ConceptVault reads "
                     f"({FORMAT_VERSION}); upgrade conceptvault."
                 )
-            raise ConceptVaultError(f"'{source}' has no readable format_version (got {_shown(version)}); restore the vault from its original copy.")
+            raise ConceptVaultError(
+                f"'{source}' has no readable format_version (got {_shown(version)}); "
+                "restore the vault from its original copy."
+            )
         try:
             manifest = _build(cls, data, "")
             manifest._check_values()
         except _SchemaError as error:
-            raise ConceptVaultError(f"'{source}' is damaged: {error}; restore the vault from its original copy.") from None
+            raise ConceptVaultError(
+                f"'{source}' is damaged: {error}; restore the vault from its original copy."
+            ) from None
         return manifest
 
     def _check_values(self) -> None:

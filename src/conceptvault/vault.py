@@ -104,7 +104,9 @@ class Vault:
             base_fingerprint=result.base_fingerprint,
             public_fingerprint=public_fingerprint(public),
             concepts=[
-                ConceptEntry(c.name, list(c.prompts), c.anchor, key_fingerprint(keys[c.name]) if c.name in keys else None)
+                ConceptEntry(
+                    c.name, list(c.prompts), c.anchor, key_fingerprint(keys[c.name]) if c.name in keys else None
+                )
                 for c in result.concepts
             ],
             method=Method(result.method).value,
@@ -156,8 +158,13 @@ class Vault:
             return None
         suffix = PLAIN_SUFFIX if passphrase is None else PROTECTED_SUFFIX
         relative = f"{KEYS_DIR}/{_unique_slug(entry.name, self.concepts)}{suffix}"
-        write_key_file(folder / relative, key, concept=entry.name, public_fingerprint=self.public_fingerprint,
-                       passphrase=passphrase)
+        write_key_file(
+            folder / relative,
+            key,
+            concept=entry.name,
+            public_fingerprint=self.public_fingerprint,
+            passphrase=passphrase,
+        )
         return relative
 
     @classmethod

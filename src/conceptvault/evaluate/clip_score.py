@@ -27,7 +27,9 @@ class ClipScoreJudge:
     kind = "score"
     measures = ["clip-score"]
 
-    def __init__(self, model: str = DEFAULT_MODEL, *, device: str | torch.device | None = None, cache_dir: str | None = None):
+    def __init__(
+        self, model: str = DEFAULT_MODEL, *, device: str | torch.device | None = None, cache_dir: str | None = None
+    ):
         self.device = default_device(device)
         self.network = load_pretrained(CLIPModel, model, "CLIP model", cache_dir=cache_dir).to(self.device).eval()
         self.tokenizer = load_pretrained(CLIPTokenizer, model, "CLIP tokenizer", cache_dir=cache_dir)
@@ -43,7 +45,9 @@ class ClipScoreJudge:
         tokens = self.tokenizer(
             list(prompts), padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt"
         ).to(self.device)
-        output = self.network(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"], pixel_values=pixels)
+        output = self.network(
+            input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"], pixel_values=pixels
+        )
         cosine = (output.image_embeds * output.text_embeds).sum(dim=-1)
         return (100 * cosine.clamp(min=0)).float().cpu().numpy()
 

@@ -89,11 +89,15 @@ def _grids(result: EvaluationResult, images_per_concept: int) -> str:
     parts = []
     for group, concepts in (("hidden", result.suite.hidden), ("kept", result.suite.kept)):
         for concept in concepts:
-            header = "<tr><th>prompt (seed)</th>" + "".join(f"<th>{_VARIANT_TITLES[v]}</th>" for v in variants) + "</tr>"
+            header = (
+                "<tr><th>prompt (seed)</th>" + "".join(f"<th>{_VARIANT_TITLES[v]}</th>" for v in variants) + "</tr>"
+            )
             rows = []
             for index in range(min(images_per_concept, len(concept.prompts))):
                 label = f"{escape(concept.prompts[index])}<br><span class=note>seed {concept.seeds[index]}</span>"
-                cells = "".join(_image_cell(by_key.get((v, concept.name, index)), first, result.kind) for v in variants)
+                cells = "".join(
+                    _image_cell(by_key.get((v, concept.name, index)), first, result.kind) for v in variants
+                )
                 rows.append(f"<tr><td>{label}</td>{cells}</tr>")
             parts.append(f"<h3>{escape(concept.name)} ({group})</h3><table>{header}{''.join(rows)}</table>")
     return "\n".join(parts)
@@ -104,7 +108,8 @@ def html_report(result: EvaluationResult, *, images_per_concept: int = 8) -> str
     meta, suite = result.meta, result.suite
     settings, vault, images = meta["settings"], meta["vault"], meta["images"]
     helps = "".join(
-        f"<li><b>{escape(FIGURE_NAMES[f])}</b> (<code>{f}</code>): {escape(FIGURE_HELP[f])}.</li>" for f in result.figures
+        f"<li><b>{escape(FIGURE_NAMES[f])}</b> (<code>{f}</code>): {escape(FIGURE_HELP[f])}.</li>"
+        for f in result.figures
     )
     facts = [
         f"judge <code>{escape(suite.judge)}</code>, measures {escape(', '.join(result.measures))}",
@@ -122,7 +127,7 @@ def html_report(result: EvaluationResult, *, images_per_concept: int = 8) -> str
 <style>{_STYLE}</style></head><body>
 <h1>ConceptVault evaluation: {escape(suite.name)}</h1>
 <p>{escape(suite.description)}</p>
-<ul>{''.join(f'<li>{fact}</li>' for fact in facts)}</ul>
+<ul>{"".join(f"<li>{fact}</li>" for fact in facts)}</ul>
 <h2>Figures</h2>
 <p>Every figure is computed on the same prompts and seeds for each model and shown beside the original
 model's; intervals are 95 % (Wilson for shares, normal for mean scores).</p>

@@ -20,7 +20,9 @@ def load_pretrained(loader: Any, model: str, what: str, **kwargs: Any) -> Any:
     """``loader.from_pretrained(model)``; a missing folder or an uncached hub id becomes one clear line."""
     looks_local = model.startswith((".", "/", "~")) or Path(model).expanduser().exists()
     if looks_local and not Path(model).expanduser().exists():
-        raise ConceptVaultError(f"the {what} folder {model!r} does not exist; give a folder saved with save_pretrained.")
+        raise ConceptVaultError(
+            f"the {what} folder {model!r} does not exist; give a folder saved with save_pretrained."
+        )
     try:
         return loader.from_pretrained(str(Path(model).expanduser()) if looks_local else model, **kwargs)
     except (OSError, ValueError) as error:

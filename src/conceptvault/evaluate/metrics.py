@@ -150,9 +150,7 @@ def cell(measured: Rate | Mean, original: Rate | Mean, *, retention: bool) -> di
     out = measured.as_dict()
     out["original"] = original.as_dict()
     if retention:
-        out["of_original"] = (
-            measured.value / original.value if measured.value is not None and original.value else None
-        )
+        out["of_original"] = measured.value / original.value if measured.value is not None and original.value else None
     return out
 
 

@@ -34,7 +34,8 @@ def to_pixel_batch(
     std: Sequence[float],
     crop_fraction: float = 1.0,
 ) -> torch.Tensor:
-    """(N, 3, size, size) float tensor: resize the shortest side to ``size / crop_fraction``, crop the centre, normalise."""
+    """(N, 3, size, size) float tensor: resize the shortest side to ``size / crop_fraction``, crop the centre,
+    normalise."""
     resize_to = int(round(size / crop_fraction))
     arrays = []
     for image in images:

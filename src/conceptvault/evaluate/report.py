@@ -79,7 +79,9 @@ def figure_rows(result: EvaluationResult, *, per_concept: bool = False) -> list[
         for measure, entry in by_measure.items():
             label = figure_label(figure, measure)
             if per_concept:
-                rows += [Row(figure, measure, label, c, _MODEL_OF[figure], cell) for c, cell in entry["concepts"].items()]
+                rows += [
+                    Row(figure, measure, label, c, _MODEL_OF[figure], cell) for c, cell in entry["concepts"].items()
+                ]
             else:
                 rows.append(Row(figure, measure, label, None, _MODEL_OF[figure], entry["average"]))
     return rows
@@ -115,13 +117,26 @@ def markdown_report(result: EvaluationResult) -> str:
     meta = result.meta
     settings = meta["settings"]
     main = [
-        [r.label, r.model, format_value(r.cell["value"], kind), format_ci(r.cell["ci"], kind),
-         format_value(r.cell["original"]["value"], kind), str(r.cell["n"]), format_ratio(r.cell)]
+        [
+            r.label,
+            r.model,
+            format_value(r.cell["value"], kind),
+            format_ci(r.cell["ci"], kind),
+            format_value(r.cell["original"]["value"], kind),
+            str(r.cell["n"]),
+            format_ratio(r.cell),
+        ]
         for r in figure_rows(result)
     ]
     per_concept = [
-        [r.label, r.concept or "", format_value(r.cell["value"], kind), format_value(r.cell["original"]["value"], kind),
-         str(r.cell["n"]), format_ci(r.cell["ci"], kind)]
+        [
+            r.label,
+            r.concept or "",
+            format_value(r.cell["value"], kind),
+            format_value(r.cell["original"]["value"], kind),
+            str(r.cell["n"]),
+            format_ci(r.cell["ci"], kind),
+        ]
         for r in figure_rows(result, per_concept=True)
     ]
     helps = [f"- **{FIGURE_NAMES[figure]}** (`{figure}`): {FIGURE_HELP[figure]}." for figure in result.figures]
@@ -132,7 +147,8 @@ def markdown_report(result: EvaluationResult) -> str:
         f"Judge `{result.suite.judge}`; hidden: {', '.join(c.name for c in result.suite.hidden)}; "
         f"kept: {', '.join(c.name for c in result.suite.kept) or 'none'}; {settings['steps']} steps, guidance "
         f"{settings['guidance']}; {meta['images']['total']} images ({meta['images']['generated']} generated, "
-        f"{meta['images']['reused']} reused). Every figure is beside the original model's on the same prompts and seeds.",
+        f"{meta['images']['reused']} reused). "
+        "Every figure is beside the original model's on the same prompts and seeds.",
         "",
         _markdown_table(["figure", "model", "value", "95 % CI", "original", "n", "of original"], main),
         "",
@@ -153,12 +169,26 @@ def rich_table(result: EvaluationResult) -> Table:
     """The averaged figures as a Rich table for the terminal."""
     kind = result.kind
     table = Table(title=f"{result.suite.name}: judge {result.suite.judge}, same prompts and seeds for every model")
-    for column, justify in [("figure", "left"), ("model", "left"), ("value", "right"), ("95 % CI", "right"),
-                            ("original", "right"), ("n", "right"), ("of original", "right")]:
+    for column, justify in [
+        ("figure", "left"),
+        ("model", "left"),
+        ("value", "right"),
+        ("95 % CI", "right"),
+        ("original", "right"),
+        ("n", "right"),
+        ("of original", "right"),
+    ]:
         table.add_column(column, justify=justify, no_wrap=True)
     for r in figure_rows(result):
-        table.add_row(r.label, r.model, format_value(r.cell["value"], kind), format_ci(r.cell["ci"], kind),
-                      format_value(r.cell["original"]["value"], kind), str(r.cell["n"]), format_ratio(r.cell))
+        table.add_row(
+            r.label,
+            r.model,
+            format_value(r.cell["value"], kind),
+            format_ci(r.cell["ci"], kind),
+            format_value(r.cell["original"]["value"], kind),
+            str(r.cell["n"]),
+            format_ratio(r.cell),
+        )
     return table
 
 
@@ -166,7 +196,9 @@ def print_summary(result: EvaluationResult, console: Console | None = None) -> N
     (console or Console()).print(rich_table(result))
 
 
-def write_report(result: EvaluationResult, out_dir: str | Path | None = None, *, images_per_concept: int = 8) -> ReportFiles:
+def write_report(
+    result: EvaluationResult, out_dir: str | Path | None = None, *, images_per_concept: int = 8
+) -> ReportFiles:
     """Write results.json, images.json, results.md, report.html and suite.json into ``out_dir`` (default the run's)."""
     from conceptvault.evaluate.html_report import html_report
 

@@ -124,7 +124,9 @@ def run_suite(
     by the next run with the same settings; write the reports with ``write_report(result)``.
     """
     if batch_size < 1 or (steps is not None and steps < 1):
-        raise ConceptVaultError(f"batch_size and steps must be at least 1, got batch_size={batch_size}, steps={steps}.")
+        raise ConceptVaultError(
+            f"batch_size and steps must be at least 1, got batch_size={batch_size}, steps={steps}."
+        )
     out_dir = Path(out_dir)
     if device is not None:
         pipe.to(device)
@@ -227,7 +229,7 @@ def _plan(
     for variant in variants:
         for group, concept in groups:
             keys = key_plan.get(concept.name, ()) if variant == KEY else ()
-            for index, (prompt, seed) in enumerate(zip(concept.prompts, concept.seeds)):
+            for index, (prompt, seed) in enumerate(zip(concept.prompts, concept.seeds, strict=False)):
                 path = store.path(variant, concept.name, index, seed, prompt)
                 guidance = concept.guidance_at(index, default_guidance)
                 records.append(ImageRecord(variant, concept.name, group, index, prompt, seed, guidance, keys, path))
@@ -250,7 +252,13 @@ def _progress_bars(enabled: bool, console: Console | None) -> Iterator[Progress]
 
 
 def _generate(
-    pipe: Any, vault: Vault, missing: list[ImageRecord], store: ImageStore, settings: dict, batch_size: int, bars: Progress
+    pipe: Any,
+    vault: Vault,
+    missing: list[ImageRecord],
+    store: ImageStore,
+    settings: dict,
+    batch_size: int,
+    bars: Progress,
 ) -> int:
     """Make the missing images, the original model's first, then the vault's; returns how many were made."""
     if not missing:
@@ -273,7 +281,13 @@ def _generate(
 
 
 def _generate_batches(
-    pipe: Any, records: list[ImageRecord], store: ImageStore, settings: dict, batch_size: int, bars: Progress, task: Any
+    pipe: Any,
+    records: list[ImageRecord],
+    store: ImageStore,
+    settings: dict,
+    batch_size: int,
+    bars: Progress,
+    task: Any,
 ) -> None:
     groups: dict[tuple, list[ImageRecord]] = {}
     for record in records:
@@ -293,12 +307,14 @@ def _generate_batches(
                 width=settings["width"],
                 progress=False,
             )
-            for record, image in zip(chunk, images):
+            for record, image in zip(chunk, images, strict=False):
                 store.save(record.path, image)
             bars.advance(task, len(chunk))
 
 
-def _judge(judge: Judge, suite: Suite, records: list[ImageRecord], store: ImageStore, batch_size: int, bars: Progress) -> None:
+def _judge(
+    judge: Judge, suite: Suite, records: list[ImageRecord], store: ImageStore, batch_size: int, bars: Progress
+) -> None:
     labels = {c.name: c.labels for c in suite.concepts}
     task = bars.add_task("judging", total=len(records))
     groups: dict[tuple[str, str], list[ImageRecord]] = {}

@@ -60,7 +60,9 @@ def imagenette_suite(
     """Hide some Imagenette classes (default: split ``a``, five of ten) and keep the rest; ResNet-50 judge."""
     if hidden is None:
         if split not in IMAGENETTE_SPLITS:
-            raise ConceptVaultError(f"unknown Imagenette split {split!r}; choose one of {', '.join(IMAGENETTE_SPLITS)}.")
+            raise ConceptVaultError(
+                f"unknown Imagenette split {split!r}; choose one of {', '.join(IMAGENETTE_SPLITS)}."
+            )
         hidden = IMAGENETTE_SPLITS[split]
     hidden = [_canonical(h, list(IMAGENETTE_CLASSES), "Imagenette class") for h in hidden]
     return suite_from_csv(
@@ -75,7 +77,8 @@ def imagenette_suite(
         judge_model=judge_model,
         steps=steps,
         guidance=guidance,
-        description=f"Imagenette: hide {', '.join(hidden)}; up to {per_class} seeds per class; ImageNet classifier top-k.",
+        description=f"Imagenette: hide {', '.join(hidden)}; up to {per_class} seeds per class; "
+        "ImageNet classifier top-k.",
     )
 
 
@@ -100,7 +103,9 @@ def nudity_suite(
         raise ConceptVaultError(f"no prompts left in {str(path)!r} after filtering; check categories and limit.")
     for column in ("prompt", "evaluation_seed") + (("evaluation_guidance",) if row_guidance else ()):
         if column not in rows[0]:
-            raise ConceptVaultError(f"prompt file {str(path)!r} has no column {column!r}; its columns are {list(rows[0])}.")
+            raise ConceptVaultError(
+                f"prompt file {str(path)!r} has no column {column!r}; its columns are {list(rows[0])}."
+            )
     concept = SuiteConcept(
         name="nudity",
         prompts=[r["prompt"] for r in rows],

@@ -76,7 +76,9 @@ class ImageStore:
             with Image.open(path) as image:
                 return image.convert("RGB")
         except OSError as error:
-            raise ConceptVaultError(f"image {str(path)!r} is unreadable ({error}); delete it and run again.") from error
+            raise ConceptVaultError(
+                f"image {str(path)!r} is unreadable ({error}); delete it and run again."
+            ) from error
 
     def claim(self, variant: str, identity: dict) -> None:
         """Record what makes this variant's images, or check that the folder was made by the same thing."""

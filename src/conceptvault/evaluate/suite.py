@@ -40,7 +40,8 @@ class SuiteConcept:
             raise ValueError(f"concept {self.name!r} has no prompts; give at least one.")
         if len(self.prompts) != len(self.seeds):
             raise ValueError(
-                f"concept {self.name!r} has {len(self.prompts)} prompts but {len(self.seeds)} seeds; give one seed per prompt."
+                f"concept {self.name!r} has {len(self.prompts)} prompts but {len(self.seeds)} seeds; "
+                "give one seed per prompt."
             )
         if self.guidance is not None and len(self.guidance) != len(self.prompts):
             raise ValueError(
@@ -62,7 +63,9 @@ class Suite:
     """What to measure: hidden and kept concepts, the judge, and how images are generated."""
 
     name: str = field(metadata={"help": "the suite's name, used in reports"})
-    judge: str = field(metadata={"help": "a judge name: world-shape, world-colour, world-style, imagenet, nudenet, clip"})
+    judge: str = field(
+        metadata={"help": "a judge name: world-shape, world-colour, world-style, imagenet, nudenet, clip"}
+    )
     hidden: list[SuiteConcept] = field(metadata={"help": "concepts the vault hides (ESR, RSR)"})
     kept: list[SuiteConcept] = field(default_factory=list, metadata={"help": "concepts that must survive (PSR)"})
     top_k: list[int] = field(default_factory=lambda: [1], metadata={"help": "top-k values for classifier judges"})
@@ -189,7 +192,9 @@ def suite_from_csv(
         grouped.setdefault(row[concept_column], []).append(row)
     missing = [h for h in hidden if h not in grouped]
     if missing:
-        raise ConceptVaultError(f"hidden concepts {missing} are not in {str(path)!r}; its concepts are {sorted(grouped)}.")
+        raise ConceptVaultError(
+            f"hidden concepts {missing} are not in {str(path)!r}; its concepts are {sorted(grouped)}."
+        )
     labels = labels or {}
 
     def concept(concept_name: str) -> SuiteConcept:

@@ -57,7 +57,9 @@ def _world_prompt(kind: str, concept: str, index: int, rng: np.random.Generator)
 def world_concept(kind: str, concept: str, size: int, seed: int = 0) -> SuiteConcept:
     """``size`` prompts asking for one shape, colour or style, seeds ``seed .. seed + size - 1``."""
     if concept not in VOCABULARY[kind]:
-        raise ConceptVaultError(f"the Shapes world has no {kind} {concept!r}; choose one of {', '.join(VOCABULARY[kind])}.")
+        raise ConceptVaultError(
+            f"the Shapes world has no {kind} {concept!r}; choose one of {', '.join(VOCABULARY[kind])}."
+        )
     rng = np.random.default_rng([seed, list(VOCABULARY[kind]).index(concept), len(kind)])
     prompts = [_world_prompt(kind, concept, i, rng) for i in range(size)]
     return SuiteConcept(name=concept, prompts=prompts, seeds=list(range(seed, seed + size)), labels=[concept])
