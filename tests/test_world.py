@@ -1,15 +1,22 @@
 """The built-in Shapes world: renderer, captions, the shipped model and judge, and the trainer."""
 
+import dataclasses
+
 import numpy as np
+import pytest
 import torch
 from diffusers import StableDiffusionPipeline
+from transformers import CLIPTokenizer
 
+from conceptvault.errors import ConceptVaultError
 from conceptvault.world import BUILTIN_MODEL_DIR, COLOURS, SHAPES, STYLES
 from conceptvault.world.captions import training_caption
 from conceptvault.world.data import render_batch
-from conceptvault.world.judge import judge_accuracy, load_judge
-from conceptvault.world.render import render, sample_scene
-from conceptvault.world.train import WorldTrainConfig, train_world
+from conceptvault.world.judge import REJECT, judge_accuracy, load_judge
+from conceptvault.world.model import build_vae
+from conceptvault.world.negatives import NEGATIVE_KINDS, render_negative
+from conceptvault.world.render import render, sample_scene, to_pil
+from conceptvault.world.train import DenoiserRun, LatentPool, WorldTrainConfig, train_denoiser, train_world
 
 
 def test_vocabulary_has_the_promised_breadth():
@@ -53,11 +60,30 @@ def test_shipped_pipeline_loads_with_plain_diffusers_and_makes_64px_images():
     assert image.size == (64, 64)
 
 
-def test_shipped_judge_reads_rendered_images():
+def test_shipped_judge_reads_rendered_images_and_rejects_shapeless_ones():
     accuracy = judge_accuracy(load_judge(), count=400, seed=2024)
     assert accuracy["shape"] >= 0.99
     assert accuracy["colour"] >= 0.99
     assert accuracy["style"] >= 0.97
+    assert accuracy["false_accept"] <= 0.02
+
+
+def test_the_judge_rejects_every_kind_of_negative_and_accepts_renders():
+    judge = load_judge()
+    rng = np.random.default_rng(5)
+    negatives = {kind: [to_pil(render_negative(rng, kind)) for _ in range(20)] for kind in NEGATIVE_KINDS}
+    rejected = {
+        kind: sum(judge.labels["shape"][i] == REJECT for i in judge.predict(images)["shape"].argmax(-1).tolist())
+        for kind, images in negatives.items()
+    }
+    assert sum(rejected.values()) >= 155 and min(rejected.values()) >= 17, rejected
+    renders = [to_pil(render(sample_scene(rng), rng)) for _ in range(40)]
+    accepted = sum(judge.labels["shape"][i] != REJECT for i in judge.predict(renders)["shape"].argmax(-1).tolist())
+    assert accepted == 40
+    probs = judge.predict(renders)
+    for head in ("shape", "colour", "style"):
+        assert judge.labels[head][-1] == REJECT
+        assert torch.allclose(probs[head].sum(-1), torch.ones(40), atol=1e-5)
 
 
 def test_shipped_model_draws_the_shape_it_is_asked_for():
@@ -78,16 +104,43 @@ def test_shipped_model_draws_the_shape_it_is_asked_for():
     assert correct >= 10, predicted
 
 
-def test_trainer_runs_each_part_for_a_few_steps(tmp_path):
+def test_trainer_runs_each_part_for_a_few_steps_and_continues(tmp_path):
     torch.manual_seed(0)
-    config = WorldTrainConfig(judge_steps=2, vae_steps=2, denoiser_steps=2, batch_size=4)
+    config = WorldTrainConfig(
+        judge_steps=2, vae_steps=2, decoder_steps=2, denoiser_steps=2, batch_size=4, latent_pool=8
+    )
     report = train_world(tmp_path, config, BUILTIN_MODEL_DIR / "tokenizer", log=lambda _: None)
-    assert set(report["judge_accuracy"]) == {"shape", "colour", "style"}
+    assert set(report["judge_accuracy"]) == {"shape", "colour", "style", "false_accept"}
+    assert report["denoiser_steps_done"] == 2
     pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "model", safety_checker=None)
-    assert pipe("a square", num_inference_steps=2).images[0].size == (64, 64)
-    assert load_judge(tmp_path / "judge").predict([pipe("a square", num_inference_steps=2).images[0]])[
-        "shape"
-    ].shape == (1, 10)
+    image = pipe("a square", num_inference_steps=2).images[0]
+    assert image.size == (64, 64)
+    assert load_judge(tmp_path / "judge").predict([image])["shape"].shape == (1, 11)
+
+    longer = dataclasses.replace(config, denoiser_steps=3)
+    assert (
+        train_world(tmp_path, longer, BUILTIN_MODEL_DIR / "tokenizer", log=lambda _: None)["denoiser_steps_done"] == 3
+    )
+    with pytest.raises(ConceptVaultError, match="other settings \\(lr\\)"):
+        train_world(tmp_path, dataclasses.replace(longer, lr=0.5), BUILTIN_MODEL_DIR / "tokenizer", log=lambda _: None)
+
+
+def test_a_resumed_denoiser_run_equals_a_straight_one(tmp_path):
+    config = WorldTrainConfig(denoiser_steps=4, batch_size=2, latent_pool=8)
+    vae = build_vae().eval()
+    vae.register_to_config(scaling_factor=1.0)
+    pool = LatentPool.build(vae, config.latent_pool, seed=0)
+    tokenizer = CLIPTokenizer.from_pretrained(BUILTIN_MODEL_DIR / "tokenizer")
+    straight = train_denoiser(DenoiserRun(config, torch.device("cpu")), pool, tokenizer)
+    first = train_denoiser(
+        DenoiserRun(dataclasses.replace(config, denoiser_steps=2), torch.device("cpu")), pool, tokenizer
+    )
+    saved = first.state_dict()
+    resumed = DenoiserRun(config, torch.device("cpu"))
+    resumed.load_state_dict(saved)
+    train_denoiser(resumed, pool, tokenizer)
+    for a, b in zip(straight.ema_unet.parameters(), resumed.ema_unet.parameters(), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_batches_carry_labels_matching_their_captions():

@@ -15,7 +15,11 @@ from conceptvault.world.vocabulary import COLOURS, SHAPES, STYLES
 COLOUR_KEPT = 0.75  # share of captions that name the colour
 STYLE_KEPT = 0.6  # share of captions that name the style
 
-_TEMPLATES_FULL = ["a {style} {colour} {shape}", "a {colour} {shape}, {style}", "a picture of a {style} {colour} {shape}"]
+_TEMPLATES_FULL = [
+    "a {style} {colour} {shape}",
+    "a {colour} {shape}, {style}",
+    "a picture of a {style} {colour} {shape}",
+]
 _TEMPLATES_COLOUR = ["a {colour} {shape}", "{colour} {shape}", "a picture of a {colour} {shape}"]
 _TEMPLATES_STYLE = ["a {style} {shape}", "a {shape}, {style}", "a picture of a {style} {shape}"]
 _TEMPLATES_SHAPE = ["a {shape}", "{shape}", "a picture of a {shape}"]

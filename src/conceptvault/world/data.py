@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,12 +22,16 @@ class Batch:
     captions: list[str]
 
 
-def render_batch(rng: np.random.Generator, size: int, shape: str | None = None) -> Batch:
-    scenes = [sample_scene(rng, shape=shape) for _ in range(size)]
+def render_batch(
+    rng: np.random.Generator, size: int, shape: str | None = None, shapes: Sequence[str] | None = None
+) -> Batch:
+    """``size`` random scenes: all of ``shape`` if given, else drawn from ``shapes`` (default: every shape)."""
+    scenes = [
+        sample_scene(rng, shape=shape or (str(rng.choice(list(shapes))) if shapes else None)) for _ in range(size)
+    ]
     images = np.stack([render(scene, rng) for scene in scenes])
     labels = {
-        head: torch.tensor([names.index(getattr(scene, head)) for scene in scenes])
-        for head, names in LABELS.items()
+        head: torch.tensor([names.index(getattr(scene, head)) for scene in scenes]) for head, names in LABELS.items()
     }
     captions = [training_caption(s.shape, s.colour, s.style, rng) for s in scenes]
     return Batch(torch.from_numpy(images).permute(0, 3, 1, 2) * 2 - 1, labels, captions)

@@ -1,4 +1,10 @@
-"""The judge: a small CNN that says which shape, colour and style a Shapes world image shows."""
+"""The judge: a small CNN that says which shape, colour and style a Shapes world image shows, or that it
+shows no clear shape at all.
+
+The shape head has one class more than there are shapes, ``REJECT``, trained on images of no clear shape
+(``world.negatives``). Every head reports ``REJECT`` with the probability the shape head gives it, so an
+image the judge rejects is not any shape, colour or style: it counts against PSR and RSR, and for ESR.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +19,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from conceptvault.world.data import LABELS, render_batch
+from conceptvault.world.negatives import render_negative
 
+REJECT = "none"  # the judge's answer for an image that shows no clear shape
+NET_LABELS = {head: names + [REJECT] if head == "shape" else names for head, names in LABELS.items()}
 JUDGE_DIR = Path(__file__).parent / "weights" / "judge"
 WEIGHTS_FILE = "judge.safetensors"
 LABELS_FILE = "labels.json"
@@ -22,17 +31,21 @@ LABELS_FILE = "labels.json"
 class JudgeNet(nn.Module):
     """Four conv blocks, global pooling, one linear head per attribute."""
 
-    def __init__(self, labels: dict[str, list[str]] = LABELS, width: int = 32):
+    def __init__(self, labels: dict[str, list[str]] = NET_LABELS, width: int = 32):
         super().__init__()
         chans = [3, width, 2 * width, 4 * width, 4 * width]
         blocks = []
-        for c_in, c_out in zip(chans, chans[1:]):
+        for c_in, c_out in zip(chans, chans[1:], strict=False):
             blocks += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2)]
         self.features = nn.Sequential(*blocks)
         self.heads = nn.ModuleDict({head: nn.Linear(chans[-1], len(names)) for head, names in labels.items()})
 
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """The penultimate features (N, 4 * width): what the heads read, and what the world FID compares."""
+        return self.features(images).mean(dim=(2, 3))
+
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        pooled = self.features(images).mean(dim=(2, 3))
+        pooled = self.embed(images)
         return {head: layer(pooled) for head, layer in self.heads.items()}
 
 
@@ -41,23 +54,47 @@ class Judge:
 
     heads = tuple(LABELS)
 
-    def __init__(self, net: JudgeNet, labels: dict[str, list[str]]):
+    def __init__(self, net: JudgeNet, net_labels: dict[str, list[str]] = NET_LABELS):
         self.net = net.eval()
-        self.labels = labels
+        self.net_labels = net_labels
+        self.labels = {head: [n for n in names if n != REJECT] + [REJECT] for head, names in net_labels.items()}
 
     @torch.no_grad()
     def predict(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:
-        """Class probabilities per head, each (N, classes)."""
-        arrays = [np.asarray(im.convert("RGB").resize((64, 64), Image.BILINEAR), dtype=np.float32) / 255.0 for im in images]
-        batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) * 2 - 1
-        logits = self.net(batch)
-        return {head: value.softmax(-1) for head, value in logits.items()}
+        """Class probabilities per head, each (N, classes), the last class ``REJECT``."""
+        return self.probabilities(self.net(to_batch(images)))
+
+    @torch.no_grad()
+    def embed(self, images: list[Image.Image]) -> np.ndarray:
+        """Penultimate features of PIL images, (N, features), for Fréchet distances between image sets."""
+        return self.net.embed(to_batch(images)).double().numpy()
+
+    @staticmethod
+    def probabilities(logits: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per head: P(label) = P(some shape) * P(label | some shape), then P(REJECT) last."""
+        shape = logits["shape"].softmax(-1)
+        reject = shape[:, -1:]
+        probs = {"shape": shape}
+        for head, value in logits.items():
+            if head != "shape":
+                probs[head] = torch.cat([(1 - reject) * value.softmax(-1), reject], dim=-1)
+        return probs
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        state = {name: t.half().contiguous() if t.is_floating_point() else t for name, t in self.net.state_dict().items()}
+        state = {
+            name: t.half().contiguous() if t.is_floating_point() else t for name, t in self.net.state_dict().items()
+        }
         save_file(state, folder / WEIGHTS_FILE)
-        (folder / LABELS_FILE).write_text(json.dumps(self.labels, indent=2) + "\n")
+        (folder / LABELS_FILE).write_text(json.dumps(self.net_labels, indent=2) + "\n")
+
+
+def to_batch(images: list[Image.Image]) -> torch.Tensor:
+    """PIL images as the judge reads them: (N, 3, 64, 64) in [-1, 1]."""
+    arrays = [
+        np.asarray(im.convert("RGB").resize((64, 64), Image.BILINEAR), dtype=np.float32) / 255.0 for im in images
+    ]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) * 2 - 1
 
 
 def load_judge(folder: Path = JUDGE_DIR) -> Judge:
@@ -69,35 +106,59 @@ def load_judge(folder: Path = JUDGE_DIR) -> Judge:
 
 
 def _degrade(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Blur and noise of the kind a decoder leaves, so the judge also reads generated images."""
-    if torch.rand((), generator=gen) < 0.5:
+    """Blur, resampling and noise of the kind a decoder leaves, so the judge also reads generated images."""
+    roll = torch.rand((), generator=gen)
+    if roll < 0.35:
         images = F.avg_pool2d(F.pad(images, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    elif roll < 0.6:
+        size = images.shape[-1]
+        small = F.interpolate(images, scale_factor=0.5, mode="bilinear", antialias=True)
+        images = F.interpolate(small, size=(size, size), mode="bilinear")
     return images + 0.04 * torch.rand((), generator=gen) * torch.randn(images.shape, generator=gen)
 
 
-def train_judge(steps: int = 1500, batch_size: int = 64, seed: int = 0, progress=None) -> Judge:
+def negative_batch(rng: np.random.Generator, size: int) -> torch.Tensor:
+    """``size`` images of no clear shape, (B, 3, 64, 64) in [-1, 1]."""
+    return torch.from_numpy(np.stack([render_negative(rng) for _ in range(size)])).permute(0, 3, 1, 2) * 2 - 1
+
+
+def train_judge(steps: int = 3000, batch_size: int = 64, seed: int = 0, progress=None) -> Judge:
+    """Three quarters of each batch are renders with their labels, one quarter negatives labelled ``REJECT``."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     net = JudgeNet()
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
+    reject = NET_LABELS["shape"].index(REJECT)
+    negatives = batch_size // 4
     for step in range(steps):
-        batch = render_batch(rng, batch_size)
-        logits = net(_degrade(batch.images, gen))
-        loss = sum(F.cross_entropy(logits[h], batch.labels[h]) for h in LABELS)
+        batch = render_batch(rng, batch_size - negatives)
+        images = torch.cat([batch.images, negative_batch(rng, negatives)])
+        logits = net(_degrade(images, gen))
+        shape_labels = torch.cat([batch.labels["shape"], torch.full((negatives,), reject)])
+        loss = F.cross_entropy(logits["shape"], shape_labels)
+        loss = loss + sum(
+            F.cross_entropy(logits[h][: len(batch.captions)], batch.labels[h]) for h in LABELS if h != "shape"
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
         if progress:
-            progress(step, {"loss": loss.item()})
-    return Judge(net, LABELS)
+            progress(step, steps, {"judge": loss.item()})
+    return Judge(net)
 
 
 @torch.no_grad()
 def judge_accuracy(judge: Judge, count: int = 1000, seed: int = 12345) -> dict[str, float]:
-    """Accuracy per head on freshly rendered held-out images (a seed never used in training)."""
+    """Accuracy per head on freshly rendered held-out images (a seed never used in training), and the
+    false-accept rate: the share of held-out images of no clear shape that the judge names a shape."""
     batch = render_batch(np.random.default_rng(seed), count)
-    logits = judge.net(batch.images)
-    return {h: (logits[h].argmax(-1) == batch.labels[h]).float().mean().item() for h in LABELS}
+    probs = judge.probabilities(judge.net(batch.images))
+    report = {h: (probs[h].argmax(-1) == batch.labels[h]).float().mean().item() for h in LABELS}
+    negatives = negative_batch(np.random.default_rng(seed + 1), count)
+    report["false_accept"] = (
+        (judge.probabilities(judge.net(negatives))["shape"].argmax(-1) != len(LABELS["shape"])).float().mean().item()
+    )
+    return report

@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from conceptvault.evaluate.fidelity import frechet_distance
 from conceptvault.world.captions import caption
+from conceptvault.world.render import render, sample_scene, to_pil
 from conceptvault.world.vocabulary import COLOURS, SHAPES, STYLES
 
 SAMPLE_STEPS = 25
@@ -29,10 +31,12 @@ def quality_requests(per_shape: int = 32, seed: int = 0) -> list[Request]:
     rng = np.random.default_rng(seed)
     requests = []
     for shape in SHAPES:
-        for i in range(per_shape):
+        for _ in range(per_shape):
             colour = str(rng.choice(list(COLOURS))) if rng.random() < 0.67 else None
             style = str(rng.choice(list(STYLES))) if rng.random() < 0.5 else None
-            requests.append(Request(caption(shape, colour, style, rng), seed * 100_000 + len(requests), shape, colour, style))
+            requests.append(
+                Request(caption(shape, colour, style, rng), seed * 100_000 + len(requests), shape, colour, style)
+            )
     return requests
 
 
@@ -54,5 +58,29 @@ def score_requests(judge, requests: list[Request], images) -> dict:
         "per_shape": per_shape,
         "colour_accuracy": float(np.mean(named["colour"])) if named["colour"] else None,
         "style_accuracy": float(np.mean(named["style"])) if named["style"] else None,
+        "rejected": float(np.mean([p == judge.labels["shape"][-1] for p in predicted["shape"]])),
         "images": len(requests),
+    }
+
+
+def renders_for(requests: list[Request], seed: int) -> list:
+    """One render per request, of what its caption names (colour and style drawn at random where left out)."""
+    rng = np.random.default_rng(seed)
+    return [to_pil(render(sample_scene(rng, r.shape, r.colour, r.style), rng)) for r in requests]
+
+
+def renders_of(kind: str, names, count: int, seed: int) -> list:
+    """``count`` renders showing the given shapes (or colours, or styles), cycling through them."""
+    rng = np.random.default_rng(seed)
+    names = list(names)
+    return [to_pil(render(sample_scene(rng, **{kind: names[i % len(names)]}), rng)) for i in range(count)]
+
+
+def world_fid(judge, requests: list[Request], images) -> dict:
+    """Fréchet distance of the judge's features between ``images`` and renders of the same captions, beside
+    the floor: two independent sets of such renders (the distance sampling noise alone gives at this n)."""
+    reference = judge.embed(renders_for(requests, seed=1))
+    return {
+        "world_fid": frechet_distance(judge.embed(images), reference),
+        "world_fid_floor": frechet_distance(judge.embed(renders_for(requests, seed=2)), reference),
     }
