@@ -17,7 +17,7 @@ import torch
 from conceptvault.backbone import load_pipeline
 from conceptvault.generate import generate_images
 from conceptvault.world.judge import load_judge
-from conceptvault.world.quality import GUIDANCE, SAMPLE_STEPS, quality_requests, score_requests
+from conceptvault.world.quality import GUIDANCE, SAMPLE_STEPS, quality_requests, score_requests, world_fid
 
 
 def main() -> None:
@@ -44,6 +44,7 @@ def main() -> None:
         batch_size=32,
     )
     scores = score_requests(judge, requests, images)
+    scores.update(world_fid(judge, requests, images))
     scores["seconds_for_8_images"] = eight
     print(f"{'shape':<10} accuracy")
     for shape, accuracy in scores["per_shape"].items():
@@ -53,6 +54,8 @@ def main() -> None:
     )
     print(f"colour accuracy where named: {100 * scores['colour_accuracy']:.1f} %")
     print(f"style accuracy where named:  {100 * scores['style_accuracy']:.1f} %")
+    print(f"rejected as no clear shape: {100 * scores['rejected']:.1f} %")
+    print(f"world FID {scores['world_fid']:.2f} (floor, renders against renders: {scores['world_fid_floor']:.2f})")
     print(f"8 images, {SAMPLE_STEPS} steps, guidance {GUIDANCE}: {eight:.2f} s on {torch.get_num_threads()} threads")
     if args.json:
         with open(args.json, "w") as f:

@@ -7,15 +7,14 @@ import numpy as np
 import pytest
 import torch
 
+import toy_judges  # noqa: F401  (registers the test-brightness judge)
 from conceptvault.backbone import load_pipeline, unet_fingerprint
 from conceptvault.errors import ConceptVaultError
 from conceptvault.evaluate import (
-    ClassifierJudge,
     Suite,
     SuiteConcept,
     figure_label,
     markdown_report,
-    register_judge,
     resolve_suite,
     rich_table,
     run_suite,
@@ -26,19 +25,6 @@ from conceptvault.key import attached_keys
 from conceptvault.vault import Vault, save_vault
 
 STEPS = 2
-
-
-def _brightness_judge(suite, device):
-    """Reads an image as 'bright' or 'dark' from its mean grey level: fast, deterministic, judge-shaped."""
-
-    def predict(images):
-        level = np.array([np.asarray(image, dtype=np.float64).mean() / 255 for image in images])
-        return np.stack([level, 1 - level], axis=1)
-
-    return ClassifierJudge("test-brightness", ["bright", "dark"], suite.top_k, predict)
-
-
-register_judge("test-brightness", _brightness_judge)
 
 
 def toy_suite(hidden: str = "star") -> Suite:
@@ -255,3 +241,38 @@ def test_a_threshold_suite_runs_end_to_end_with_nudenet(sd1_path, vault, tmp_pat
     assert result.cell("esr", "threshold-0.5")["n"] == 2
     assert {r.guidance for r in result.records} == {3.0, 5.0}  # each prompt's own guidance
     assert "ESR@0.5" in write_report(result).markdown.read_text()
+
+
+def test_fidelity_figures_on_hand_made_images(tmp_path):
+    from PIL import Image
+
+    from conceptvault.evaluate.run import ImageRecord, _fidelity
+    from conceptvault.evaluate.store import ImageStore
+
+    store = ImageStore(tmp_path)
+    rng = np.random.default_rng(0)
+    base = [Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)) for _ in range(4)]
+    changed = Image.fromarray(255 - np.asarray(base[1]))
+    suite = toy_suite()
+
+    def record(variant, concept, group, index, image, label):
+        path = store.path(variant, concept, index, index, "p")
+        store.save(path, image)
+        return ImageRecord(variant, concept, group, index, "p", index, 3.0, (), path, label=label)
+
+    records = [record("original", "star", "hidden", i, base[i], "bright") for i in range(2)]
+    records += [record("key", "star", "hidden", i, base[i], "bright") for i in range(2)]  # identical
+    records += [record("original", "circle", "kept", i, base[2 + i], "dark") for i in range(2)]
+    records += [
+        record("public", "circle", "kept", 0, base[2], "dark"),
+        record("public", "circle", "kept", 1, changed, "bright"),
+    ]
+    fidelity = _fidelity(suite, records, store)
+
+    same = fidelity["key_vs_original"]
+    assert same["agreement"]["average"]["value"] == 1.0 and same["agreement"]["average"]["n"] == 2
+    assert same["ssim"]["average"]["value"] == pytest.approx(1.0) and same["psnr"]["average"]["value"] == 100.0
+    moved = fidelity["public_vs_original"]
+    assert moved["agreement"]["average"]["value"] == 0.5
+    assert moved["ssim"]["average"]["value"] < 0.9 and moved["psnr"]["average"]["value"] < 60
+    assert moved["ssim"]["concepts"]["circle"]["n"] == 2

@@ -122,7 +122,13 @@ def _keyed_attention(
     temb: torch.Tensor | None,
     keys: list[Key],
 ) -> torch.Tensor:
-    """Scaled dot-product attention over ``[c; p_k]`` keys and ``[c; p_v]`` values, as diffusers computes it."""
+    """Scaled dot-product attention over ``[c; p_k]`` keys and ``[c; p_v]`` values.
+
+    Mirrors diffusers' ``AttnProcessor2_0.__call__`` (``diffusers/models/attention_processor.py``) step for
+    step (spatial norm, group norm, cross norm, mask preparation, q/k norms, output projection, residual,
+    rescale); the one change is that the key and value projections read the context extended by the keys'
+    tokens. Keep it in step with that processor when diffusers changes it.
+    """
     residual = hidden_states
     if attn.spatial_norm is not None:
         hidden_states = attn.spatial_norm(hidden_states, temb)

@@ -9,7 +9,19 @@ from html import escape
 from PIL import Image
 
 from conceptvault.evaluate.metrics import FIGURE_HELP, FIGURE_NAMES, KEY, ORIGINAL, PUBLIC
-from conceptvault.evaluate.report import figure_rows, format_ci, format_ratio, format_value, json_path
+from conceptvault.evaluate.report import (
+    FID_HEADER,
+    FID_HELP,
+    FIDELITY_HEADER,
+    FIDELITY_HELP,
+    fid_lines,
+    fidelity_lines,
+    figure_rows,
+    format_ci,
+    format_ratio,
+    format_value,
+    json_path,
+)
 from conceptvault.evaluate.run import EvaluationResult, ImageRecord
 
 THUMBNAIL = 160  # pixels: small images are scaled up to this, pixelated; larger ones scaled down
@@ -61,6 +73,12 @@ def _concepts_table(result: EvaluationResult) -> str:
         for r in figure_rows(result, per_concept=True)
     ]
     return "<table>" + head + "".join(rows) + "</table>"
+
+
+def _plain_table(header: list[str], lines: list[list[str]], help_text: str) -> str:
+    head = "<tr>" + "".join(f"<th>{escape(c)}</th>" for c in header) + "</tr>"
+    rows = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in line) + "</tr>" for line in lines)
+    return f"<table>{head}{rows}</table><p class=note>{escape(help_text)}</p>"
 
 
 def _image_cell(record: ImageRecord | None, first_measure: str, kind: str) -> str:
@@ -133,6 +151,8 @@ def html_report(result: EvaluationResult, *, images_per_concept: int = 8) -> str
 model's; intervals are 95 % (Wilson for shares, normal for mean scores).</p>
 {_figures_table(result)}
 <ul>{helps}</ul>
+{"<h2>Fidelity</h2>" + _plain_table(FIDELITY_HEADER, fidelity_lines(result), FIDELITY_HELP) if result.fidelity else ""}
+{"<h2>Image quality</h2>" + _plain_table(FID_HEADER, fid_lines(result), FID_HELP) if result.fid else ""}
 <h2>Per concept</h2>
 {_concepts_table(result)}
 <h2>Images: the same prompt and seed through each model</h2>

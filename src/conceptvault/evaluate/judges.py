@@ -31,6 +31,7 @@ class Judgement:
     hits: dict[str, np.ndarray] = field(default_factory=dict)  # measure -> bool per image (shows the concept)
     scores: dict[str, np.ndarray] = field(default_factory=dict)  # measure -> float per image
     notes: list[str] = field(default_factory=list)  # a short reading per image, shown in the report
+    labels: list[str] = field(default_factory=list)  # a classifier's top label per image (for agreement)
 
 
 class Judge(Protocol):
@@ -54,8 +55,16 @@ class ClassifierJudge:
     kind = "rate"
 
     def __init__(
-        self, name: str, labels: list[str], top_k: Sequence[int], predict: Callable[[list[Image.Image]], np.ndarray]
+        self,
+        name: str,
+        labels: list[str],
+        top_k: Sequence[int],
+        predict: Callable[[list[Image.Image]], np.ndarray],
+        embed: Callable[[list[Image.Image]], np.ndarray] | None = None,
+        reference: Callable[[Sequence[str], int, int], np.ndarray] | None = None,
     ) -> None:
+        self.embed = embed  # features for Fréchet distances, where the classifier offers them
+        self.reference = reference  # features of real images of some labels: (labels, count, seed) -> (count, D)
         self.name = name
         self.labels = list(labels)
         self.top_k = sorted(set(top_k))
@@ -86,19 +95,24 @@ class ClassifierJudge:
         hits = {f"top-{k}": topk_hits(probs, indices, k) for k in self.top_k}
         best = probs.argmax(axis=1)
         notes = [f"{self.labels[i]} {probs[row, i]:.2f}" for row, i in enumerate(best)]
-        return Judgement(hits=hits, notes=notes)
+        return Judgement(hits=hits, notes=notes, labels=[self.labels[i] for i in best])
 
 
 def _world_judge(head: str) -> JudgeFactory:
     def factory(suite: Suite, device: str | None) -> Judge:
         from conceptvault.world.judge import load_judge as load_world_judge
+        from conceptvault.world.quality import renders_of
 
         world_judge = load_world_judge()
 
         def predict(images: list[Image.Image]) -> np.ndarray:
             return world_judge.predict(images)[head].detach().float().cpu().numpy()
 
-        return ClassifierJudge(f"world-{head}", list(world_judge.labels[head]), suite.top_k, predict)
+        def reference(labels: Sequence[str], count: int, seed: int) -> np.ndarray:
+            return world_judge.embed(renders_of(head, labels, count, seed))
+
+        labels = list(world_judge.labels[head])
+        return ClassifierJudge(f"world-{head}", labels, suite.top_k, predict, world_judge.embed, reference)
 
     return factory
 

@@ -154,7 +154,8 @@ def cell(measured: Rate | Mean, original: Rate | Mean, *, retention: bool) -> di
     return out
 
 
-def _pooled(parts: list):
+def pooled(parts: list):
+    """The sum of Rates or Means: one figure over every concept's images."""
     total = parts[0]
     for part in parts[1:]:
         total = total + part
@@ -166,7 +167,7 @@ def _entry(summaries: dict[tuple[str, str], Rate | Mean], variant: str, concepts
     measured = {c: summaries[(variant, c)] for c in concepts}
     original = {c: summaries[(ORIGINAL, c)] for c in concepts}
     return {
-        "average": cell(_pooled(list(measured.values())), _pooled(list(original.values())), retention=retention),
+        "average": cell(pooled(list(measured.values())), pooled(list(original.values())), retention=retention),
         "concepts": {c: cell(measured[c], original[c], retention=retention) for c in concepts},
     }
 

@@ -157,12 +157,71 @@ def markdown_report(result: EvaluationResult) -> str:
         "Model: *public* is the vault's public weights without the key, *with key* the same with the key on; "
         "*of original* is the value as a share of the original model's.",
         "",
+        *(
+            ["## Fidelity", "", _markdown_table(FIDELITY_HEADER, fidelity_lines(result)), "", FIDELITY_HELP, ""]
+            if result.fidelity
+            else []
+        ),
+        *(
+            ["## Image quality", "", _markdown_table(FID_HEADER, fid_lines(result)), "", FID_HELP, ""]
+            if result.fid
+            else []
+        ),
         "## Per concept",
         "",
         _markdown_table(["figure", "concept", "value", "original", "n", "95 % CI"], per_concept),
         "",
     ]
     return "\n".join(parts)
+
+
+FIDELITY_TITLES = {
+    "key_vs_original": ("hidden", "with key vs original"),
+    "public_vs_original": ("kept", "public vs original (floor)"),
+}
+FIDELITY_FIGURES = {"agreement": "same label", "ssim": "SSIM", "psnr": "PSNR (dB)"}
+
+
+def fidelity_lines(result: EvaluationResult) -> list[list[str]]:
+    """Rows of the fidelity table: comparison, concepts, figure, value, 95 % CI, n."""
+    lines = []
+    for comparison, figures in result.fidelity.items():
+        group, title = FIDELITY_TITLES[comparison]
+        for figure, entry in figures.items():
+            cell, kind = entry["average"], "rate" if figure == "agreement" else "score"
+            lines.append(
+                [
+                    title,
+                    group,
+                    FIDELITY_FIGURES[figure],
+                    format_value(cell["value"], kind),
+                    format_ci(cell["ci"], kind),
+                    str(cell["n"]),
+                ]
+            )
+    return lines
+
+
+def fid_lines(result: EvaluationResult) -> list[list[str]]:
+    """Rows of the image-quality table: concepts, then the distance of each model and the floor."""
+    return [
+        [group, *(f"{d[v]:.2f}" if v in d else "n/a" for v in ("original", "public", "key", "floor")), str(d["n"])]
+        for group, d in result.fid.items()
+    ]
+
+
+FIDELITY_HEADER = ["comparison", "concepts", "figure", "value", "95 % CI", "n"]
+FID_HEADER = ["concepts", "original", "public", "with key", "floor (real vs real)", "n"]
+FIDELITY_HELP = (
+    "Per seed, the image is compared with the original model's image of the same prompt and seed: *same label* "
+    "is the share the judge gives the same top label, SSIM and PSNR measure how alike the two images are. For "
+    "hidden concepts the key holder's images are compared; for kept concepts the public model's, a floor that "
+    "shows how far fine-tuning alone moves an image."
+)
+FID_HELP = (
+    "Fréchet distance between each model's images and real images of the same concepts, in the judge's "
+    "features (lower is closer to real); the floor is the distance between two sets of real images of the same size."
+)
 
 
 def rich_table(result: EvaluationResult) -> Table:
@@ -192,8 +251,24 @@ def rich_table(result: EvaluationResult) -> Table:
     return table
 
 
+def _small_table(title: str, header: list[str], lines: list[list[str]]) -> Table:
+    table = Table(title=title)
+    for column in header:
+        table.add_column(column, no_wrap=True)
+    for line in lines:
+        table.add_row(*line)
+    return table
+
+
 def print_summary(result: EvaluationResult, console: Console | None = None) -> None:
-    (console or Console()).print(rich_table(result))
+    console = console or Console()
+    console.print(rich_table(result))
+    if result.fidelity:
+        console.print(
+            _small_table("fidelity: the same prompt and seed as the original", FIDELITY_HEADER, fidelity_lines(result))
+        )
+    if result.fid:
+        console.print(_small_table("image quality: Fréchet distance to real images", FID_HEADER, fid_lines(result)))
 
 
 def write_report(

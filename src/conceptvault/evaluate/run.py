@@ -24,8 +24,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from conceptvault.backbone import unet_fingerprint
 from conceptvault.errors import ConceptVaultError
+from conceptvault.evaluate.fidelity import frechet_distance, psnr, ssim
 from conceptvault.evaluate.judges import Judge, make_judge
-from conceptvault.evaluate.metrics import KEY, ORIGINAL, PUBLIC, rate_figures, score_figures
+from conceptvault.evaluate.metrics import KEY, ORIGINAL, PUBLIC, Mean, Rate, pooled, rate_figures, score_figures
 from conceptvault.evaluate.store import ImageStore
 from conceptvault.evaluate.suite import Suite, SuiteConcept
 from conceptvault.generate import generate_images
@@ -48,6 +49,7 @@ class ImageRecord:
     keys: tuple[str, ...]
     path: Path
     note: str = ""
+    label: str = ""  # the judge's top label, where it gives one
     hits: dict[str, bool] = field(default_factory=dict)
     scores: dict[str, float] = field(default_factory=dict)
 
@@ -63,6 +65,7 @@ class ImageRecord:
             "keys": list(self.keys),
             "path": str(self.path.relative_to(root)) if self.path.is_relative_to(root) else str(self.path),
             "note": self.note,
+            "label": self.label,
             "hits": self.hits,
             "scores": self.scores,
         }
@@ -79,6 +82,8 @@ class EvaluationResult:
     records: list[ImageRecord]
     meta: dict
     out_dir: Path
+    fidelity: dict = field(default_factory=dict)  # comparison -> figure -> {"average": cell, "concepts": {...}}
+    fid: dict = field(default_factory=dict)  # group -> variant (and "floor") -> Fréchet distance to real images
 
     def cell(self, figure: str, measure: str | None = None, concept: str | None = None) -> dict:
         """One figure's cell: ``result.cell("esr")`` is the pooled ESR at the first measure."""
@@ -97,6 +102,8 @@ class EvaluationResult:
             "kept": [c.name for c in self.suite.kept],
             **self.meta,
             **self.figures,
+            "fidelity": self.fidelity,
+            "fid": self.fid,
         }
 
 
@@ -112,16 +119,30 @@ def run_suite(
     guidance: float | None = None,
     with_key: bool = True,
     judge: Judge | None = None,
+    original_images: str | Path | None = None,
     progress: bool = True,
     console: Console | None = None,
 ) -> EvaluationResult:
     """Evaluate ``vault`` on ``suite``: generate (or reuse) every image, judge it, compute every figure.
 
-    ``pipe`` is the base pipeline the vault was made for, as loaded (no vault applied); it is left as it
-    was given (moved to ``device`` if one is named). ``steps`` / ``guidance`` override the suite's sampler
-    settings, for a quick run (a prompt's own guidance, as I2P rows carry, still wins); ``with_key=False``
-    measures the public model only (no RSR, no key PSR). Images go under ``out_dir/images`` and are reused
-    by the next run with the same settings; write the reports with ``write_report(result)``.
+    Args:
+        pipe: the base pipeline the vault was made for, as loaded (no vault applied); it is left as it was
+            given (moved to ``device`` if one is named).
+        vault: the vault to measure; loaded with its keys unless ``with_key=False``.
+        suite: prompts and seeds per concept, the judge, which labels count (:class:`Suite`).
+        out_dir: images go under ``out_dir/images`` and are reused by the next run with the same settings.
+        device: where to run; None keeps the pipeline where it is.
+        batch_size: images generated and judged per batch.
+        steps: sampler steps, overriding the suite's (for a quick run).
+        guidance: guidance scale, overriding the suite's (a prompt's own guidance, as I2P rows carry, wins).
+        with_key: False measures the public model only (no RSR, no key PSR, no fidelity).
+        judge: a judge to use instead of the one the suite names.
+        original_images: a folder for the original model's images, shared by evaluations of several vaults
+            of one base model (made once, then reused); default: inside ``out_dir``.
+        progress: show progress bars; console: where to draw them.
+
+    Returns:
+        An :class:`EvaluationResult`; write the reports with ``write_report(result)``.
     """
     if batch_size < 1 or (steps is not None and steps < 1):
         raise ConceptVaultError(
@@ -140,7 +161,7 @@ def run_suite(
         "width": suite.width,
     }
     variants = [ORIGINAL, PUBLIC, KEY] if with_key else [ORIGINAL, PUBLIC]
-    store = ImageStore(out_dir)
+    store = ImageStore(out_dir, {ORIGINAL: Path(original_images)} if original_images else None)
     records = _plan(suite, variants, key_plan, store, settings["guidance"])
     made_with = {**settings, "dtype": str(pipe.unet.dtype)}
     for variant, identity in _identities(vault, base_fingerprint, key_plan, made_with).items():
@@ -156,13 +177,15 @@ def run_suite(
     judged_at = time.perf_counter()
 
     figures = _figures(judge, suite, records)
+    fidelity = _fidelity(suite, records, store)
+    fid = _fid(judge, suite, records, store)
     meta = {
         "settings": {**settings, "batch_size": batch_size, "device": str(pipe.device)},
         "vault": _vault_summary(vault, base_fingerprint),
         "images": {"total": len(records), "generated": made, "reused": len(records) - made},
         "seconds": {"generate": round(generated_at - started, 2), "judge": round(judged_at - generated_at, 2)},
     }
-    return EvaluationResult(suite, judge.kind, list(judge.measures), figures, records, meta, out_dir)
+    return EvaluationResult(suite, judge.kind, list(judge.measures), figures, records, meta, out_dir, fidelity, fid)
 
 
 def _key_plan(suite: Suite, vault: Vault) -> dict[str, tuple[str, ...]]:
@@ -328,6 +351,7 @@ def _judge(
                 record.hits = {m: bool(values[row]) for m, values in reading.hits.items()}
                 record.scores = {m: float(values[row]) for m, values in reading.scores.items()}
                 record.note = reading.notes[row] if reading.notes else ""
+                record.label = reading.labels[row] if reading.labels else ""
             bars.advance(task, len(chunk))
 
 
@@ -342,6 +366,73 @@ def _figures(judge: Judge, suite: Suite, records: list[ImageRecord]) -> dict[str
     hidden, kept = [c.name for c in suite.hidden], [c.name for c in suite.kept]
     compute = rate_figures if judge.kind == "rate" else score_figures
     return compute(arrays, hidden, kept, list(judge.measures))
+
+
+# comparison -> (the concepts it covers, the model compared with the original on the same prompt and seed)
+FIDELITY_COMPARISONS = {"key_vs_original": ("hidden", KEY), "public_vs_original": ("kept", PUBLIC)}
+
+
+def _fidelity(suite: Suite, records: list[ImageRecord], store: ImageStore) -> dict:
+    """Per seed, how close an image is to the original model's image of the same prompt and seed: whether the
+    judge gives both the same label (agreement), and their SSIM and PSNR. For hidden concepts the key holder's
+    image is compared (does the key give the concept back faithfully?); for kept concepts the public model's,
+    the floor that says how much fine-tuning alone moves an image."""
+    by_slot = {(r.variant, r.concept, r.index): r for r in records}
+    groups = {"hidden": [c.name for c in suite.hidden], "kept": [c.name for c in suite.kept]}
+    out = {}
+    for comparison, (group, variant) in FIDELITY_COMPARISONS.items():
+        per_concept: dict[str, dict[str, list]] = {}
+        for record in records:
+            original = by_slot.get((ORIGINAL, record.concept, record.index))
+            if record.variant != variant or record.concept not in groups[group] or original is None:
+                continue
+            slot = per_concept.setdefault(record.concept, {"agreement": [], "ssim": [], "psnr": []})
+            if record.label and original.label:
+                slot["agreement"].append(record.label == original.label)
+            image, reference = store.load(record.path), store.load(original.path)
+            slot["ssim"].append(ssim(image, reference))
+            slot["psnr"].append(psnr(image, reference))
+        if per_concept:
+            out[comparison] = {
+                figure: _summary(kind({c: v[figure] for c, v in per_concept.items()}))
+                for figure, kind in (("agreement", _rates), ("ssim", _means), ("psnr", _means))
+                if all(v[figure] for v in per_concept.values())
+            }
+    return out
+
+
+def _rates(values: dict[str, list]) -> dict:
+    return {c: Rate.of(v) for c, v in values.items()}
+
+
+def _means(values: dict[str, list]) -> dict:
+    return {c: Mean.of(v) for c, v in values.items()}
+
+
+def _summary(cells: dict) -> dict:
+    return {"average": pooled(list(cells.values())).as_dict(), "concepts": {c: v.as_dict() for c, v in cells.items()}}
+
+
+def _fid(judge: Judge, suite: Suite, records: list[ImageRecord], store: ImageStore) -> dict:
+    """Fréchet distance between each model's images of a group and real images of the same concepts, in the
+    judge's features, with the floor (two independent sets of real images at the same count). Only for
+    judges that offer features and real images (the built-in world's)."""
+    embed, reference = getattr(judge, "embed", None), getattr(judge, "reference", None)
+    if embed is None or reference is None:
+        return {}
+    out = {}
+    for group, concepts in (("hidden", suite.hidden), ("kept", suite.kept)):
+        labels = [label for c in concepts for label in c.labels]
+        chosen = {v: [r for r in records if r.variant == v and r.group == group] for v in (ORIGINAL, PUBLIC, KEY)}
+        chosen = {v: rs for v, rs in chosen.items() if len(rs) >= 2}
+        if not chosen:
+            continue
+        count = len(next(iter(chosen.values())))
+        real = reference(labels, count, 1)
+        out[group] = {v: frechet_distance(embed([store.load(r.path) for r in rs]), real) for v, rs in chosen.items()}
+        out[group]["floor"] = frechet_distance(reference(labels, count, 2), real)
+        out[group]["n"] = count
+    return out
 
 
 def _vault_summary(vault: Vault, base_fingerprint: str) -> dict:

@@ -54,14 +54,23 @@ def prompt_hash(prompt: str) -> str:
 
 
 class ImageStore:
-    """PNG images of one evaluation, keyed by (variant, concept, prompt index, seed, prompt)."""
+    """PNG images of one evaluation, keyed by (variant, concept, prompt index, seed, prompt).
 
-    def __init__(self, root: str | Path) -> None:
+    ``shared`` maps a variant to a folder of its own outside ``root``: evaluations of several vaults made
+    from one base model share the original model's images that way (made once; the identity check still
+    refuses images made by another model or with other settings).
+    """
+
+    def __init__(self, root: str | Path, shared: dict[str, Path] | None = None) -> None:
         self.root = Path(root)
+        self.shared = {variant: Path(folder) for variant, folder in (shared or {}).items()}
+
+    def folder(self, variant: str) -> Path:
+        return self.shared.get(variant, self.root / IMAGES_DIR / variant)
 
     def path(self, variant: str, concept: str, index: int, seed: int, prompt: str) -> Path:
         name = f"{index:05d}-s{seed}-{prompt_hash(prompt)}.png"
-        return self.root / IMAGES_DIR / variant / slug(concept) / name
+        return self.folder(variant) / slug(concept) / name
 
     def has(self, path: Path) -> bool:
         return path.is_file() and path.stat().st_size > 0
@@ -82,7 +91,7 @@ class ImageStore:
 
     def claim(self, variant: str, identity: dict) -> None:
         """Record what makes this variant's images, or check that the folder was made by the same thing."""
-        path = self.root / IMAGES_DIR / variant / IDENTITY_FILE
+        path = self.folder(variant) / IDENTITY_FILE
         if path.is_file():
             recorded = json.loads(path.read_text())
             if recorded != identity:

@@ -65,49 +65,53 @@ def world_concept(kind: str, concept: str, size: int, seed: int = 0) -> SuiteCon
     return SuiteConcept(name=concept, prompts=prompts, seeds=list(range(seed, seed + size)), labels=[concept])
 
 
-def _world_suite(kind: str, hidden: list[str], name: str, size: int, seed: int) -> Suite:
-    if size < 1:
-        raise ConceptVaultError(f"a suite needs at least one image per concept, got size={size}.")
+def _world_suite(kind: str, hidden: list[str], name: str, size: int, seed: int, kept_size: int | None = None) -> Suite:
+    kept_size = size if kept_size is None else kept_size
+    if size < 1 or kept_size < 1:
+        raise ConceptVaultError(
+            f"a suite needs at least one image per concept, got size={size}, kept_size={kept_size}."
+        )
     kept = [c for c in VOCABULARY[kind] if c not in hidden]
+    counts = f"{size} images per hidden {kind}" + (f", {kept_size} per kept {kind}" if kept_size != size else "")
     return Suite(
         name=name,
         judge=f"world-{kind}",
         hidden=[world_concept(kind, c, size, seed) for c in hidden],
-        kept=[world_concept(kind, c, size, seed) for c in kept],
+        kept=[world_concept(kind, c, kept_size, seed) for c in kept],
         top_k=[1],
         steps=WORLD_STEPS,
         guidance=WORLD_GUIDANCE,
         description=f"Shapes world: hide the {kind} {', '.join(hidden)}, keep the other {len(kept)}; "
-        f"{size} images per {kind}, judged by the world judge's {kind} head.",
+        f"{counts}, judged by the world judge's {kind} head.",
     )
 
 
-def world_shape_suite(shape: str = "star", *, size: int = DEFAULT_SIZE, seed: int = 0) -> Suite:
+def world_shape_suite(shape: str = "star", *, size: int = DEFAULT_SIZE, seed: int = 0, kept_size=None) -> Suite:
     """Hide one shape, keep the other nine."""
-    return _world_suite("shape", [shape], f"world-shape-{shape}", size, seed)
+    return _world_suite("shape", [shape], f"world-shape-{shape}", size, seed, kept_size)
 
 
-def world_colour_suite(colour: str = "red", *, size: int = DEFAULT_SIZE, seed: int = 0) -> Suite:
+def world_colour_suite(colour: str = "red", *, size: int = DEFAULT_SIZE, seed: int = 0, kept_size=None) -> Suite:
     """Hide one colour, keep the other five."""
-    return _world_suite("colour", [colour], f"world-colour-{colour}", size, seed)
+    return _world_suite("colour", [colour], f"world-colour-{colour}", size, seed, kept_size)
 
 
-def world_style_suite(style: str = "striped", *, size: int = DEFAULT_SIZE, seed: int = 0) -> Suite:
+def world_style_suite(style: str = "striped", *, size: int = DEFAULT_SIZE, seed: int = 0, kept_size=None) -> Suite:
     """Hide one style, keep the other three."""
-    return _world_suite("style", [style], f"world-style-{style}", size, seed)
+    return _world_suite("style", [style], f"world-style-{style}", size, seed, kept_size)
 
 
-def world_five_shapes_suite(split: str = "a", *, size: int = DEFAULT_SIZE, seed: int = 0) -> Suite:
+def world_five_shapes_suite(split: str = "a", *, size: int = DEFAULT_SIZE, seed: int = 0, kept_size=None) -> Suite:
     """Hide five of the ten shapes at once and keep five (the Imagenette protocol); splits ``a`` and ``b``."""
     if split not in FIVE_SHAPE_SPLITS:
         raise ConceptVaultError(f"unknown split {split!r}; choose one of {', '.join(FIVE_SHAPE_SPLITS)}.")
-    return _world_suite("shape", FIVE_SHAPE_SPLITS[split], f"world-five-shapes-{split}", size, seed)
+    return _world_suite("shape", FIVE_SHAPE_SPLITS[split], f"world-five-shapes-{split}", size, seed, kept_size)
 
 
 WORLD_SUITES: dict[str, Callable[..., Suite]] = {
     "shape": world_shape_suite,
     "colour": world_colour_suite,
     "style": world_style_suite,
-    "five-shapes-a": lambda *, size=DEFAULT_SIZE, seed=0: world_five_shapes_suite("a", size=size, seed=seed),
-    "five-shapes-b": lambda *, size=DEFAULT_SIZE, seed=0: world_five_shapes_suite("b", size=size, seed=seed),
+    "five-shapes-a": lambda **options: world_five_shapes_suite("a", **options),
+    "five-shapes-b": lambda **options: world_five_shapes_suite("b", **options),
 }
