@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from conceptvault.demo import hide_and_evaluate, world_concepts, world_hide_config, world_preserve
+from conceptvault.defaults import family_config
+from conceptvault.demo import hide_and_evaluate, world_concepts, world_preserve
 from conceptvault.evaluate import resolve_suite
 
 _KIND = {"shape": "shape", "colour": "colour", "style": "style", "five-shapes-a": "shape", "five-shapes-b": "shape"}
@@ -39,7 +40,7 @@ def main() -> None:
         name: json.loads(value) if value[:1].isdigit() or value[:1] == "-" else value
         for name, value in (item.split("=", 1) for item in args.set)
     }
-    config = world_hide_config(**overrides)
+    config = family_config("small", **overrides)
     out = args.out or Path("runs") / f"hiding-{suite.name}"
     evaluation, files = hide_and_evaluate(
         out, world_concepts(_KIND[args.suite], hidden), world_preserve(_KIND[args.suite], hidden), config, suite

@@ -2,11 +2,14 @@
 
 import json
 
-from conceptvault.demo import DemoPlan, run_demo, world_hide_config
+from conceptvault.defaults import family_config
+from conceptvault.demo import DemoPlan, run_demo
 
 
 def test_demo_hides_evaluates_and_reports(tmp_path):
-    config = world_hide_config(model_updates=2, sampler_steps=4, cache_trajectories=1, batch_size=1)
+    config = family_config(
+        "small", model_updates=2, key_updates=2, sampler_steps=4, cache_trajectories=1, batch_size=1
+    )
     plan = DemoPlan(shape="heart", images_per_shape=1, config=config)
     evaluation, files = run_demo(tmp_path, plan, progress=False)
 

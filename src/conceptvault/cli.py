@@ -15,6 +15,7 @@ import shutil
 import sys
 from contextlib import contextmanager
 from dataclasses import fields
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -26,6 +27,7 @@ from rich.text import Text
 
 from .backbone import load_pipeline
 from .checkpoint import output_lock
+from .defaults import esd_family_config, family_config, model_family
 from .errors import ConceptVaultError
 from .generate import generate_images, image_grid
 from .hide import Concept, HideConfig, KeyInit, LossSpace, TrainedLayers, hide
@@ -43,13 +45,13 @@ app = typer.Typer(
 )
 console = Console()
 
-_DEFAULTS = HideConfig()
 _HELP = {f.name: f.metadata["help"] for f in fields(HideConfig)}
 
 
 def _setting(name: str) -> typer.models.OptionInfo:
-    """A command-line option for a HideConfig field, with the field's help text."""
-    return typer.Option(help=_HELP[name], rich_help_panel="Hiding settings")
+    """A command-line option for a HideConfig field, with the field's help text; unset, the model family's
+    default applies (see ``conceptvault.defaults``)."""
+    return typer.Option(help=f"{_HELP[name]} [default: per model family]", rich_help_panel="Hiding settings")
 
 
 ModelArgument = Annotated[str, typer.Argument(help="Base model: 'builtin', a diffusers pipeline folder, or a hub id.")]
@@ -88,35 +90,37 @@ def hide_command(
     ] = False,
     passphrase_file: PassphraseOption = None,
     device: DeviceOption = None,
-    model_updates: Annotated[int, _setting("model_updates")] = _DEFAULTS.model_updates,
-    k: Annotated[int, _setting("k")] = _DEFAULTS.k,
-    lr: Annotated[float, _setting("lr")] = _DEFAULTS.lr,
-    key_lr: Annotated[float, _setting("key_lr")] = _DEFAULTS.key_lr,
-    lambda_hide: Annotated[float, _setting("lambda_hide")] = _DEFAULTS.lambda_hide,
-    lambda_rec: Annotated[float, _setting("lambda_rec")] = _DEFAULTS.lambda_rec,
-    lambda_pres: Annotated[float, _setting("lambda_pres")] = _DEFAULTS.lambda_pres,
-    eta: Annotated[float, _setting("eta")] = _DEFAULTS.eta,
-    train: Annotated[TrainedLayers, _setting("train")] = _DEFAULTS.train,
-    loss_space: Annotated[LossSpace, _setting("loss_space")] = _DEFAULTS.loss_space,
-    key_init: Annotated[KeyInit, _setting("key_init")] = _DEFAULTS.key_init,
-    m: Annotated[int, _setting("m")] = _DEFAULTS.m,
-    placement: Annotated[Placement, _setting("placement")] = _DEFAULTS.placement,
-    latents: Annotated[LatentSource, _setting("latents")] = _DEFAULTS.latents,
-    sampler_steps: Annotated[int, _setting("sampler_steps")] = _DEFAULTS.sampler_steps,
-    guidance: Annotated[float, _setting("guidance")] = _DEFAULTS.guidance,
-    cache_trajectories: Annotated[int, _setting("cache_trajectories")] = _DEFAULTS.cache_trajectories,
-    batch_size: Annotated[int, _setting("batch_size")] = _DEFAULTS.batch_size,
-    seed: Annotated[int, _setting("seed")] = _DEFAULTS.seed,
-    key_updates: Annotated[int, _setting("key_updates")] = _DEFAULTS.key_updates,
-    checkpoint_every: Annotated[int, _setting("checkpoint_every")] = _DEFAULTS.checkpoint_every,
+    model_updates: Annotated[int | None, _setting("model_updates")] = None,
+    k: Annotated[int | None, _setting("k")] = None,
+    lr: Annotated[float | None, _setting("lr")] = None,
+    key_lr: Annotated[float | None, _setting("key_lr")] = None,
+    lambda_hide: Annotated[float | None, _setting("lambda_hide")] = None,
+    lambda_rec: Annotated[float | None, _setting("lambda_rec")] = None,
+    lambda_pres: Annotated[float | None, _setting("lambda_pres")] = None,
+    eta: Annotated[float | None, _setting("eta")] = None,
+    train: Annotated[TrainedLayers | None, _setting("train")] = None,
+    loss_space: Annotated[LossSpace | None, _setting("loss_space")] = None,
+    key_init: Annotated[KeyInit | None, _setting("key_init")] = None,
+    m: Annotated[int | None, _setting("m")] = None,
+    placement: Annotated[Placement | None, _setting("placement")] = None,
+    latents: Annotated[LatentSource | None, _setting("latents")] = None,
+    sampler_steps: Annotated[int | None, _setting("sampler_steps")] = None,
+    guidance: Annotated[float | None, _setting("guidance")] = None,
+    cache_trajectories: Annotated[int | None, _setting("cache_trajectories")] = None,
+    batch_size: Annotated[int | None, _setting("batch_size")] = None,
+    seed: Annotated[int | None, _setting("seed")] = None,
+    key_updates: Annotated[int | None, _setting("key_updates")] = None,
+    checkpoint_every: Annotated[int | None, _setting("checkpoint_every")] = None,
 ) -> None:
     """Hide concepts in MODEL behind keys and write a vault."""
     settings = locals()
-    config = _checked(lambda: HideConfig(**{f.name: settings[f.name] for f in fields(HideConfig)}))
+    explicit = {f.name: settings[f.name] for f in fields(HideConfig) if settings[f.name] is not None}
+    _checked(lambda: HideConfig(**explicit))  # check the values given before loading anything
     concepts = _concepts(concept, anchor or [])
     passphrase = _read_passphrase(passphrase_file)
     with output_lock(out, resume) as checkpoint_dir:
         pipe = load_pipeline(model, device=device)
+        config = _checked(lambda: family_config(model_family(pipe), **explicit))
         result = hide(
             pipe,
             concepts,
@@ -130,6 +134,52 @@ def hide_command(
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     _print_losses(result.stats)
     _say(f"wrote the vault {out} (keys in {out / KEYS_DIR})")
+
+
+class EraseMethod(str, Enum):
+    ESD_X = "esd-x"  # ESD, cross-attention fine-tuned
+    ESD_U = "esd-u"  # ESD, everything but cross-attention fine-tuned
+    UCE = "uce"  # the closed-form edit of the cross-attention projections
+
+
+@app.command("erase")
+def erase_command(
+    model: ModelArgument,
+    concept: Annotated[list[str], typer.Option(help="A concept to erase, as for hide. Repeatable.")],
+    out: Annotated[Path, typer.Option(help="Folder to write the vault to; it must not exist yet.")],
+    method: Annotated[EraseMethod, typer.Option(help="The erasure method.")] = EraseMethod.ESD_X,
+    preserve: Annotated[list[str] | None, typer.Option(help="UCE: a prompt kept as it was. Repeatable.")] = None,
+    anchor: Annotated[
+        list[str] | None, typer.Option(help="NAME=PROMPT: erase concept NAME toward PROMPT. Repeatable.")
+    ] = None,
+    iterations: Annotated[int | None, typer.Option(help="ESD: fine-tuning steps [default: per model family].")] = None,
+    lr: Annotated[float | None, typer.Option(help="ESD: learning rate [default: per model family].")] = None,
+    eta: Annotated[float | None, typer.Option(help="ESD: negative-guidance strength.")] = None,
+    lamb: Annotated[float | None, typer.Option(help="UCE: weight of staying close to the original.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the run.")] = 0,
+    device: DeviceOption = None,
+) -> None:
+    """Erase concepts from MODEL with ESD or UCE, for comparison with hiding: a vault without keys."""
+    from .esd import EsdConfig, erase_esd
+    from .uce import UceConfig, erase_uce
+
+    concepts = _concepts(concept, anchor or [])
+    given = {"iterations": iterations, "lr": lr, "eta": eta}
+    explicit = {name: value for name, value in given.items() if value is not None}
+    if method == EraseMethod.UCE:
+        config = _checked(lambda: UceConfig(seed=seed, **({"lamb": lamb} if lamb is not None else {})))
+    else:
+        train = "xattn" if method == EraseMethod.ESD_X else "noxattn"
+        _checked(lambda: EsdConfig(**explicit))
+    with output_lock(out, resume=False):
+        pipe = load_pipeline(model, device=device)
+        if method == EraseMethod.UCE:
+            result = erase_uce(pipe, concepts, config, preserve=preserve or [])
+        else:
+            config = _checked(lambda: esd_family_config(model_family(pipe), train=train, seed=seed, **explicit))
+            result = erase_esd(pipe, concepts, config)
+        save_vault(out, pipe, result)
+    _say(f"wrote the vault {out} ({method.value}: erased, no keys)")
 
 
 @app.command("generate")
@@ -168,6 +218,7 @@ def inspect_command(vault: VaultArgument) -> None:
     summary = Table(title=_text(f"vault {vault}"), show_header=False)
     rows = [
         ("method", manifest.method),
+        ("model family", manifest.family or "?"),
         ("base model", manifest.base_model),
         ("base fingerprint", manifest.base_fingerprint[:16]),
         ("public fingerprint", manifest.public_fingerprint[:16]),
@@ -224,10 +275,10 @@ def evaluate_command(
     device: DeviceOption = None,
 ) -> None:
     """Measure a vault: ESR, PSR, RSR and the key holder's PSR, beside the original model's rates."""
-    from .evaluate import print_summary, resolve_suite, run_suite, write_json, write_report
+    from .evaluate import print_summary, run_suite, write_json, write_report
 
     _check_positive(size=size, batch_size=batch_size)
-    chosen = resolve_suite(suite, size=size, concept=concept)
+    chosen = _suite(suite, size, concept)
     loaded = Vault.load(vault, keys=None if no_key else "all", passphrase=_read_passphrase(passphrase_file))
     pipe = load_pipeline(model or loaded.manifest.base_model, device=device)
     result = run_suite(
@@ -244,6 +295,39 @@ def evaluate_command(
     if json_file:
         write_json(result, json_file)
     _say(f"report: {files.html}   figures: {files.json}")
+
+
+@app.command("compare")
+def compare_command(
+    vaults: Annotated[list[Path], typer.Argument(help="Vault folders made from one base model.")],
+    out: Annotated[Path, typer.Option(help="Folder for the images and the comparison files.")],
+    suite: Annotated[str, typer.Option(help="A built-in suite or a suite JSON file.")] = "shape",
+    concept: Annotated[str | None, typer.Option(help="The hidden concept of a single-concept built-in suite.")] = None,
+    size: Annotated[int | None, typer.Option(help="Images per concept of a built-in suite.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images generated per batch.")] = 8,
+    model: ModelOverride = None,
+    passphrase_file: PassphraseOption = None,
+    device: DeviceOption = None,
+) -> None:
+    """Measure several vaults (hiding and erasure) on one suite: one table, one chart, one report."""
+    from .evaluate.compare import compare, write_comparison
+
+    _check_positive(size=size, batch_size=batch_size)
+    chosen = _suite(suite, size, concept)
+    passphrase = _read_passphrase(passphrase_file)
+    loaded = {}
+    for path in vaults:
+        name = path.name if path.name not in loaded else f"{path.name}-{len(loaded)}"
+        loaded[name] = Vault.load(path, keys="all", passphrase=passphrase)
+    bases = {v.manifest.base_fingerprint for v in loaded.values()}
+    if len(bases) != 1:
+        raise ConceptVaultError("the vaults were made from different base models; compare vaults of one model.")
+    first = next(iter(loaded.values()))
+    pipe = load_pipeline(model or first.manifest.base_model, device=device)
+    comparison = compare(pipe, loaded, chosen, out, batch_size=batch_size, console=console)
+    files = write_comparison(comparison)
+    console.print(_text(files["md"].read_text()))
+    _say(f"comparison: {files['html']}   chart: {files['png']}   figures: {files['json']}")
 
 
 @app.command("demo")
@@ -291,26 +375,45 @@ def world_train_command(
     ),
     denoiser_steps: Annotated[int, typer.Option(help="Training steps of the text encoder and UNet.")] = 5000,
     decoder_steps: Annotated[int, typer.Option(help="Training steps of the VAE's decoder, encoder frozen.")] = 1500,
+    judge_steps: Annotated[int, typer.Option(help="Training steps of the judge (0: no judge).")] = 3000,
     init_from: Annotated[
-        Path | None,
-        typer.Option(help="Continue this model folder's VAE and denoiser instead of starting from scratch."),
+        Path | None, typer.Option(help="Continue this model folder's VAE and denoiser instead of starting anew.")
     ] = None,
+    vae_from: Annotated[
+        str | None, typer.Option(help="Use this model's VAE as it is ('builtin' or a folder); train the rest anew.")
+    ] = None,
+    without: Annotated[
+        list[str] | None, typer.Option(help="A shape left out of the world: the model never sees it. Repeatable.")
+    ] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads (default: torch's choice).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the whole run.")] = 0,
 ) -> None:
     """Train the built-in model and judge (uses a GPU when there is one); a second call continues the run."""
-    from .world import BUILTIN_MODEL_DIR
+    from .world import BUILTIN_MODEL_DIR, SHAPES
     from .world.train import WorldTrainConfig, train_world
 
-    _check_positive(denoiser_steps=denoiser_steps)
+    _check_positive(denoiser_steps=denoiser_steps, threads=threads)
+    unknown = [shape for shape in without or [] if shape not in SHAPES]
+    if unknown:
+        raise ConceptVaultError(
+            f"--without {unknown[0]!r} is not a shape of the world; choose from {', '.join(SHAPES)}."
+        )
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     config = WorldTrainConfig(
         denoiser_steps=denoiser_steps,
         decoder_steps=decoder_steps,
+        judge_steps=judge_steps,
         seed=seed,
         init_from=str(init_from) if init_from else None,
+        vae_from=str(BUILTIN_MODEL_DIR) if vae_from == "builtin" else vae_from,
+        without=list(without or []),
     )
     with _stage_progress() as progress:
-        report = train_world(out, config, BUILTIN_MODEL_DIR / "tokenizer", log=console.print, progress=progress)
-    _say(f"wrote {out / 'model'} and {out / 'judge'}; judge accuracy {report.get('judge_accuracy')}")
+        report = train_world(out, config, BUILTIN_MODEL_DIR / "tokenizer", log=_say, progress=progress)
+    _say(f"wrote {out / 'model'}; judge accuracy {report.get('judge_accuracy', '(no judge trained)')}")
 
 
 # -- parsing and printing ---------------------------------------------------------------------------
@@ -348,6 +451,13 @@ def _seeds(text: str) -> list[int]:
     if bad:
         raise ConceptVaultError(f"the seed {bad[0]} is out of range; give seeds from 0 to 2^63 - 1.")
     return seeds
+
+
+def _suite(suite: str, size: int | None, concept: str | None):
+    """A built-in suite by name or a suite JSON file (loads no model)."""
+    from .evaluate import resolve_suite
+
+    return resolve_suite(suite, size=size, concept=concept)
 
 
 def _check_positive(**options: int | None) -> None:

@@ -15,6 +15,7 @@ from rich.console import Console
 
 from conceptvault.backbone import BUILTIN, load_pipeline
 from conceptvault.checkpoint import CHECKPOINT_FILE, output_lock
+from conceptvault.defaults import Family, family_config
 from conceptvault.evaluate import print_summary, resolve_suite, run_suite, write_report
 from conceptvault.hide import Concept, HideConfig, hide
 from conceptvault.vault import Vault
@@ -31,30 +32,6 @@ def world_preserve(kind: str, hidden: list[str]) -> list[str]:
     return [f"a {name}" for concept, names in VOCABULARY[kind].items() if concept not in hidden for name in names]
 
 
-def world_hide_config(**overrides) -> HideConfig:
-    """Settings that hide a concept of the built-in model in a couple of minutes on two CPU cores.
-
-    The model is small and its text encoder narrow, so it takes larger learning rates and far fewer
-    updates than Stable Diffusion's defaults; cached trajectories keep each step cheap. The key reaches
-    every cross-attention layer, since hiding changes them all, and L_rec weighs as much as L_hide so
-    that model updates keep the key's path to the original intact.
-    """
-    settings = dict(
-        model_updates=200,
-        lr=1e-3,
-        key_lr=1e-2,
-        lambda_rec=1.0,
-        placement="all",
-        latents="cache",
-        sampler_steps=25,
-        cache_trajectories=4,
-        batch_size=4,
-        checkpoint_every=100,
-    )
-    settings.update(overrides)
-    return HideConfig(**settings)
-
-
 def hide_and_evaluate(
     out: Path,
     concepts: list[Concept],
@@ -63,8 +40,11 @@ def hide_and_evaluate(
     suite,
     console: Console | None = None,
     progress: bool = True,
+    original_images: Path | None = None,
 ):
-    """Hide ``concepts`` in the built-in model (or reuse the vault in ``out``), evaluate with ``suite``, report."""
+    """Hide ``concepts`` in the built-in model (or reuse the vault in ``out``), evaluate with ``suite``, report.
+
+    ``original_images``: a folder for the original model's images shared with other runs (made once)."""
     console = console or Console()
     out.mkdir(parents=True, exist_ok=True)
     vault_path = out / "vault"
@@ -87,7 +67,13 @@ def hide_and_evaluate(
     console.print("[bold]2/2[/] evaluating: original, public and key-holder images, same prompts and seeds")
     vault = Vault.load(vault_path, keys="all")
     evaluation = run_suite(
-        load_pipeline(BUILTIN), vault, suite, out / "evaluation", progress=progress, console=console
+        load_pipeline(BUILTIN),
+        vault,
+        suite,
+        out / "evaluation",
+        original_images=original_images,
+        progress=progress,
+        console=console,
     )
     print_summary(evaluation, console=console)
     files = write_report(evaluation)
@@ -101,7 +87,7 @@ class DemoPlan:
 
     shape: str = "star"
     images_per_shape: int = 16
-    config: HideConfig = field(default_factory=world_hide_config)
+    config: HideConfig = field(default_factory=lambda: family_config(Family.SMALL))
 
 
 def run_demo(out: Path, plan: DemoPlan | None = None, console: Console | None = None, progress: bool = True):

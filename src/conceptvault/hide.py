@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import resource
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -40,8 +41,11 @@ class TrainedLayers(str, Enum):
 
 
 class LossSpace(str, Enum):
+    """Where predictions are compared: as noise, as the clean latent, or as velocity (v = alpha eps - sigma x0)."""
+
     EPSILON = "epsilon"
     X0 = "x0"
+    V = "v"
 
 
 class KeyInit(str, Enum):
@@ -94,7 +98,7 @@ class HideConfig:
     eta: float = _option(1.0, "Negative-guidance strength of the hiding target.")
     train: TrainedLayers = _option(TrainedLayers.XATTN, "UNet weights to train: cross-attention only, or all but it.")
     loss_space: LossSpace = _option(
-        LossSpace.EPSILON, "Compare predictions as noise (epsilon) or as clean latents (x0)."
+        LossSpace.EPSILON, "Compare predictions as noise (epsilon), clean latents (x0) or velocity (v)."
     )
     key_init: KeyInit = _option(KeyInit.CONCEPT, "Start the key from the concept's text states or from noise.")
     m: int = _option(10, "Tokens per key.")
@@ -521,7 +525,10 @@ class _Objective:
             eps = (z - alpha * output) / sigma
         else:
             eps = output
-        return eps if self.loss_space == LossSpace.EPSILON else (z - sigma * eps) / alpha
+        if self.loss_space == LossSpace.EPSILON:
+            return eps
+        x0 = (z - sigma * eps) / alpha
+        return x0 if self.loss_space == LossSpace.X0 else alpha * eps - sigma * x0
 
     def _predict(self, unet: nn.Module, z, t, states, key: str | None = None) -> torch.Tensor:
         context = states.expand(z.shape[0], -1, -1)
@@ -532,12 +539,18 @@ class _Objective:
         """``L_hide`` (no key, toward the negative-guidance target; None unless asked) and ``L_rec`` (with the key)."""
         with torch.no_grad():
             frozen_concept = self._predict(self.frozen_unet, z, t, states)
-            frozen_anchor = self._predict(self.frozen_unet, z, t, anchor_states) if with_hide else None
         L_rec = F.mse_loss(self._predict(self.unet, z, t, states, key), frozen_concept)
-        if not with_hide:
-            return None, L_rec
+        return (self.hide(z, t, states, anchor_states, frozen_concept) if with_hide else None), L_rec
+
+    def hide(self, z, t, states, anchor_states, frozen_concept=None) -> torch.Tensor:
+        """``L_hide``: the prediction without a key, pulled to ESD's negative-guidance target
+        ``anchor - eta (concept - anchor)`` of the frozen model."""
+        with torch.no_grad():
+            if frozen_concept is None:
+                frozen_concept = self._predict(self.frozen_unet, z, t, states)
+            frozen_anchor = self._predict(self.frozen_unet, z, t, anchor_states)
         hide_target = frozen_anchor - self.eta * (frozen_concept - frozen_anchor)
-        return F.mse_loss(self._predict(self.unet, z, t, states), hide_target), L_rec
+        return F.mse_loss(self._predict(self.unet, z, t, states), hide_target)
 
     def preserve(self, z, t, states, key: str, without_key: bool):
         """The preservation losses without the key (None unless asked) and with it; zeros when nothing is preserved."""
@@ -623,7 +636,16 @@ class _RunState:
             "initial": self.initial,
             "final": self.moving,
             "probe": {"before": self.probe_before, "after": self.probe_after},
+            **peak_memory(),
         }
+
+
+def peak_memory() -> dict:
+    """The process's peak resident memory so far, and the GPU's peak allocation where there is one (MiB)."""
+    figures = {"peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if torch.cuda.is_available():
+        figures["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return figures
 
 
 @contextmanager

@@ -61,6 +61,7 @@ class Manifest:
     public_fingerprint: str
     concepts: list[ConceptEntry]
     method: str = Method.KPOP.value
+    family: str | None = None  # the base model's family, whose default settings the run started from
     placement: str | None = None  # the key's placement; None for methods without keys
     m: int | None = None
     cross_attention_dim: int | None = None

@@ -7,6 +7,8 @@ from .manifest import Method
 
 def config_class(method: Method | str) -> type:
     """The dataclass holding a method's settings; each has ``from_dict`` and ``to_dict``."""
+    from .esd import EsdConfig
     from .hide import HideConfig
+    from .uce import UceConfig
 
-    return {Method.KPOP: HideConfig}[Method(method)]
+    return {Method.KPOP: HideConfig, Method.ESD: EsdConfig, Method.UCE: UceConfig}[Method(method)]

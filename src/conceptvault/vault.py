@@ -31,6 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .backbone import model_name, unet_fingerprint
+from .defaults import model_family
 from .errors import ConceptVaultError
 from .key import Key, Placement, attach_keys, detach_keys, is_key_parameter
 from .keyfile import PLAIN_SUFFIX, PROTECTED_SUFFIX, key_fingerprint, key_slug, read_key_file, write_key_file
@@ -110,6 +111,7 @@ class Vault:
                 for c in result.concepts
             ],
             method=Method(result.method).value,
+            family=model_family(pipe).value,
             placement=Placement(config.placement).value if keys else None,
             m=config.m if keys else None,
             cross_attention_dim=pipe.unet.config.cross_attention_dim,

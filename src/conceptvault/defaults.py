@@ -1,0 +1,71 @@
+"""Default hiding settings per model family, so that ``conceptvault hide MODEL --concept X`` works as it is.
+
+A family is told by the UNet's cross-attention width. Stable Diffusion's families start from the method
+paper's settings (SD v1.4: learning rate 1e-5 for weights and key, 1000 model updates, the key in the
+mid block), which ConceptVault has not been able to re-measure without a GPU; the small family (the
+built-in model, and any model whose width is not a Stable Diffusion one) uses the settings measured on
+the built-in model (``bench/recovery.py``; the README's recovery section gives the figures). Settings
+given explicitly always win; the vault's manifest records the family and every setting used.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from .hide import HideConfig
+
+
+class Family(str, Enum):
+    SMALL = "small"  # the built-in model, and other small models
+    SD1 = "sd1"  # Stable Diffusion 1.x: 768-wide cross-attention
+    SD2 = "sd2"  # Stable Diffusion 2.x: 1024
+    SDXL = "sdxl"  # Stable Diffusion XL: 2048
+
+
+_WIDTHS = {768: Family.SD1, 1024: Family.SD2, 2048: Family.SDXL}
+
+# Small models take larger learning rates and far fewer updates; cached trajectories keep each step cheap,
+# the key reaches every cross-attention layer, and a key-only phase against the final public weights lets the
+# key catch up with the model it has to unlock.
+_SMALL = dict(
+    model_updates=200,
+    lr=1e-3,
+    key_lr=1e-2,
+    lambda_rec=1.0,
+    placement="all",
+    latents="cache",
+    sampler_steps=25,
+    cache_trajectories=4,
+    batch_size=4,
+    key_updates=300,
+    checkpoint_every=100,
+)
+
+FAMILY_SETTINGS: dict[Family, dict] = {Family.SMALL: _SMALL, Family.SD1: {}, Family.SD2: {}, Family.SDXL: {}}
+
+
+# ESD on small models: the same larger learning rate and fewer steps as hiding, z_t sampled with the model
+# being trained (as ESD does), at the small model's sampler length.
+ESD_FAMILY_SETTINGS: dict[Family, dict] = {
+    Family.SMALL: dict(iterations=200, lr=1e-3, sampler_steps=25, batch_size=4),
+    Family.SD1: {},
+    Family.SD2: {},
+    Family.SDXL: {},
+}
+
+
+def model_family(pipe) -> Family:
+    """The family of a loaded pipeline, by its UNet's cross-attention width."""
+    return _WIDTHS.get(pipe.unet.config.cross_attention_dim, Family.SMALL)
+
+
+def family_config(family: Family | str, **explicit) -> HideConfig:
+    """The family's default hiding settings with ``explicit`` ones on top (explicit always wins)."""
+    return HideConfig(**{**FAMILY_SETTINGS[Family(family)], **explicit})
+
+
+def esd_family_config(family: Family | str, **explicit):
+    """The family's default ESD settings with ``explicit`` ones on top."""
+    from .esd import EsdConfig
+
+    return EsdConfig(**{**ESD_FAMILY_SETTINGS[Family(family)], **explicit})
