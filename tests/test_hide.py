@@ -195,3 +195,41 @@ def test_hide_refuses_bad_inputs(sd1_path):
     hide(pipe, [Concept("star")], quick(model_updates=1), progress=False)
     with pytest.raises(ConceptVaultError, match="already has keys attached"):
         hide(pipe, [Concept("heart")], QUICK, progress=False)
+
+
+def test_hardened_hiding_trains_against_an_attacker_key_and_keeps_only_the_real_one(sd1_path):
+    pipe = text_sensitive(load_pipeline(str(sd1_path), device="cpu"))
+    config = quick(model_updates=4, adversary_every=2, adversary_steps=3, lr=1e-3, key_lr=1e-2)
+    result = hide(pipe, [Concept("star")], config, progress=False, measure=False)
+    assert attached_keys(pipe.unet) == ("star",) and set(result.keys) == {"star"}
+    plain = hide(
+        text_sensitive(load_pipeline(str(sd1_path), device="cpu")),
+        [Concept("star")],
+        quick(model_updates=4, lr=1e-3, key_lr=1e-2),
+        progress=False,
+        measure=False,
+    )
+    assert any(not torch.equal(result.public[n], plain.public[n]) for n in plain.public)  # the attacker mattered
+
+
+def test_the_key_only_phase_leaves_every_public_tensor_bit_identical(sd1_path):
+    pipe = load_pipeline(str(sd1_path), device="cpu")
+    seen = {}
+
+    def snapshot(step: int, info: dict) -> None:
+        if step == QUICK.model_updates * QUICK.k:  # the last model update is done
+            seen["public"] = {
+                n: p.detach().clone()
+                for n, p in pipe.unet.named_parameters()
+                if ".attn2." in n and ".processor." not in n
+            }
+
+    result = hide(
+        pipe, [Concept("star")], quick(key_updates=4, key_lr=1e-2), progress=False, measure=False, on_step=snapshot
+    )
+    assert result.stats["steps"] == QUICK.model_updates * QUICK.k + 4
+    assert all(torch.equal(seen["public"][n], result.public[n]) for n in result.public)
+    key_before_phase = hide(
+        load_pipeline(str(sd1_path), device="cpu"), [Concept("star")], QUICK, progress=False, measure=False
+    ).keys["star"]
+    assert not torch.equal(key_before_phase.p_k, result.keys["star"].p_k)  # the keys kept learning

@@ -25,15 +25,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from .attacks import Attack
 from .backbone import load_pipeline
 from .checkpoint import output_lock
-from .defaults import esd_family_config, family_config, model_family
+from .defaults import esd_family_config, family_config, model_family, seal_family_config
 from .errors import ConceptVaultError
 from .generate import generate_images, image_grid
 from .hide import Concept, HideConfig, KeyInit, LossSpace, TrainedLayers, hide
 from .key import Placement
 from .latents import LatentSource
 from .manifest import KEYS_DIR
+from .seal import SealConfig, seal
 from .vault import Vault, save_vault
 
 app = typer.Typer(
@@ -67,6 +69,22 @@ ModelOverride = Annotated[
 ]
 
 
+class HideMethod(str, Enum):
+    KPOP = "kpop"
+    SEALED = "sealed"
+
+
+def _sealed_settings(explicit: dict, key_rank: int | None) -> dict:
+    """The hide options given, as sealed-hiding settings; one that sealed hiding has not is refused."""
+    from .seal import SealConfig
+
+    known = {f.name for f in fields(SealConfig)}
+    foreign = sorted(set(explicit) - known)
+    if foreign:
+        raise ConceptVaultError(f"--{foreign[0].replace('_', '-')} is not a setting of sealed hiding; leave it out.")
+    return {**explicit, **({"key_rank": key_rank} if key_rank is not None else {})}
+
+
 @app.command("hide")
 def hide_command(
     model: ModelArgument,
@@ -90,6 +108,15 @@ def hide_command(
     ] = False,
     passphrase_file: PassphraseOption = None,
     device: DeviceOption = None,
+    method: Annotated[
+        HideMethod, typer.Option(help="kpop: a prompt key (the method's paper); sealed: the key carries the concept.")
+    ] = HideMethod.KPOP,
+    key_rank: Annotated[
+        int | None,
+        typer.Option(
+            help="sealed: rank of each weight change in the key (0: whole).", rich_help_panel="Hiding settings"
+        ),
+    ] = None,
     model_updates: Annotated[int | None, _setting("model_updates")] = None,
     k: Annotated[int | None, _setting("k")] = None,
     lr: Annotated[float | None, _setting("lr")] = None,
@@ -110,26 +137,28 @@ def hide_command(
     batch_size: Annotated[int | None, _setting("batch_size")] = None,
     seed: Annotated[int | None, _setting("seed")] = None,
     key_updates: Annotated[int | None, _setting("key_updates")] = None,
+    adversary_every: Annotated[int | None, _setting("adversary_every")] = None,
+    adversary_steps: Annotated[int | None, _setting("adversary_steps")] = None,
+    lambda_adversary: Annotated[float | None, _setting("lambda_adversary")] = None,
     checkpoint_every: Annotated[int | None, _setting("checkpoint_every")] = None,
 ) -> None:
     """Hide concepts in MODEL behind keys and write a vault."""
     settings = locals()
     explicit = {f.name: settings[f.name] for f in fields(HideConfig) if settings[f.name] is not None}
-    _checked(lambda: HideConfig(**explicit))  # check the values given before loading anything
+    if method == HideMethod.SEALED:
+        explicit = _sealed_settings(explicit, key_rank)
+    _checked(lambda: (SealConfig if method == HideMethod.SEALED else HideConfig)(**explicit))  # before any loading
     concepts = _concepts(concept, anchor or [])
     passphrase = _read_passphrase(passphrase_file)
     with output_lock(out, resume) as checkpoint_dir:
         pipe = load_pipeline(model, device=device)
-        config = _checked(lambda: family_config(model_family(pipe), **explicit))
-        result = hide(
-            pipe,
-            concepts,
-            config,
-            preserve=preserve or [],
-            checkpoint_dir=checkpoint_dir,
-            resume=resume,
-            passphrase=passphrase,
-        )
+        family = model_family(pipe)
+        options = dict(preserve=preserve or [], checkpoint_dir=checkpoint_dir, resume=resume)
+        if method == HideMethod.SEALED:
+            result = seal(pipe, concepts, _checked(lambda: seal_family_config(family, **explicit)), **options)
+        else:
+            config = _checked(lambda: family_config(family, **explicit))
+            result = hide(pipe, concepts, config, passphrase=passphrase, **options)
         save_vault(out, pipe, result, passphrase=passphrase)
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     _print_losses(result.stats)
@@ -328,6 +357,65 @@ def compare_command(
     files = write_comparison(comparison)
     console.print(_text(files["md"].read_text()))
     _say(f"comparison: {files['html']}   chart: {files['png']}   figures: {files['json']}")
+
+
+@app.command("attack")
+def attack_command(
+    vault: VaultArgument,
+    out: Annotated[Path, typer.Option(help="Folder for attacks.json, attacks.md and attacks.png.")],
+    attack: Annotated[
+        list[Attack] | None, typer.Option(help="An attack to run (default: every one). Repeatable.")
+    ] = None,
+    suite: Annotated[str, typer.Option(help="A built-in suite or a suite JSON file.")] = "shape",
+    concept: Annotated[str | None, typer.Option(help="The hidden concept of a single-concept built-in suite.")] = None,
+    size: Annotated[int, typer.Option(help="Images of the hidden concept per measurement.")] = 32,
+    steps: Annotated[int, typer.Option(help="Optimisation steps of the trained attacks.")] = 300,
+    images: Annotated[int, typer.Option(help="Pictures of the concept the trained attacks learn from.")] = 64,
+    lr: Annotated[
+        float | None, typer.Option(help="Learning rate of the trained attacks (default: per attack).")
+    ] = None,
+    images_from: Annotated[
+        Path | None, typer.Option(help="Folder of pictures of the concept (built-in world: rendered if absent).")
+    ] = None,
+    prompts: Annotated[
+        Path | None, typer.Option(help="File of attack prompts, one per line (added to the suite's).")
+    ] = None,
+    control: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Attack another model the same way: 'original', a vault folder or a model folder. Repeatable."
+        ),
+    ] = None,
+    other_keys: Annotated[
+        list[Path] | None, typer.Option(help="A vault whose keys the random-key attack also tries. Repeatable.")
+    ] = None,
+    model: ModelOverride = None,
+    passphrase_file: PassphraseOption = None,
+    device: DeviceOption = None,
+) -> None:
+    """Attack the vault's public model without its key; report unauthorised recovery beside RSR and the original."""
+    from .attack_campaign import Campaign
+
+    _check_positive(size=size, steps=steps, images=images)
+    chosen = _suite(suite, size, concept)
+    campaign = Campaign.prepare(
+        vault,
+        chosen,
+        steps=steps,
+        images=images,
+        lr=lr,
+        images_from=images_from,
+        prompts_file=prompts,
+        controls=control or [],
+        other_vaults=other_keys or [],
+        model=model,
+        passphrase=_read_passphrase(passphrase_file),
+        device=device,
+    )
+    run = campaign.run([Attack(a) for a in attack] if attack else list(Attack), log=_say)
+    files = campaign.write(run, out)
+    console.print(_text(files["md"].read_text()))
+    _say(f"curves: {files['png']}   figures: {files['json']}")
 
 
 @app.command("demo")

@@ -54,6 +54,15 @@ ESD_FAMILY_SETTINGS: dict[Family, dict] = {
 }
 
 
+# Sealed hiding on small models: every weight trained at a small model's rate, attackers re-learned often.
+SEAL_FAMILY_SETTINGS: dict[Family, dict] = {
+    Family.SMALL: dict(model_updates=400, lr=2e-4, sampler_steps=25, batch_size=4, checkpoint_every=100),
+    Family.SD1: {},
+    Family.SD2: {},
+    Family.SDXL: {},
+}
+
+
 def model_family(pipe) -> Family:
     """The family of a loaded pipeline, by its UNet's cross-attention width."""
     return _WIDTHS.get(pipe.unet.config.cross_attention_dim, Family.SMALL)
@@ -69,3 +78,10 @@ def esd_family_config(family: Family | str, **explicit):
     from .esd import EsdConfig
 
     return EsdConfig(**{**ESD_FAMILY_SETTINGS[Family(family)], **explicit})
+
+
+def seal_family_config(family: Family | str, **explicit):
+    """The family's default sealed-hiding settings with ``explicit`` ones on top."""
+    from .seal import SealConfig
+
+    return SealConfig(**{**SEAL_FAMILY_SETTINGS[Family(family)], **explicit})

@@ -112,7 +112,7 @@ def erase_esd(pipe, concepts: Sequence[Concept], config: EsdConfig, *, progress:
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 optimiser.step()
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
                 advance(f"L_hide {losses[-1]:.2e}")
     except KeyboardInterrupt:
         raise ConceptVaultError(

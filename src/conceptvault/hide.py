@@ -8,6 +8,7 @@ the key. Model updates (every ``k``-th step) and key-only updates alternate.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import resource
 import time
@@ -26,7 +27,7 @@ from torch import nn
 from .backbone import encode_prompts, unet_fingerprint
 from .checkpoint import CHECKPOINT_FILE, read_checkpoint, write_checkpoint
 from .errors import ConceptVaultError
-from .key import Key, Placement, attach_keys, attached_keys, is_key_parameter
+from .key import Key, Placement, attach_keys, attached_keys, detach_keys, is_key_parameter
 from .latents import CachedLatents, LatentSource, SampledLatents, Sampler
 from .manifest import Method
 
@@ -38,6 +39,7 @@ class TrainedLayers(str, Enum):
 
     XATTN = "xattn"  # cross-attention (attn2) only: objects, styles, people
     NOXATTN = "noxattn"  # everything except cross-attention: global concepts such as nudity
+    ALL = "all"  # every UNet weight (sealed hiding: the knowledge itself must leave the public weights)
 
 
 class LossSpace(str, Enum):
@@ -112,6 +114,13 @@ class HideConfig:
     batch_size: int = _option(1, "Latents per training step.")
     seed: int = _option(0, "Seed of every random choice in the run.")
     key_updates: int = _option(0, "Key-only updates after the model updates, against the final public weights.")
+    adversary_every: int = _option(
+        0,
+        "Hardened hiding: every this many model updates, learn an attacker key against the current public "
+        "weights, and train the weights to defeat it (0: off).",
+    )
+    adversary_steps: int = _option(20, "Steps of each inner attacker-key inversion (hardened hiding).")
+    lambda_adversary: float = _option(1.0, "Weight of defeating the attacker key (hardened hiding).")
     checkpoint_every: int = _option(50, "Training steps between checkpoints (0: only at the end and on Ctrl-C).")
 
     def __post_init__(self):
@@ -268,11 +277,22 @@ class _HidingRun:
             c.name: Key(config.m, self.texts.width, init=_initial_tokens(pipe, c, config, self.generator))
             for c in concepts
         }
-        attach_keys(pipe.unet, self.keys, config.placement)
+        # hardened hiding: one attacker key per concept, learned against the public weights as they train
+        attacker_init = dataclasses.replace(config, key_init=KeyInit.CONCEPT)
+        self.adversaries = {
+            _adversary(c.name): Key(config.m, self.texts.width, init=_initial_tokens(pipe, c, attacker_init, None))
+            for c in concepts
+            if config.adversary_every
+        }
+        attach_keys(pipe.unet, {**self.keys, **self.adversaries}, config.placement)
         self.trained = _trainable_parameters(pipe.unet, config.train)
         self.key_parameters = [p for key in self.keys.values() for p in key.parameters()]
+        self.adversary_parameters = [p for key in self.adversaries.values() for p in key.parameters()]
         self.model_optimiser = torch.optim.Adam(self.trained.values(), lr=config.lr)
         self.key_optimiser = torch.optim.Adam(self.key_parameters, lr=config.key_lr)
+        self.adversary_optimiser = (
+            torch.optim.Adam(self.adversary_parameters, lr=config.key_lr) if self.adversaries else None
+        )
         self.objective = _Objective(pipe.unet, self.frozen_unet, pipe.scheduler.config, config)
         sampler = Sampler.for_pipeline(pipe, config.sampler_steps, config.guidance, self.texts(""))
         if config.latents == LatentSource.CACHE:
@@ -307,10 +327,9 @@ class _HidingRun:
         )
         z_kept, t_kept = self.source.draw(kept, config.batch_size, self.generator) if kept else (None, None)
         sampler_calls += self.source.last_sampler_calls if kept else 0
-        _train_only(
-            list(self.trained.values()) if model_step else self.key_parameters,
-            [*self.trained.values(), *self.key_parameters],
-        )
+        if model_step and self.adversaries and (step // config.k) % config.adversary_every == 0:
+            self._invert_adversaries()
+        _train_only(list(self.trained.values()) if model_step else self.key_parameters, self._every_parameter())
 
         texts = self.texts
         L_hide, L_rec = self.objective.hide_and_recover(
@@ -321,6 +340,11 @@ class _HidingRun:
         )
         if model_step:
             loss = config.lambda_hide * L_hide + config.lambda_rec * L_rec + config.lambda_pres * (L_pres + L_pres_key)
+            if self.adversaries:  # the attacker key must not bring the concept back either
+                adversary = _adversary(concept.name)
+                loss = loss + config.lambda_adversary * self.objective.hide(
+                    z, t, texts(prompt), texts(concept.anchor), key=adversary
+                )
         else:
             loss = L_rec + config.lambda_pres * L_pres_key
         if not torch.isfinite(loss):
@@ -344,6 +368,24 @@ class _HidingRun:
             sampler_calls=sampler_calls,
             seconds=seconds,
         )
+
+    def _every_parameter(self) -> list[nn.Parameter]:
+        return [*self.trained.values(), *self.key_parameters, *self.adversary_parameters]
+
+    def _invert_adversaries(self) -> None:
+        """A short key inversion against the current public weights: each attacker key learns to make the
+        concept as the original model does (the owner's teacher: a stronger attacker than pictures make)."""
+        _train_only(self.adversary_parameters, self._every_parameter())
+        for _ in range(self.config.adversary_steps):
+            concept = self.concepts[_randint(len(self.concepts), self.generator)]
+            prompt = concept.prompts[_randint(len(concept.prompts), self.generator)]
+            z, t = self.source.draw(prompt, self.config.batch_size, self.generator)
+            _, loss = self.objective.hide_and_recover(
+                z, t, self.texts(prompt), self.texts(concept.anchor), _adversary(concept.name), False
+            )
+            self.adversary_optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            self.adversary_optimiser.step()
 
     @contextmanager
     def training(self) -> Iterator[None]:
@@ -388,6 +430,8 @@ class _HidingRun:
             "rng": self.rng_at_step_start,
             "trained": {name: p.detach().cpu().clone() for name, p in self.trained.items()},
             "model_optimiser": self.model_optimiser.state_dict(),
+            "adversaries": {name: key.state_dict() for name, key in self.adversaries.items()},
+            "adversary_optimiser": self.adversary_optimiser.state_dict() if self.adversary_optimiser else None,
         }
         secret = {
             "keys": {
@@ -411,6 +455,10 @@ class _HidingRun:
             for name, key in self.keys.items():
                 key.load_state_dict(secret["keys"][name])
         self.model_optimiser.load_state_dict(public["model_optimiser"])
+        for name, key in self.adversaries.items():
+            key.load_state_dict(public["adversaries"][name])
+        if self.adversary_optimiser:
+            self.adversary_optimiser.load_state_dict(public["adversary_optimiser"])
         self.key_optimiser.load_state_dict(secret["key_optimiser"])
         self.generator.set_state(public["rng"])
         self.rng_at_step_start = self.generator.get_state()
@@ -421,6 +469,9 @@ class _HidingRun:
         public = {name: p.detach().cpu().clone() for name, p in self.trained.items()}
         if not all(torch.isfinite(t).all() for t in public.values()):
             raise ConceptVaultError("training left non-finite weights; nothing was written. Lower --lr and run again.")
+        if self.adversaries:  # the attacker keys were a training device only: keep the real keys attached
+            detach_keys(self.pipe.unet)
+            attach_keys(self.pipe.unet, self.keys, self.config.placement)
         return HideResult(
             public=public,
             keys=self.keys,
@@ -474,13 +525,18 @@ def _initial_tokens(pipe, concept: Concept, config: HideConfig, generator: torch
     return tokens.repeat(math.ceil(config.m / tokens.shape[0]), 1)[: config.m]
 
 
+def _adversary(concept: str) -> str:
+    """The name an attacker key of hardened hiding is attached under (never saved)."""
+    return f"~adversary-{concept}"
+
+
 def _trainable_parameters(unet: nn.Module, train: TrainedLayers) -> dict[str, nn.Parameter]:
     """The UNet weights hiding changes, by state_dict name (never the keys)."""
     chosen = {}
     for name, parameter in unet.named_parameters():
         if is_key_parameter(name):
             continue
-        if (".attn2." in name) == (train == TrainedLayers.XATTN):
+        if train == TrainedLayers.ALL or (".attn2." in name) == (train == TrainedLayers.XATTN):
             chosen[name] = parameter
     return chosen
 
@@ -542,15 +598,25 @@ class _Objective:
         L_rec = F.mse_loss(self._predict(self.unet, z, t, states, key), frozen_concept)
         return (self.hide(z, t, states, anchor_states, frozen_concept) if with_hide else None), L_rec
 
-    def hide(self, z, t, states, anchor_states, frozen_concept=None) -> torch.Tensor:
-        """``L_hide``: the prediction without a key, pulled to ESD's negative-guidance target
-        ``anchor - eta (concept - anchor)`` of the frozen model."""
+    def teacher(self, z, t, states) -> torch.Tensor:
+        """The frozen original model's prediction, in the loss space."""
+        with torch.no_grad():
+            return self._predict(self.frozen_unet, z, t, states)
+
+    def distil(self, z, t, states, key: str | None = None, target=None) -> torch.Tensor:
+        """The trained model (with ``key`` on, if given) held to ``target``, by default the teacher's prediction."""
+        target = self.teacher(z, t, states) if target is None else target
+        return F.mse_loss(self._predict(self.unet, z, t, states, key), target)
+
+    def hide(self, z, t, states, anchor_states, frozen_concept=None, key: str | None = None) -> torch.Tensor:
+        """``L_hide``: the prediction without a key (or with the given attacker key), pulled to ESD's
+        negative-guidance target ``anchor - eta (concept - anchor)`` of the frozen model."""
         with torch.no_grad():
             if frozen_concept is None:
                 frozen_concept = self._predict(self.frozen_unet, z, t, states)
             frozen_anchor = self._predict(self.frozen_unet, z, t, anchor_states)
         hide_target = frozen_anchor - self.eta * (frozen_concept - frozen_anchor)
-        return F.mse_loss(self._predict(self.unet, z, t, states), hide_target)
+        return F.mse_loss(self._predict(self.unet, z, t, states, key), hide_target)
 
     def preserve(self, z, t, states, key: str, without_key: bool):
         """The preservation losses without the key (None unless asked) and with it; zeros when nothing is preserved."""

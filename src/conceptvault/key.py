@@ -185,26 +185,35 @@ def _extend_context(context: torch.Tensor, keys: list[Key]) -> tuple[torch.Tenso
     return tokens([key.p_k for key in keys]), tokens([key.p_v for key in keys])
 
 
-def attach_keys(unet: nn.Module, keys: dict[str, Key], placement: Placement | str) -> None:
-    """Install :class:`KeyedAttnProcessor` on every attention layer; the placement's layers hold ``keys``."""
-    placement = Placement(placement)
+def attach_keys(unet: nn.Module, keys: dict, placement: Placement | str | None) -> None:
+    """Install :class:`KeyedAttnProcessor` on every attention layer; the placement's layers hold the prompt
+    keys (:class:`Key`). Delta keys (``delta_key.DeltaKey``) are installed on the UNet itself and need no
+    placement. Every key, of either kind, is switched on per call by name."""
+    from .delta_key import DeltaKey, install
+
     if attached_keys(unet):
         raise ValueError(
             f"keys are already attached ({', '.join(attached_keys(unet))}); call detach_keys(unet) first."
         )
-    _check_keys(unet, keys)
-    reached = set(placement_layers(unet, placement))
-    if keys and not reached:
-        raise ValueError(f"the placement '{placement.value}' reaches no cross-attention layer of this UNet.")
+    prompt_keys = {n: k for n, k in keys.items() if not isinstance(k, DeltaKey)}
+    _check_keys(unet, prompt_keys)
+    reached = set(placement_layers(unet, placement)) if prompt_keys else set()
+    if prompt_keys and not reached:
+        raise ValueError(
+            f"the placement '{Placement(placement).value}' reaches no cross-attention layer of this UNet."
+        )
     device = next(unet.parameters()).device
-    for key in keys.values():
+    for key in prompt_keys.values():
         key.to(device)
     names = list(keys)
     processors = {
-        name: KeyedAttnProcessor(original, keys if name in reached else {}, names)
+        name: KeyedAttnProcessor(original, prompt_keys if name in reached else {}, names)
         for name, original in unet.attn_processors.items()
     }
     unet.set_attn_processor(processors)
+    delta_keys = {n: k for n, k in keys.items() if isinstance(k, DeltaKey)}
+    if delta_keys:
+        install(unet, delta_keys)
 
 
 def _check_keys(unet: nn.Module, keys: dict[str, Key]) -> None:
@@ -224,28 +233,37 @@ def _check_keys(unet: nn.Module, keys: dict[str, Key]) -> None:
 
 def attached_keys(unet: nn.Module) -> tuple[str, ...]:
     """Names of the keys attached to the UNet (empty when none are)."""
-    for processor in unet.attn_processors.values():
-        if isinstance(processor, KeyedAttnProcessor):
-            return processor.attached
-    return ()
+    return _attached_names(unet.attn_processors)
 
 
-def detach_keys(unet: nn.Module) -> dict[str, Key]:
-    """Restore every original processor exactly and return the keys that were attached."""
+def detach_keys(unet: nn.Module) -> dict:
+    """Restore every original processor (and the weights, for delta keys) exactly; return the keys that were
+    attached."""
+    from .delta_key import uninstall
+
     processors = unet.attn_processors
     if not any(isinstance(p, KeyedAttnProcessor) for p in processors.values()):
         return {}
-    keys: dict[str, Key] = {}
+    keys: dict = {}
     for processor in processors.values():
         if isinstance(processor, KeyedAttnProcessor):
             lookup = {_module_name(name): name for name in processor.attached}
             keys.update({lookup[module]: key for module, key in processor.keys.items()})
+    keys.update(uninstall(unet))
     originals = {
         name: processor.original if isinstance(processor, KeyedAttnProcessor) else processor
         for name, processor in processors.items()
     }
     unet.set_attn_processor(originals)
-    return keys
+    order = _attached_names(processors)
+    return {name: keys[name] for name in order if name in keys}
+
+
+def _attached_names(processors: dict) -> tuple[str, ...]:
+    for processor in processors.values():
+        if isinstance(processor, KeyedAttnProcessor):
+            return processor.attached
+    return ()
 
 
 @contextmanager

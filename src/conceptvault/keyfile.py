@@ -24,6 +24,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
+from .delta_key import DeltaKey
 from .errors import ConceptVaultError
 from .key import Key
 
@@ -34,10 +35,31 @@ _MAGIC = b"CONCEPTVAULT-KEY\x01"
 _FORMAT = "conceptvault-key"
 
 
-def key_fingerprint(key: Key) -> str:
-    """SHA-256 over the key's two token tensors (float32 bytes)."""
+def key_tensors(key) -> dict[str, torch.Tensor]:
+    """What a key file stores: a prompt key's two token tensors, or a delta key's parts."""
+    if isinstance(key, DeltaKey):
+        return {name: t.detach().cpu().contiguous() for name, t in key.tensors().items()}
+    return {"p_k": key.p_k.detach().cpu().contiguous(), "p_v": key.p_v.detach().cpu().contiguous()}
+
+
+def key_from_tensors(tensors: dict[str, torch.Tensor]):
+    """The key a file's tensors make: a prompt key (``p_k``, ``p_v``) or a delta key; raises on anything else."""
+    if set(tensors) == {"p_k", "p_v"}:
+        key = Key(*tensors["p_k"].shape, init=tensors["p_k"])
+        key.p_v.data.copy_(tensors["p_v"])
+    else:
+        key = DeltaKey.from_tensors(tensors)
+        if not key.names or len(key.tensors()) != len(tensors):
+            raise ValueError("not a key's tensors")
+    if not all(torch.isfinite(p).all() for p in key.parameters()):
+        raise ValueError("non-finite key")
+    return key
+
+
+def key_fingerprint(key) -> str:
+    """SHA-256 over the key's tensors by name (float32 bytes)."""
     digest = hashlib.sha256()
-    for name, tensor in (("p_k", key.p_k), ("p_v", key.p_v)):
+    for name, tensor in sorted(key_tensors(key).items()):
         digest.update(f"{name}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
@@ -54,7 +76,7 @@ def write_key_file(
 ) -> None:
     """Write ``key`` to ``path`` (``.safetensors`` when plain, ``.key`` when a passphrase is given), readable
     by its owner only."""
-    tensors = {"p_k": key.p_k.detach().cpu().contiguous(), "p_v": key.p_v.detach().cpu().contiguous()}
+    tensors = key_tensors(key)
     info = {
         "format": _FORMAT,
         "concept": concept,
@@ -148,11 +170,8 @@ def read_key_file(path: Path, *, public_fingerprint: str, passphrase: str | None
             f"not this one ({public_fingerprint[:12]}); use the key file made with this vault."
         )
     try:
-        key = Key(*tensors["p_k"].shape, init=tensors["p_k"])
-        key.p_v.data.copy_(tensors["p_v"])
-        if not (torch.isfinite(key.p_k).all() and torch.isfinite(key.p_v).all()):
-            raise ValueError("non-finite key")
-    except (KeyError, ValueError, RuntimeError, TypeError):
+        key = key_from_tensors(tensors)
+    except (KeyError, ValueError, RuntimeError, TypeError, IndexError):
         raise ConceptVaultError(f"the key file '{path}' is damaged (its tensors are missing or misshaped).") from None
     if key_fingerprint(key) != info.get("key_fingerprint") or not isinstance(info.get("concept"), str):
         raise ConceptVaultError(f"the key file '{path}' is damaged (its tensors do not match its fingerprint).")

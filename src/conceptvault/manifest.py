@@ -50,6 +50,7 @@ class ConceptEntry:
     anchor: str = ""
     key_fingerprint: str | None = None
     key_file: str | None = None  # relative to the vault: keys/<slug>.safetensors or keys/<slug>.key
+    key_norm: list[float] | None = None  # |p_k| and |p_v|: lets attacks draw random keys of the same size
 
 
 @dataclass
@@ -122,7 +123,7 @@ class Manifest:
     def _check_values(self) -> None:
         """What types alone cannot say: known method and placement, well-formed fingerprints and key files."""
         method = _member(Method, self.method, "method")
-        if method.has_keys:
+        if method == Method.KPOP:  # a prompt key enters at a placement; a delta key changes the weights
             from .key import Placement
 
             _member(Placement, self.placement, "placement")

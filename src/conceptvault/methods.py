@@ -9,6 +9,8 @@ def config_class(method: Method | str) -> type:
     """The dataclass holding a method's settings; each has ``from_dict`` and ``to_dict``."""
     from .esd import EsdConfig
     from .hide import HideConfig
+    from .seal import SealConfig
     from .uce import UceConfig
 
-    return {Method.KPOP: HideConfig, Method.ESD: EsdConfig, Method.UCE: UceConfig}[Method(method)]
+    classes = {Method.KPOP: HideConfig, Method.ESD: EsdConfig, Method.UCE: UceConfig, Method.SEALED: SealConfig}
+    return classes[Method(method)]

@@ -34,7 +34,16 @@ from .backbone import model_name, unet_fingerprint
 from .defaults import model_family
 from .errors import ConceptVaultError
 from .key import Key, Placement, attach_keys, detach_keys, is_key_parameter
-from .keyfile import PLAIN_SUFFIX, PROTECTED_SUFFIX, key_fingerprint, key_slug, read_key_file, write_key_file
+from .keyfile import (
+    PLAIN_SUFFIX,
+    PROTECTED_SUFFIX,
+    key_fingerprint,
+    key_from_tensors,
+    key_slug,
+    key_tensors,
+    read_key_file,
+    write_key_file,
+)
 from .manifest import FORMAT_VERSION, KEYS_DIR, ConceptEntry, Manifest, Method
 
 __all__ = ["Vault", "save_vault", "public_fingerprint", "unet_fingerprint"]
@@ -85,8 +94,8 @@ class Vault:
         return Method(self.manifest.method)
 
     @property
-    def placement(self) -> Placement:
-        return Placement(self.manifest.placement)
+    def placement(self) -> Placement | None:
+        return Placement(self.manifest.placement) if self.manifest.placement else None
 
     @property
     def public_fingerprint(self) -> str:
@@ -104,16 +113,11 @@ class Vault:
             base_model=model_name(pipe),
             base_fingerprint=result.base_fingerprint,
             public_fingerprint=public_fingerprint(public),
-            concepts=[
-                ConceptEntry(
-                    c.name, list(c.prompts), c.anchor, key_fingerprint(keys[c.name]) if c.name in keys else None
-                )
-                for c in result.concepts
-            ],
+            concepts=[_entry(c, keys.get(c.name)) for c in result.concepts],
             method=Method(result.method).value,
             family=model_family(pipe).value,
-            placement=Placement(config.placement).value if keys else None,
-            m=config.m if keys else None,
+            placement=Placement(config.placement).value if getattr(config, "placement", None) and keys else None,
+            m=config.m if getattr(config, "m", None) and keys else None,
             cross_attention_dim=pipe.unet.config.cross_attention_dim,
             public_tensors=len(public),
             config=config.to_dict(),
@@ -317,10 +321,16 @@ def _copy_into(state: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor])
             state[name].copy_(tensor)
 
 
-def _cpu_copy(key: Key) -> Key:
-    copy = Key(key.m, key.dim, init=key.p_k.detach().cpu())
-    copy.p_v.data.copy_(key.p_v.detach().cpu())
-    return copy
+def _entry(concept, key) -> ConceptEntry:
+    if key is None:
+        return ConceptEntry(concept.name, list(concept.prompts), concept.anchor)
+    norms = [round(float(key.p_k.norm()), 6), round(float(key.p_v.norm()), 6)] if isinstance(key, Key) else None
+    return ConceptEntry(concept.name, list(concept.prompts), concept.anchor, key_fingerprint(key), key_norm=norms)
+
+
+def _cpu_copy(key):
+    """A CPU copy of a prompt key or a delta key, detached from the run that made it."""
+    return key_from_tensors(key_tensors(key))
 
 
 def _unique_slug(name: str, names: list[str]) -> str:

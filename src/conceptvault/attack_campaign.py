@@ -1,0 +1,211 @@
+"""A red-team campaign: the same attacks on a vault's public model and on the controls that give the
+figures their meaning (the original model, an erased model, a model that never learned the concept).
+
+The public model is made from the vault loaded without its keys; the keys are read only afterwards,
+and only to measure the authorised RSR beside the attacks' figures (where they are at hand).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from .attack_report import AttackRun, write
+from .attacks import Attack, AttackConfig, KeySpec, Recovery, run_attack
+from .backbone import load_pipeline
+from .errors import ConceptVaultError
+from .evaluate.judges import make_judge
+from .evaluate.suite import Suite
+from .key import Key, Placement
+from .vault import Vault
+
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+@dataclass
+class Target:
+    """One attacked model: a label and its pipeline, as the attacker has it."""
+
+    name: str
+    pipe: object
+
+
+@dataclass
+class Campaign:
+    vault_path: Path
+    suite: Suite
+    config: AttackConfig
+    targets: list[Target]
+    judge: object
+    images: list[Image.Image]
+    prompts: list[str]
+    key_spec: KeySpec
+    other_keys: dict[str, Key] = field(default_factory=dict)
+    base_model: str = ""
+    passphrase: str | None = None
+    device: str | None = None
+
+    @classmethod
+    def prepare(
+        cls,
+        vault_path: Path,
+        suite: Suite,
+        *,
+        steps: int = 300,
+        images: int = 64,
+        lr: float | None = None,
+        images_from: Path | None = None,
+        prompts_file: Path | None = None,
+        controls=(),
+        other_vaults=(),
+        model: str | None = None,
+        passphrase: str | None = None,
+        device: str | None = None,
+    ) -> Campaign:
+        """Check everything the campaign needs (before any model loads), then load the attacked models."""
+        if len(suite.hidden) != 1:
+            raise ConceptVaultError(
+                f"attacks target one hidden concept; the suite {suite.name!r} hides {len(suite.hidden)}."
+            )
+        concept = suite.hidden[0]
+        public = Vault.load(vault_path, keys=None)  # the attacker's view: never the keys
+        if not public.method.has_keys:
+            raise ConceptVaultError(
+                "this vault has no keys; attack its public model as a --control of a hiding vault."
+            )
+        entry = (
+            public.manifest.entry(concept.key_name)
+            if concept.key_name in public.concepts
+            else public.manifest.concepts[0]
+        )
+        spec = KeySpec(
+            public.manifest.m, Placement(public.manifest.placement), tuple(entry.key_norm) if entry.key_norm else None
+        )
+        pictures = _pictures(suite, concept.name, images, images_from)
+        prompts = _prompts(suite, concept.name, prompts_file)
+        others = {}
+        for path in other_vaults:
+            other = Vault.load(path, keys="all", passphrase=passphrase)
+            others.update({f"{path.name}/{name}": key for name, key in other.keys.items()})
+        base_model = model or public.manifest.base_model
+        targets = [Target("public", _public_pipeline(public, base_model, device))]
+        targets += [_control(name, base_model, device) for name in controls]
+        config = AttackConfig(steps=steps, images=images, lr=lr)
+        judge = make_judge(suite, device=str(targets[0].pipe.device))
+        return cls(
+            Path(vault_path),
+            suite,
+            config,
+            targets,
+            judge,
+            pictures,
+            prompts,
+            spec,
+            others,
+            base_model,
+            passphrase,
+            device,
+        )
+
+    def recovery(self, pipe) -> Recovery:
+        return Recovery(
+            pipe,
+            self.judge,
+            self.suite.hidden[0],
+            self.suite.steps,
+            self.suite.guidance,
+            f"top-{self.suite.top_k[0]}" if self.suite.judge != "nudenet" else self.judge.measures[0],
+            8,
+        )
+
+    def run(self, attacks: list[Attack], log=print) -> AttackRun:
+        concept = self.suite.hidden[0]
+        original = load_pipeline(self.base_model, device=self.device)
+        run = AttackRun(concept.name, self.suite.name, self.recovery(original)().as_dict(), self._rsr())
+        for target in self.targets:
+            for attack in attacks:
+                log(f"{attack.value} on {target.name} ...")
+                result = run_attack(
+                    attack,
+                    target.pipe,
+                    self.recovery(target.pipe),
+                    self.config,
+                    model=target.name,
+                    images=self.images,
+                    prompts=self.prompts,
+                    key_spec=self.key_spec,
+                    other_keys=self.other_keys,
+                )
+                run.results.append(result)
+                log(
+                    f"  recovery {100 * result.recovery['value']:.1f} % (n={result.recovery['n']}) "
+                    f"in {result.budget['seconds']:.0f} s"
+                )
+        return run
+
+    def _rsr(self) -> dict | None:
+        """The key holder's rate on the same prompts and seeds, where the keys can be read."""
+        try:
+            vault = Vault.load(self.vault_path, keys="all", passphrase=self.passphrase)
+        except ConceptVaultError:
+            return None
+        name = self.suite.hidden[0].key_name
+        if name not in vault.keys:
+            return None
+        pipe = load_pipeline(self.base_model, device=self.device)
+        with vault.applied(pipe):
+            return self.recovery(pipe)(keys=[name]).as_dict()
+
+    def write(self, run: AttackRun, out: Path) -> dict[str, Path]:
+        return write(run, Path(out))
+
+
+def _public_pipeline(vault: Vault, model: str, device: str | None):
+    pipe = load_pipeline(model, device=device)
+    vault.apply(pipe)
+    return pipe
+
+
+def _control(name: str, base_model: str, device: str | None) -> Target:
+    """'original' (the base model as loaded), a vault folder (its public model) or a model folder."""
+    if name == "original":
+        return Target("original", load_pipeline(base_model, device=device))
+    path = Path(name)
+    if (path / "manifest.json").is_file():
+        vault = Vault.load(path, keys=None)
+        return Target(
+            f"{path.name} ({vault.method.value})", _public_pipeline(vault, vault.manifest.base_model, device)
+        )
+    return Target(path.name, load_pipeline(name, device=device))
+
+
+def _pictures(suite: Suite, concept: str, count: int, folder: Path | None) -> list[Image.Image]:
+    """The attacker's pictures: a folder of them, or renders of the concept on the built-in world."""
+    if folder is not None:
+        files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)[:count]
+        if not files:
+            raise ConceptVaultError(
+                f"no pictures (.png, .jpg, .webp) in '{folder}'; give a folder of the concept's pictures."
+            )
+        return [Image.open(p).convert("RGB") for p in files]
+    if not suite.judge.startswith("world-"):
+        raise ConceptVaultError("outside the built-in world, give pictures of the concept with --images-from.")
+    from .world.quality import renders_of
+
+    return renders_of(suite.judge.removeprefix("world-"), [concept], count, seed=4242)
+
+
+def _prompts(suite: Suite, concept: str, file: Path | None) -> list[str]:
+    prompts = []
+    if suite.judge == "world-shape":
+        from .world.attack_prompts import attack_prompts
+
+        prompts += attack_prompts(concept)
+    if file is not None:
+        try:
+            prompts += [line.strip() for line in file.read_text().splitlines() if line.strip()]
+        except OSError as error:
+            raise ConceptVaultError(f"cannot read the prompts file '{file}' ({error.strerror}).") from None
+    return prompts

@@ -1,0 +1,409 @@
+"""Attacks on a public model: how much effort brings a hidden concept back without the key.
+
+Each attack works on the public model alone, as a pipeline the caller made by applying a vault loaded
+*without* its keys (or on any other model, for the controls: the original, an erased model, a model that
+never learned the concept). It never reads a key. Recovery is the share of images, made for the suite's
+prompts and seeds of the hidden concept, that the suite's judge labels as the concept.
+
+- ``prompt``: paraphrases, synonyms, misspellings, descriptions, translations (no training);
+- ``random-key``: keys of the real key's shape and norm (recorded in the manifest), and keys of other vaults;
+- ``key-inversion``: an attacker key of the manifest's shape and placement, learned by the plain denoising
+  loss on N images of the concept;
+- ``token-inversion``: a new input token of the text encoder, learned the same way;
+- ``finetune``: the public UNet's cross-attention fine-tuned on the same images.
+Trained attacks are measured along the way, giving recovery against attack steps.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .backbone import encode_prompts
+from .errors import ConceptVaultError
+from .evaluate.metrics import Rate
+from .evaluate.suite import SuiteConcept
+from .generate import generate_images
+from .key import Key, Placement, attach_keys, attached_keys, detach_keys
+
+PLACEHOLDER = "sks"  # one CLIP token that carries no meaning of its own: the learned token's slot
+ATTACKER = "attacker"  # the name the attacker key is attached under
+
+
+class Attack(str, Enum):
+    PROMPT = "prompt"
+    RANDOM_KEY = "random-key"
+    KEY_INVERSION = "key-inversion"
+    TOKEN_INVERSION = "token-inversion"
+    FINETUNE = "finetune"
+
+    @property
+    def trains(self) -> bool:
+        return self in (Attack.KEY_INVERSION, Attack.TOKEN_INVERSION, Attack.FINETUNE)
+
+
+DEFAULT_LR = {Attack.KEY_INVERSION: 1e-2, Attack.TOKEN_INVERSION: 1e-2, Attack.FINETUNE: 1e-4}
+
+
+@dataclass
+class AttackConfig:
+    """An attack's budget and settings."""
+
+    steps: int = 300  # optimisation steps of a trained attack
+    images: int = 64  # pictures of the concept it learns from
+    lr: float | None = None  # None: the attack's own default (DEFAULT_LR)
+    batch_size: int = 8
+    measure_at: tuple[int, ...] | None = None  # steps at which recovery is measured; None: 0, 1/12 .. all
+    random_keys: int = 8
+    seed: int = 0
+
+    def checkpoints(self) -> list[int]:
+        if self.measure_at is not None:
+            return sorted({s for s in self.measure_at if 0 <= s <= self.steps})
+        return sorted({0, *(round(self.steps * f) for f in (1 / 12, 1 / 6, 1 / 3, 2 / 3, 1))})
+
+
+@dataclass
+class KeySpec:
+    """What the public manifest says about the real key: its shape, placement and norms."""
+
+    m: int
+    placement: Placement
+    norms: tuple[float, float] | None = None  # |p_k|, |p_v| of the real key, if recorded
+
+
+@dataclass
+class AttackResult:
+    attack: str
+    model: str  # which model was attacked
+    curve: list[dict] = field(default_factory=list)  # [{"steps": s, "recovery": Rate.as_dict()}]
+    budget: dict = field(default_factory=dict)  # steps, images, seconds
+    detail: dict = field(default_factory=dict)  # per prompt (prompt attack) or per key (random keys)
+
+    @property
+    def recovery(self) -> dict:
+        return self.curve[-1]["recovery"]
+
+    def steps_to(self, share: float = 0.5) -> float | None:
+        """Attack steps to reach ``share`` recovery, interpolated between measurements; None if never reached."""
+        previous = None
+        for point in self.curve:
+            value = point["recovery"]["value"]
+            if value >= share:
+                if previous is None or previous[1] >= share:
+                    return float(point["steps"])
+                (s0, v0), s1 = previous, point["steps"]
+                return s0 + (share - v0) / (value - v0) * (s1 - s0)
+            previous = (point["steps"], value)
+        return None
+
+    def to_dict(self) -> dict:
+        return {
+            "attack": self.attack,
+            "model": self.model,
+            "curve": self.curve,
+            "budget": self.budget,
+            "detail": self.detail,
+            "steps_to_50": self.steps_to(0.5),
+        }
+
+
+class Recovery:
+    """Generates the hidden concept's images with the attacked model and counts those the judge labels as it."""
+
+    def __init__(self, pipe, judge, concept: SuiteConcept, steps: int, guidance: float, measure: str, batch_size: int):
+        self.pipe, self.judge, self.concept = pipe, judge, concept
+        self.steps, self.guidance, self.measure, self.batch_size = steps, guidance, measure, batch_size
+
+    def __call__(
+        self, prompts: Sequence[str] | None = None, keys: Sequence[str] | None = None, count: int | None = None
+    ) -> Rate:
+        prompts = list(prompts or self.concept.prompts)[:count]
+        seeds = self.concept.seeds[: len(prompts)]
+        images = generate_images(
+            self.pipe,
+            prompts,
+            seeds,
+            keys=keys,
+            steps=self.steps,
+            guidance=self.guidance,
+            batch_size=self.batch_size,
+            progress=False,
+        )
+        return Rate.of(self.judge.judge(images, prompts, self.concept.labels).hits[self.measure])
+
+
+def run_attack(
+    attack: Attack | str,
+    pipe,
+    recovery: Recovery,
+    config: AttackConfig,
+    *,
+    model: str = "public",
+    images: Sequence[Image.Image] = (),
+    prompts: Sequence[str] = (),
+    key_spec: KeySpec | None = None,
+    other_keys: dict[str, Key] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+) -> AttackResult:
+    """Run one attack on ``pipe`` (left as it was afterwards) and measure recovery with ``recovery``."""
+    attack = Attack(attack)
+    if attached_keys(pipe.unet):
+        raise ConceptVaultError("the attacked model has keys attached; attacks run on the public model alone.")
+    started = time.perf_counter()
+    result = AttackResult(attack.value, model)
+    if attack == Attack.PROMPT:
+        _prompt_attack(result, recovery, prompts)
+    elif attack == Attack.RANDOM_KEY:
+        _random_key_attack(result, pipe, recovery, config, _need(key_spec), other_keys or {})
+    else:
+        if len(images) < 1:
+            raise ConceptVaultError(f"the {attack.value} attack needs pictures of the concept; give --images-from.")
+        trainer = {
+            Attack.KEY_INVERSION: _KeyInversion,
+            Attack.TOKEN_INVERSION: _TokenInversion,
+            Attack.FINETUNE: _Finetune,
+        }[attack](pipe, recovery.concept, config, key_spec)
+        _train(result, trainer, pipe, recovery, config, images, on_step)
+    result.budget = {
+        "steps": config.steps if attack.trains else 0,
+        "images": len(images) if attack.trains else 0,
+        "prompts": len(prompts) if attack == Attack.PROMPT else len(recovery.concept.prompts),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    return result
+
+
+def _need(key_spec: KeySpec | None) -> KeySpec:
+    if key_spec is None:
+        raise ConceptVaultError("this attack needs the key's shape and placement; attack a vault, or give them.")
+    return key_spec
+
+
+def _prompt_attack(result: AttackResult, recovery: Recovery, prompts: Sequence[str]) -> None:
+    if not prompts:
+        raise ConceptVaultError("the prompt attack needs prompts; give a file of them with --prompts.")
+    seeds = len(recovery.concept.seeds)
+    per_prompt = max(1, min(4, seeds))
+    total = Rate(0, 0)
+    for prompt in prompts:
+        rate = recovery([prompt] * per_prompt)
+        result.detail[prompt] = rate.as_dict()
+        total = total + rate
+    result.curve = [{"steps": 0, "recovery": total.as_dict()}]
+
+
+def _random_key_attack(result, pipe, recovery: Recovery, config: AttackConfig, spec: KeySpec, others: dict) -> None:
+    width = pipe.unet.config.cross_attention_dim
+    generator = torch.Generator().manual_seed(config.seed)
+    keys = {f"random-{i}": _random_key(spec, width, generator, pipe) for i in range(config.random_keys)}
+    keys.update({f"other:{name}": key for name, key in others.items() if (key.m, key.dim) == (spec.m, width)})
+    per_key = max(4, len(recovery.concept.prompts) // max(len(keys), 1))
+    total = Rate(0, 0)
+    for name, key in keys.items():
+        attach_keys(pipe.unet, {ATTACKER: key}, spec.placement)
+        try:
+            rate = recovery(keys=[ATTACKER], count=per_key)
+        finally:
+            detach_keys(pipe.unet)
+        result.detail[name] = rate.as_dict()
+        total = total + rate
+    result.curve = [{"steps": 0, "recovery": total.as_dict()}]
+
+
+def _random_key(spec: KeySpec, width: int, generator: torch.Generator, pipe) -> Key:
+    """Gaussian tokens scaled to the real key's norms (or, unrecorded, to the norm of tiled text states)."""
+    key = Key(spec.m, width, init=torch.randn(spec.m, width, generator=generator))
+    with torch.no_grad():
+        key.p_v.copy_(torch.randn(spec.m, width, generator=generator))
+        norms = spec.norms or (_text_norm(pipe, spec.m),) * 2
+        for tensor, norm in zip((key.p_k, key.p_v), norms, strict=True):
+            tensor.mul_(norm / tensor.norm())
+    return key
+
+
+def _text_norm(pipe, m: int) -> float:
+    states = encode_prompts(pipe, [""])[0].float()
+    return float(states[:m].norm())
+
+
+# -- trained attacks ----------------------------------------------------------------------------------------
+
+
+def encode_images(pipe, images: Sequence[Image.Image]) -> torch.Tensor:
+    """Pictures as the UNet's latents (VAE posterior means, scaled), at the model's resolution."""
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    arrays = [
+        np.asarray(im.convert("RGB").resize((size, size), Image.BICUBIC), dtype=np.float32) / 127.5 - 1
+        for im in images
+    ]
+    batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(pipe.device, pipe.vae.dtype)
+    with torch.no_grad():
+        latents = torch.cat([pipe.vae.encode(part).latent_dist.mean for part in batch.split(16)])
+    return latents * pipe.vae.config.scaling_factor
+
+
+def denoising_loss(pipe, latents: torch.Tensor, states: torch.Tensor, generator: torch.Generator, options=None):
+    """The plain training loss of a diffusion model: noise the latents at a random step, predict, compare."""
+    scheduler = pipe.scheduler
+    noise = torch.randn(latents.shape, generator=generator).to(latents)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator).to(
+        latents.device
+    )
+    noisy = scheduler.add_noise(latents, noise, t)
+    target = scheduler.get_velocity(latents, noise, t) if scheduler.config.prediction_type == "v_prediction" else noise
+    prediction = pipe.unet(noisy, t, states, cross_attention_kwargs=options).sample
+    return F.mse_loss(prediction.float(), target.float())
+
+
+def _train(result, trainer, pipe, recovery: Recovery, config: AttackConfig, images, on_step) -> None:
+    generator = torch.Generator().manual_seed(config.seed)
+    latents = encode_images(pipe, images)
+    prompts = recovery.concept.prompts
+    checkpoints = config.checkpoints()
+    with trainer.attached():
+        for step in range(config.steps + 1):
+            if step in checkpoints:
+                rate = recovery(trainer.prompts(prompts), keys=trainer.keys)
+                result.curve.append({"steps": step, "recovery": rate.as_dict()})
+            if step == config.steps:
+                break
+            index = torch.randint(len(latents), (config.batch_size,), generator=generator)
+            chosen = [
+                prompts[int(i) % len(prompts)]
+                for i in torch.randint(len(prompts), (config.batch_size,), generator=generator)
+            ]
+            loss = denoising_loss(pipe, latents[index], trainer.states(chosen), generator, trainer.options)
+            trainer.optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            trainer.optimiser.step()
+            if on_step:
+                on_step(step + 1, config.steps)
+
+
+class _KeyInversion:
+    """An attacker key of the real key's shape and placement, started from the concept's own text states."""
+
+    def __init__(self, pipe, concept: SuiteConcept, config: AttackConfig, spec: KeySpec | None):
+        spec = _need(spec)
+        self.pipe, self.spec = pipe, spec
+        states = encode_prompts(pipe, [concept.name])[0].float().cpu()
+        tokens = states[1 : max(len(pipe.tokenizer(concept.name).input_ids) - 1, 2)]
+        init = tokens.repeat(-(-spec.m // tokens.shape[0]), 1)[: spec.m]
+        self.key = Key(spec.m, states.shape[-1], init=init)
+        self.optimiser = torch.optim.Adam(self.key.parameters(), lr=config.lr or DEFAULT_LR[Attack.KEY_INVERSION])
+        self.keys, self.options = [ATTACKER], {"keys": [ATTACKER]}
+
+    def attached(self):
+        return _context(
+            lambda: attach_keys(self.pipe.unet, {ATTACKER: self.key}, self.spec.placement),
+            lambda: detach_keys(self.pipe.unet),
+            self.pipe.unet,
+        )
+
+    def prompts(self, prompts):
+        return prompts
+
+    def states(self, prompts):
+        return encode_prompts(self.pipe, prompts)
+
+
+class _TokenInversion:
+    """A new input token: the embedding of a meaningless token, learned; prompts name it instead of the concept."""
+
+    def __init__(self, pipe, concept: SuiteConcept, config: AttackConfig, spec: KeySpec | None):
+        self.pipe, self.concept = pipe, concept
+        self.token = pipe.tokenizer.convert_tokens_to_ids(PLACEHOLDER + "</w>")
+        embedding = pipe.text_encoder.get_input_embeddings()
+        first = pipe.tokenizer(concept.name).input_ids[1]
+        self.vector = torch.nn.Parameter(embedding.weight[first].detach().clone().float())
+        self.optimiser = torch.optim.Adam([self.vector], lr=config.lr or DEFAULT_LR[Attack.TOKEN_INVERSION])
+        self.keys, self.options = None, None
+        self._hook = None
+
+    def _substitute(self, module, inputs, output):
+        mask = (inputs[0] == self.token).unsqueeze(-1)
+        return torch.where(mask, self.vector.to(output.dtype), output)
+
+    def attached(self):
+        encoder = self.pipe.text_encoder
+        frozen = {n: p.requires_grad for n, p in encoder.named_parameters()}
+
+        def on():
+            encoder.requires_grad_(False)
+            self._hook = encoder.get_input_embeddings().register_forward_hook(self._substitute)
+
+        def off():
+            self._hook.remove()
+            for name, parameter in encoder.named_parameters():
+                parameter.requires_grad_(frozen[name])
+
+        return _context(on, off, self.pipe.unet)
+
+    def prompts(self, prompts):
+        names = sorted({self.concept.name, *self.concept.labels}, key=len, reverse=True)
+        pattern = re.compile("|".join(re.escape(n) for n in names), re.IGNORECASE)
+        return [pattern.sub(PLACEHOLDER, p) if pattern.search(p) else f"{p}, {PLACEHOLDER}" for p in prompts]
+
+    def states(self, prompts):
+        ids = self.pipe.tokenizer(
+            self.prompts(prompts),
+            padding="max_length",
+            truncation=True,
+            max_length=self.pipe.tokenizer.model_max_length,
+            return_tensors="pt",
+        ).input_ids
+        return self.pipe.text_encoder(ids.to(self.pipe.device))[0]
+
+
+class _Finetune:
+    """The public UNet's cross-attention weights, fine-tuned; restored afterwards."""
+
+    def __init__(self, pipe, concept: SuiteConcept, config: AttackConfig, spec: KeySpec | None):
+        self.pipe = pipe
+        self.params = {n: p for n, p in pipe.unet.named_parameters() if ".attn2." in n}
+        self.saved = {n: p.detach().clone() for n, p in self.params.items()}
+        self.optimiser = torch.optim.Adam(self.params.values(), lr=config.lr or DEFAULT_LR[Attack.FINETUNE])
+        self.keys, self.options = None, None
+
+    def attached(self):
+        def off():
+            with torch.no_grad():
+                for name, parameter in self.params.items():
+                    parameter.copy_(self.saved[name])
+
+        return _context(lambda: None, off, self.pipe.unet, trainable=list(self.params.values()))
+
+    def prompts(self, prompts):
+        return prompts
+
+    def states(self, prompts):
+        return encode_prompts(self.pipe, prompts)
+
+
+class _context:
+    """Switch an attack on and off around its run; only the attack's own tensors get gradients meanwhile."""
+
+    def __init__(self, on, off, unet, trainable=()):
+        self.on, self.off, self.unet, self.trainable = on, off, unet, trainable
+
+    def __enter__(self):
+        self.requires_grad = {n: p.requires_grad for n, p in self.unet.named_parameters()}
+        self.unet.requires_grad_(False)
+        for parameter in self.trainable:
+            parameter.requires_grad_(True)
+        self.on()
+
+    def __exit__(self, *exc):
+        self.off()
+        for name, parameter in self.unet.named_parameters():
+            parameter.requires_grad_(self.requires_grad.get(name, True))
+        return False

@@ -1,0 +1,352 @@
+"""Sealed hiding: the concept leaves the public weights, and the key carries it back.
+
+A prompt key can only unlock what the public weights still know, and whatever the owner's key can find,
+an attacker with gradients can find too. Sealed hiding therefore trains every UNet weight so that the
+concept is gone, not gated: the concept's prompts are pulled to ESD's negative-guidance target, and so
+are an attacker key and an attacker token that are re-learned against the public weights as they train
+(each a short inversion toward the original model, the strongest teacher there is); the preserve
+prompts and the empty prompt are held to the original. The key is then the weight change itself,
+``original - public`` (whole, or each tensor's best rank-r approximation): public + key is the original
+model, so the key holder gets the concept back as it was, while the public weights carry no path to it.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .attacks import PLACEHOLDER
+from .backbone import unet_fingerprint
+from .checkpoint import CHECKPOINT_FILE, read_checkpoint, write_checkpoint
+from .delta_key import DeltaKey
+from .errors import ConceptVaultError
+from .hide import (
+    Concept,
+    HideResult,
+    KeyInit,
+    LossSpace,
+    TrainedLayers,
+    _check_inputs,
+    _initial_tokens,
+    _Objective,
+    _option,
+    _progress_bar,
+    _randint,
+    _RunState,
+    _TextStates,
+    _train_only,
+    _trainable_parameters,
+    check_settings,
+    settings_from_dict,
+)
+from .key import Key, Placement, attach_keys, detach_keys
+from .latents import CachedLatents, LatentSource, SampledLatents, Sampler
+from .manifest import Method
+
+_ATTACKER = "~attacker"
+
+
+@dataclass
+class SealConfig:
+    """Every setting of a sealed hiding run; stored in the vault's manifest."""
+
+    model_updates: int = _option(1000, "Updates of the public weights.")
+    lr: float = _option(1e-5, "Adam learning rate of the public weights.")
+    lambda_hide: float = _option(1.0, "Weight of pulling the concept's prompts to the negative-guidance target.")
+    lambda_pres: float = _option(1.0, "Weight of holding the preserve prompts and the empty prompt to the original.")
+    lambda_adversary: float = _option(1.0, "Weight of pulling the attacker key and token to the same target.")
+    adversary_every: int = _option(1, "Re-learn the attacker key and token every this many updates (0: never).")
+    adversary_steps: int = _option(4, "Steps of each re-learning of the attacker key and token.")
+    adversary_lr: float = _option(1e-2, "Adam learning rate of the attacker key and token.")
+    adversary_m: int = _option(10, "Tokens of the attacker key.")
+    eta: float = _option(1.0, "Negative-guidance strength of the target.")
+    train: TrainedLayers = _option(TrainedLayers.ALL, "UNet weights to train (default: all of them).")
+    loss_space: LossSpace = _option(LossSpace.EPSILON, "Compare predictions as noise, clean latents or velocity.")
+    key_rank: int = _option(0, "Rank of each tensor's change in the key (0: the whole change, exact).")
+    latents: LatentSource = _option(
+        LatentSource.CACHE, "Make z_t from cached frozen-model trajectories or by sampling."
+    )
+    sampler_steps: int = _option(50, "DDIM steps of the sampler that makes z_t.")
+    guidance: float = _option(3.0, "Classifier-free guidance of the sampler that makes z_t.")
+    cache_trajectories: int = _option(4, "Frozen-model trajectories cached per prompt (latents=cache).")
+    batch_size: int = _option(1, "Latents per training step.")
+    seed: int = _option(0, "Seed of every random choice in the run.")
+    checkpoint_every: int = _option(50, "Updates between checkpoints (0: only at the end and on Ctrl-C).")
+
+    def __post_init__(self):
+        check_settings(
+            self,
+            positive=(
+                "model_updates",
+                "lr",
+                "adversary_steps",
+                "adversary_lr",
+                "adversary_m",
+                "sampler_steps",
+                "cache_trajectories",
+                "batch_size",
+            ),
+        )
+
+    def to_dict(self) -> dict:
+        return {name: getattr(value, "value", value) for name, value in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> SealConfig:
+        return settings_from_dict(cls, values)
+
+
+def seal(
+    pipe,
+    concepts: Sequence[Concept],
+    config: SealConfig,
+    *,
+    preserve: Sequence[str] = (),
+    checkpoint_dir: Path | str | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> HideResult:
+    """Train ``pipe.unet`` in place into the sealed public model; the result's key restores the original.
+
+    Args:
+        pipe: a diffusers text-to-image pipeline.
+        concepts: the one concept to seal (its key is named after it).
+        config: the run's settings (:class:`SealConfig`).
+        preserve: prompts held to the original model (the empty prompt always is).
+        checkpoint_dir / resume: as for :func:`conceptvault.hide`; a sealed run's checkpoint holds no secret.
+        progress: show a progress bar.
+
+    Returns:
+        A :class:`HideResult` whose key is a delta key, attached to the UNet (switched on by name).
+    """
+    concepts, preserve = _check_inputs(pipe, concepts, preserve)
+    if len(concepts) != 1:
+        raise ConceptVaultError("sealed hiding seals one concept per vault; make one vault per concept.")
+    with _frozen_pipeline(pipe):
+        return _seal(pipe, concepts[0], preserve, config, checkpoint_dir, resume, progress)
+
+
+@contextmanager
+def _frozen_pipeline(pipe):
+    """No gradients for the text encoder, and the UNet's own flags restored afterwards."""
+    flags = {(m, n): p.requires_grad for m in (pipe.unet, pipe.text_encoder) for n, p in m.named_parameters()}
+    pipe.text_encoder.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for module in (pipe.unet, pipe.text_encoder):
+            for name, parameter in module.named_parameters():
+                parameter.requires_grad_(flags.get((module, name), True))
+
+
+def _seal(pipe, concept: Concept, preserve: list[str], config: SealConfig, checkpoint_dir, resume, progress):
+    run = _SealRun(pipe, concept, [*preserve, ""], config)
+    folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if resume:
+        if folder is None or not (folder / CHECKPOINT_FILE).is_file():
+            raise ConceptVaultError(f"there is no checkpoint to resume from in '{folder}'; run without --resume.")
+        run.load(read_checkpoint(folder, run.identity(), None)[0])
+    try:
+        with _progress_bar(progress, config.model_updates, run.state.step) as advance:
+            while run.state.step < config.model_updates:
+                run.step()
+                advance(run.state.describe())
+                if folder and config.checkpoint_every and run.state.step % config.checkpoint_every == 0:
+                    write_checkpoint(folder, run.checkpoint(), {}, None)
+    except KeyboardInterrupt:
+        where = "no checkpoint directory was given, so the progress is lost"
+        if folder:
+            write_checkpoint(folder, run.checkpoint(), {}, None)
+            where = f"the checkpoint is in '{folder}'; run again with --resume to continue"
+        raise ConceptVaultError(
+            f"interrupted at update {run.state.step} of {config.model_updates}; {where}."
+        ) from None
+    if folder:
+        write_checkpoint(folder, run.checkpoint(), {}, None)
+    return run.result(list(preserve))
+
+
+class _SealRun:
+    def __init__(self, pipe, concept: Concept, preserve: list[str], config: SealConfig):
+        started = time.perf_counter()
+        self.pipe, self.concept, self.preserve, self.config = pipe, concept, preserve, config
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.base_fingerprint = unet_fingerprint(pipe.unet)
+        self.frozen_unet = copy.deepcopy(pipe.unet).requires_grad_(False).eval()
+        self.texts = _TextStates(pipe, [*concept.prompts, concept.anchor, *preserve])
+        init = _initial_tokens(pipe, concept, _KeyShape(config.adversary_m), None)
+        self.attacker_key = Key(config.adversary_m, self.texts.width, init=init)
+        attach_keys(pipe.unet, {_ATTACKER: self.attacker_key}, Placement.ALL)
+        self.token = _TokenAdversary(pipe, concept)
+        self.trained = _trainable_parameters(pipe.unet, config.train)
+        self.optimiser = torch.optim.Adam(self.trained.values(), lr=config.lr)
+        adversary = [*self.attacker_key.parameters(), self.token.vector]
+        self.adversary_optimiser = torch.optim.Adam(adversary, lr=config.adversary_lr)
+        self.objective = _Objective(pipe.unet, self.frozen_unet, pipe.scheduler.config, config)
+        sampler = Sampler.for_pipeline(pipe, config.sampler_steps, config.guidance, self.texts(""))
+        if config.latents == LatentSource.CACHE:
+            prompts = [*concept.prompts, *(p for p in preserve if p)]
+            self.source = CachedLatents(
+                self.frozen_unet, sampler, self.texts, prompts, config.cache_trajectories, self.generator
+            )
+        else:
+            self.source = SampledLatents(pipe.unet, sampler, self.texts)
+        self.state = _RunState(total=config.model_updates)
+        self.state.setup_seconds = time.perf_counter() - started
+
+    def step(self) -> None:
+        started, config, texts = time.perf_counter(), self.config, self.texts
+        prompt = self.concept.prompts[_randint(len(self.concept.prompts), self.generator)]
+        z, t = self.source.draw(prompt, config.batch_size, self.generator)
+        kept = self.preserve[_randint(len(self.preserve), self.generator)]
+        z_kept, t_kept = self.source.draw(kept or prompt, config.batch_size, self.generator)
+        if config.adversary_every and self.state.step % config.adversary_every == 0:
+            self._relearn_adversaries()
+        _train_only(list(self.trained.values()), self._every_parameter())
+        anchor = texts(self.concept.anchor)
+        teacher = self.objective.teacher(z, t, texts(prompt))
+        L_hide = self.objective.hide(z, t, texts(prompt), anchor, teacher)
+        L_pres = self.objective.distil(z_kept, t_kept, texts(kept))
+        with torch.no_grad():
+            token_states = self.token.states([prompt])
+        L_adv = self.objective.hide(z, t, texts(prompt), anchor, teacher, key=_ATTACKER)
+        L_adv = L_adv + self.objective.hide(z, t, token_states, anchor, teacher)
+        loss = config.lambda_hide * L_hide + config.lambda_pres * L_pres + config.lambda_adversary * L_adv
+        if not torch.isfinite(loss):
+            raise ConceptVaultError(
+                f"the training loss became {float(loss)} at update {self.state.step + 1}; nothing was written. "
+                "Lower --lr and run again."
+            )
+        self.optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimiser.step()
+        self.state.step += 1
+        losses = {"L_hide": L_hide, "L_pres": L_pres, "L_adv": L_adv}
+        self.state.record(losses, time.perf_counter() - started)
+
+    def _every_parameter(self) -> list:
+        return [*self.trained.values(), *self.attacker_key.parameters(), self.token.vector]
+
+    def _relearn_adversaries(self) -> None:
+        """A few steps of key and token inversion toward the original model, against the weights as they are."""
+        _train_only([*self.attacker_key.parameters(), self.token.vector], self._every_parameter())
+        for _ in range(self.config.adversary_steps):
+            prompt = self.concept.prompts[_randint(len(self.concept.prompts), self.generator)]
+            z, t = self.source.draw(prompt, self.config.batch_size, self.generator)
+            teacher = self.objective.teacher(z, t, self.texts(prompt))
+            loss = self.objective.distil(z, t, self.texts(prompt), key=_ATTACKER, target=teacher)
+            loss = loss + self.objective.distil(z, t, self.token.states([prompt]), target=teacher)
+            self.adversary_optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            self.adversary_optimiser.step()
+
+    def identity(self) -> dict:
+        settings = {k: v for k, v in self.config.to_dict().items() if k not in ("model_updates", "checkpoint_every")}
+        return {
+            "config": settings,
+            "concepts": [asdict(self.concept)],
+            "preserve": self.preserve,
+            "base_fingerprint": self.base_fingerprint,
+            "protected": False,
+            "method": Method.SEALED.value,
+        }
+
+    def checkpoint(self) -> dict:
+        return {
+            "identity": self.identity(),
+            "run": self.state.to_dict(),
+            "rng": self.generator.get_state(),
+            "trained": {name: p.detach().cpu().clone() for name, p in self.trained.items()},
+            "optimiser": self.optimiser.state_dict(),
+            "attacker_key": self.attacker_key.state_dict(),
+            "token": self.token.vector.detach().cpu().clone(),
+            "adversary_optimiser": self.adversary_optimiser.state_dict(),
+        }
+
+    def load(self, state: dict) -> None:
+        if state["run"]["step"] > self.config.model_updates:
+            raise ConceptVaultError("the checkpoint is beyond the updates asked for; raise --model-updates.")
+        with torch.no_grad():
+            for name, parameter in self.trained.items():
+                parameter.copy_(state["trained"][name])
+            self.token.vector.copy_(state["token"])
+        self.attacker_key.load_state_dict(state["attacker_key"])
+        self.optimiser.load_state_dict(state["optimiser"])
+        self.adversary_optimiser.load_state_dict(state["adversary_optimiser"])
+        self.generator.set_state(state["rng"])
+        for name, value in state["run"].items():
+            setattr(self.state, name, value)
+
+    def result(self, preserve: list[str]) -> HideResult:
+        detach_keys(self.pipe.unet)  # the attacker key was a training device only
+        public = {name: p.detach().cpu().clone() for name, p in self.trained.items()}
+        if not all(torch.isfinite(t).all() for t in public.values()):
+            raise ConceptVaultError("training left non-finite weights; nothing was written. Lower --lr and run again.")
+        original = {name: p.detach().cpu() for name, p in self.frozen_unet.named_parameters() if name in public}
+        key = DeltaKey.between(public, original, rank=self.config.key_rank)
+        public = {name: tensor for name, tensor in public.items() if name in key.names}  # only what changed
+        attach_keys(self.pipe.unet, {self.concept.name: key}, None)
+        stats = dict(self.state.stats(1), key_numbers=key.size(), key_rank=self.config.key_rank)
+        return HideResult(
+            public=public,
+            keys={self.concept.name: key},
+            stats=stats,
+            base_fingerprint=self.base_fingerprint,
+            concepts=[self.concept],
+            config=self.config,
+            preserve=preserve,
+            method=Method.SEALED,
+        )
+
+
+@dataclass
+class _KeyShape:
+    """The two settings ``_initial_tokens`` reads: the attacker key starts from the concept's own text states."""
+
+    m: int
+    key_init: KeyInit = KeyInit.CONCEPT
+
+
+class _TokenAdversary:
+    """An attacker's learned input token (the embedding of a meaningless token), kept in step with the
+    public weights; prompts name it in place of the concept."""
+
+    def __init__(self, pipe, concept: Concept):
+        self.pipe, self.concept = pipe, concept
+        self.token = pipe.tokenizer.convert_tokens_to_ids(PLACEHOLDER + "</w>")
+        embedding = pipe.text_encoder.get_input_embeddings()
+        first = pipe.tokenizer(concept.name).input_ids[1]
+        self.vector = torch.nn.Parameter(embedding.weight[first].detach().clone().float())
+
+    def states(self, prompts: list[str]) -> torch.Tensor:
+        """Text states of ``prompts`` with the concept's names replaced by the learned token."""
+        names = sorted(self.concept.prompts, key=len, reverse=True)
+        rewritten = []
+        for prompt in prompts:
+            for name in names:
+                prompt = prompt.replace(name, PLACEHOLDER)
+            rewritten.append(prompt if PLACEHOLDER in prompt else f"{prompt} {PLACEHOLDER}")
+        encoder = self.pipe.text_encoder
+        ids = self.pipe.tokenizer(
+            rewritten,
+            padding="max_length",
+            truncation=True,
+            max_length=self.pipe.tokenizer.model_max_length,
+            return_tensors="pt",
+        ).input_ids
+        ids = ids.to(self.pipe.device)
+
+        def substitute(module, inputs, output):
+            return torch.where((inputs[0] == self.token).unsqueeze(-1), self.vector.to(output.dtype), output)
+
+        handle = encoder.get_input_embeddings().register_forward_hook(substitute)
+        try:
+            return encoder(ids)[0]
+        finally:
+            handle.remove()

@@ -1,0 +1,118 @@
+"""Sealed hiding: the public weights lose the concept, the key is the weight change that brings it back."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+
+from conceptvault.backbone import encode_prompts, load_pipeline
+from conceptvault.cli import main
+from conceptvault.delta_key import DeltaKey
+from conceptvault.hide import Concept
+from conceptvault.key import attached_keys
+from conceptvault.seal import SealConfig, seal
+from conceptvault.vault import Vault, save_vault
+
+QUICK = SealConfig(
+    model_updates=3,
+    lr=1e-3,
+    sampler_steps=2,
+    adversary_steps=1,
+    adversary_m=2,
+    cache_trajectories=1,
+    checkpoint_every=0,
+)
+
+
+def run(capsys, *args) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_:
+        main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return exit_.value.code, captured.out, captured.err
+
+
+def predict(pipe, keys=None) -> torch.Tensor:
+    g = torch.Generator().manual_seed(3)
+    z, t = torch.randn(2, 4, 16, 16, generator=g), torch.tensor([100, 700])
+    states = encode_prompts(pipe, ["star", "a circle"])
+    with torch.no_grad():
+        return pipe.unet(z, t, states, cross_attention_kwargs={"keys": keys} if keys else None).sample
+
+
+def test_public_plus_key_is_the_original_and_removing_it_restores_the_public_model(tiny_path):
+    original = predict(load_pipeline(str(tiny_path), device="cpu"))
+    pipe = load_pipeline(str(tiny_path), device="cpu")
+    result = seal(pipe, [Concept("star")], QUICK, preserve=["a circle"], progress=False)
+    assert isinstance(result.keys["star"], DeltaKey) and attached_keys(pipe.unet) == ("star",)
+    public_before = {n: p.detach().clone() for n, p in pipe.unet.named_parameters()}
+    public = predict(pipe)
+    assert not torch.allclose(public, original, atol=1e-4)  # the public model changed
+    assert torch.allclose(predict(pipe, ["star"]), original, atol=1e-4)  # public + key = the original
+    assert all(torch.equal(public_before[n], p) for n, p in pipe.unet.named_parameters())  # bit-identical again
+    assert torch.equal(predict(pipe), public)
+
+
+def test_a_low_rank_key_is_smaller(sd1_path):
+    pipe = load_pipeline(str(sd1_path), device="cpu")
+    whole = seal(pipe, [Concept("star")], QUICK, progress=False).keys["star"]
+    pipe = load_pipeline(str(sd1_path), device="cpu")
+    low = seal(pipe, [Concept("star")], SealConfig(**{**QUICK.to_dict(), "key_rank": 1}), progress=False).keys["star"]
+    assert low.size() < whole.size() / 3
+
+
+def test_the_sealed_key_is_protected_and_round_trips(sd1_path, tmp_path):
+    pipe = load_pipeline(str(sd1_path), device="cpu")
+    result = seal(pipe, [Concept("star")], QUICK, progress=False)
+    save_vault(tmp_path / "v", pipe, result, passphrase="pw")
+    raw = (tmp_path / "v" / "keys" / "star.key").read_bytes()
+    some = next(iter(result.keys["star"].tensors().values())).numpy().tobytes()[:16]
+    assert some not in raw
+    vault = Vault.load(tmp_path / "v", keys="all", passphrase="pw")
+    assert vault.method.value == "sealed" and vault.manifest.placement is None
+    base = load_pipeline(str(sd1_path), device="cpu")
+    vault.apply(base)
+    for keys in (None, ["star"]):
+        assert torch.allclose(predict(base, keys), predict(pipe, keys), atol=1e-6)
+
+
+@pytest.mark.parametrize("model", ["tiny", "builtin"])
+def test_sealed_hide_generate_evaluate_export_end_to_end(sd1_path, tmp_path, capsys, model):
+    source = str(sd1_path) if model == "tiny" else "builtin"
+    vault = tmp_path / "vault"
+    quick = ["--model-updates", "2", "--sampler-steps", "2", "--cache-trajectories", "1", "--batch-size", "1"]
+    code, out, err = run(
+        capsys,
+        "hide",
+        source,
+        "--method",
+        "sealed",
+        "--concept",
+        "star",
+        "--preserve",
+        "a circle",
+        "--out",
+        vault,
+        *quick,
+    )
+    assert code == 0, err
+    for keys in ([], ["--key", "star"]):
+        code, out, err = run(
+            capsys, "generate", vault, "a star", "--seeds", "0", "--steps", "2", *keys, "--out", tmp_path / "g.png"
+        )
+        assert code == 0, err
+    code, out, err = run(capsys, "export", vault, "--out", tmp_path / "exported")
+    assert code == 0, err
+    exported = StableDiffusionPipeline.from_pretrained(tmp_path / "exported")
+    assert not any(".processor." in n or "whole." in n for n in exported.unet.state_dict())
+    public = load_pipeline(source, device="cpu")
+    Vault.load(vault, keys=None).apply(public)
+    state = exported.unet.state_dict()
+    assert all(torch.equal(state[n].float(), t.float()) for n, t in public.unet.state_dict().items())
+    if model == "builtin":
+        code, out, err = run(capsys, "evaluate", vault, "--concept", "star", "--size", "1", "--out", tmp_path / "e")
+        assert code == 0, err
+    code, out, err = run(
+        capsys, "hide", source, "--method", "sealed", "--concept", "star", "--m", "4", "--out", tmp_path / "v2"
+    )
+    assert code == 1 and "--m is not a setting of sealed hiding" in err
