@@ -22,3 +22,7 @@ def main(argv: list[str] | None = None) -> None:
         print("error: interrupted before anything was written.", file=sys.stderr)
         sys.exit(1)
     run(argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -24,6 +24,7 @@ def generate_images(
     batch_size: int = 8,
     height: int | None = None,
     width: int | None = None,
+    negative_prompt: str | None = None,
     progress: bool = True,
 ) -> list[Image.Image]:
     """One image per ``(prompt, seed)`` pair, made by the diffusers pipeline itself; deterministic per seed.
@@ -54,6 +55,7 @@ def generate_images(
                     guidance_scale=guidance,
                     height=height,
                     width=width,
+                    negative_prompt=[negative_prompt] * len(batch_prompts) if negative_prompt else None,
                     generator=generators,
                     output_type="pil",
                     **options,

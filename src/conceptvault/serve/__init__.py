@@ -1,0 +1,53 @@
+"""Serving vaults over HTTP: the public model for everyone with a token, a key only with a live grant.
+
+from conceptvault.serve import build_server
+app, engine = build_server(["star.vault"], "grants.sqlite", passphrase="...")
+# uvicorn.run(app, host="127.0.0.1", port=8000)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..backbone import load_pipeline
+from ..defaults import Family, model_family
+from ..errors import ConceptVaultError
+from ..vault import Vault
+from .app import Limits, Served, create_app
+from .engine import Engine
+from .store import AccessStore
+
+# the sampler settings a request gets unless it names its own
+_SAMPLER = {Family.SMALL: (25, 3.0)}
+_SD_SAMPLER = (30, 7.5)
+
+
+def build_server(
+    vault_paths,
+    db: str,
+    *,
+    passphrase: str | None = None,
+    device: str | None = None,
+    limits: Limits | None = None,
+    queue_size: int = 32,
+    max_batch: int = 8,
+):
+    """Load every vault with its keys onto a warm pipeline, open the database, and make the app."""
+    pipelines, served = {}, {}
+    for path in map(Path, vault_paths):
+        name = path.name
+        if name in served:
+            raise ConceptVaultError(f"two vaults are named {name!r}; serve vaults with distinct folder names.")
+        vault = Vault.load(path, keys="all", passphrase=passphrase)
+        pipe = load_pipeline(vault.manifest.base_model, device=device)
+        vault.apply(pipe)
+        steps, guidance = _SAMPLER.get(model_family(pipe), _SD_SAMPLER)
+        size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        pipelines[name] = pipe
+        served[name] = Served(concepts=sorted(vault.keys), steps=steps, guidance=guidance, size=size)
+    store = AccessStore(db)
+    engine = Engine(pipelines, queue_size=queue_size, max_batch=max_batch)
+    return create_app(engine, served, store, limits), engine
+
+
+__all__ = ["AccessStore", "Limits", "build_server", "create_app"]

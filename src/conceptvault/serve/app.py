@@ -1,0 +1,343 @@
+"""The HTTP service: the public model for everyone with a token, a key only for callers granted it.
+
+``POST /v1/generate`` switches a key on for a request only when the caller asked for that concept and
+holds a live grant for it; asking without one is a 403, never a silent fallback to the public model.
+Every request, refused or served, is appended to the audit log. Keys live in the engine's pipelines
+and appear in no response, log line, error message or metric.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import threading
+import time
+from collections import deque
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from pydantic import BaseModel, Field
+
+from ..errors import ConceptVaultError
+from .engine import Engine, Job, QueueFull
+from .page import PAGE
+from .store import AccessStore, Caller
+
+
+@dataclass
+class Limits:
+    max_body_bytes: int = 16 * 1024
+    max_prompt_chars: int = 500
+    max_seeds: int = 8
+    max_steps: int = 100
+    max_size: int = 1024
+    rate_per_minute: float = 60.0  # per user, refilled continuously
+    burst: int = 20
+    timeout_seconds: float = 600.0
+
+
+class GenerateRequest(BaseModel):
+    prompt: str = Field(min_length=1)
+    negative_prompt: str = ""
+    vault: str | None = None  # default: the only vault served
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    steps: int | None = None
+    guidance: float | None = None
+    height: int | None = None
+    width: int | None = None
+    concepts: list[str] = Field(default_factory=list)  # the concepts whose keys the caller wants on
+
+
+class GrantRequest(BaseModel):
+    user: str
+    vault: str
+    concept: str
+    days: float | None = None
+
+
+@dataclass
+class Served:
+    """A vault the server holds: its concepts with keys, and the backbone's default sampler settings."""
+
+    concepts: list[str]
+    steps: int
+    guidance: float
+    size: int  # the image side the backbone makes by default
+
+
+class RateLimiter:
+    """A token bucket per user."""
+
+    def __init__(self, per_minute: float, burst: int):
+        self.rate, self.burst = per_minute / 60.0, burst
+        self.buckets: dict[str, tuple[float, float]] = {}
+        self.lock = threading.Lock()
+
+    def allow(self, user: str) -> bool:
+        now = time.monotonic()
+        with self.lock:
+            tokens, last = self.buckets.get(user, (float(self.burst), now))
+            tokens = min(self.burst, tokens + (now - last) * self.rate)
+            if tokens < 1:
+                self.buckets[user] = (tokens, now)
+                return False
+            self.buckets[user] = (tokens - 1, now)
+            return True
+
+
+class Metrics:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.requests: dict[int, int] = {}
+        self.images = 0
+        self.latencies: deque[float] = deque(maxlen=2000)
+
+    def record(self, status: int, seconds: float, images: int = 0) -> None:
+        with self.lock:
+            self.requests[status] = self.requests.get(status, 0) + 1
+            self.images += images
+            self.latencies.append(seconds)
+
+    def text(self, queue_depth: int) -> str:
+        with self.lock:
+            lines = ["# TYPE conceptvault_requests_total counter"]
+            lines += [f'conceptvault_requests_total{{status="{s}"}} {n}' for s, n in sorted(self.requests.items())]
+            lines += [
+                "# TYPE conceptvault_images_total counter",
+                f"conceptvault_images_total {self.images}",
+                "# TYPE conceptvault_queue_depth gauge",
+                f"conceptvault_queue_depth {queue_depth}",
+                "# TYPE conceptvault_request_seconds summary",
+            ]
+            ordered = sorted(self.latencies)
+            for q in (0.5, 0.95, 0.99):
+                value = ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+                lines.append(f'conceptvault_request_seconds{{quantile="{q}"}} {value:.4f}')
+            lines += [
+                f"conceptvault_request_seconds_count {len(ordered)}",
+                f"conceptvault_request_seconds_sum {sum(ordered):.4f}",
+            ]
+        return "\n".join(lines) + "\n"
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, message: str):
+        self.status, self.message = status, message
+
+
+def create_app(engine: Engine, served: dict[str, Served], store: AccessStore, limits: Limits | None = None) -> FastAPI:
+    limits = limits or Limits()
+    app = FastAPI(title="ConceptVault", description="Generate from hidden-concept vaults; keys only with a grant.")
+    rate = RateLimiter(limits.rate_per_minute, limits.burst)
+    metrics = Metrics()
+    app.state.metrics, app.state.store, app.state.engine = metrics, store, engine
+
+    def caller_of(request: Request) -> Caller | None:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        return store.authenticate(token.strip()) if scheme.lower() == "bearer" else None
+
+    def refuse(status: int, message: str, started: float, caller: Caller | None = None, **audit) -> JSONResponse:
+        store.audit(user=caller.name if caller else None, status=status, outcome=message, **audit)
+        metrics.record(status, time.perf_counter() - started)
+        return JSONResponse({"error": message}, status_code=status)
+
+    @app.middleware("http")
+    async def body_limit(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if request.method == "POST" and (
+            length is None or not length.isdigit() or int(length) > limits.max_body_bytes
+        ):
+            message = f"the request body must state its length and be at most {limits.max_body_bytes} bytes."
+            store.audit(user=None, vault=None, prompt=None, status=413, outcome=message)
+            metrics.record(413, 0.0)
+            return JSONResponse({"error": message}, status_code=413)
+        return await call_next(request)
+
+    @app.exception_handler(RequestValidationError)
+    async def malformed(request: Request, error: RequestValidationError):
+        first = error.errors()[0] if error.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+        message = f"malformed request: {where}: {first.get('msg', 'invalid')}."
+        store.audit(user=None, vault=None, prompt=None, status=422, outcome=message)
+        metrics.record(422, 0.0)
+        return JSONResponse({"error": message}, status_code=422)
+
+    @app.post("/v1/generate")
+    def generate(body: GenerateRequest, request: Request):
+        started = time.perf_counter()
+        caller = caller_of(request)
+        audit = dict(
+            vault=body.vault,
+            prompt=body.prompt[: limits.max_prompt_chars],
+            asked=body.concepts,
+            seeds=body.seeds[: limits.max_seeds],
+        )
+        if caller is None:
+            return refuse(401, "a valid bearer token is required.", started, **audit)
+        if not rate.allow(caller.name):
+            return refuse(429, "too many requests; slow down.", started, caller, **audit)
+        try:
+            job = _job(body, served, store, caller, limits)
+        except _Refused as refused:
+            return refuse(refused.status, refused.message, started, caller, **audit)
+        audit.update(vault=job.vault, granted=list(job.keys))
+        try:
+            future = engine.submit(job)
+        except QueueFull:
+            return refuse(429, "the server is busy; try again shortly.", started, caller, **audit)
+        try:
+            images, seconds, batched = future.result(timeout=limits.timeout_seconds)
+        except FutureTimeout:
+            return refuse(503, "generation took too long.", started, caller, **audit)
+        except Exception:
+            return refuse(500, "generation failed.", started, caller, **audit)
+        encoded = [_png(image) for image in images]
+        hashes = [hashlib.sha256(data).hexdigest() for data in encoded]
+        store.audit(user=caller.name, status=200, outcome="served", image_hashes=hashes, **audit)
+        metrics.record(200, time.perf_counter() - started, len(images))
+        return {
+            "vault": job.vault,
+            "unlocked": list(job.keys),
+            "images": [
+                {"seed": s, "png": base64.b64encode(d).decode("ascii"), "sha256": h}
+                for s, d, h in zip(job.seeds, encoded, hashes, strict=True)
+            ],
+            "seconds": round(seconds, 3),
+            "batched_with": batched - 1,
+        }
+
+    @app.get("/v1/me")
+    def me(request: Request):
+        caller = caller_of(request)
+        if caller is None:
+            return JSONResponse({"error": "a valid bearer token is required."}, status_code=401)
+        vaults = {
+            name: {
+                "concepts": item.concepts,
+                "granted": sorted(store.live_concepts(caller.name, name)),
+                "steps": item.steps,
+                "guidance": item.guidance,
+                "size": item.size,
+            }
+            for name, item in served.items()
+        }
+        return {"user": caller.name, "admin": caller.admin, "vaults": vaults}
+
+    @app.get("/v1/history")
+    def history(request: Request, limit: int = 20):
+        caller = caller_of(request)
+        if caller is None:
+            return JSONResponse({"error": "a valid bearer token is required."}, status_code=401)
+        return {"history": store.history(caller.name, limit=min(max(limit, 1), 200))}
+
+    def admin_of(request: Request) -> Caller | JSONResponse:
+        caller = caller_of(request)
+        if caller is None:
+            return JSONResponse({"error": "a valid bearer token is required."}, status_code=401)
+        if not caller.admin:
+            return JSONResponse({"error": "this needs an administrator's token."}, status_code=403)
+        return caller
+
+    @app.get("/v1/admin/grants")
+    def list_grants(request: Request):
+        caller = admin_of(request)
+        return caller if isinstance(caller, JSONResponse) else {"grants": store.grants(), "users": store.users()}
+
+    @app.post("/v1/admin/grants")
+    def add_grant(body: GrantRequest, request: Request):
+        caller = admin_of(request)
+        if isinstance(caller, JSONResponse):
+            return caller
+        if body.vault not in served or body.concept not in served[body.vault].concepts:
+            return JSONResponse(
+                {"error": f"no vault {body.vault!r} with a key for {body.concept!r} is served."}, status_code=404
+            )
+        try:
+            grant_id = store.grant(body.user, body.vault, body.concept, body.days)
+        except ConceptVaultError as error:
+            return JSONResponse({"error": str(error)}, status_code=404)
+        store.audit(
+            user=caller.name,
+            vault=body.vault,
+            prompt=None,
+            status=200,
+            outcome=f"granted {body.concept!r} to {body.user!r} (grant {grant_id})",
+        )
+        return {"id": grant_id}
+
+    @app.delete("/v1/admin/grants/{grant_id}")
+    def revoke_grant(grant_id: int, request: Request):
+        caller = admin_of(request)
+        if isinstance(caller, JSONResponse):
+            return caller
+        try:
+            store.revoke(grant_id)
+        except ConceptVaultError as error:
+            return JSONResponse({"error": str(error)}, status_code=404)
+        store.audit(user=caller.name, vault=None, prompt=None, status=200, outcome=f"revoked grant {grant_id}")
+        return {"revoked": grant_id}
+
+    @app.get("/healthz")
+    def healthz():
+        return {"status": "ok", "vaults": sorted(served), "queue": engine.depth()}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def prometheus():
+        return metrics.text(engine.depth())
+
+    @app.get("/", response_class=HTMLResponse)
+    def page():
+        return PAGE
+
+    return app
+
+
+def _job(body: GenerateRequest, served: dict[str, Served], store: AccessStore, caller: Caller, limits: Limits) -> Job:
+    """Check the request against the limits and the caller's grants; the job to run, or _Refused."""
+    if body.vault is None and len(served) != 1:
+        raise _Refused(422, f"name a vault: one of {', '.join(sorted(served))}.")
+    name = body.vault or next(iter(served))
+    if name not in served:
+        raise _Refused(404, f"no vault named {name!r} is served.")
+    item = served[name]
+    if len(body.prompt) > limits.max_prompt_chars or len(body.negative_prompt) > limits.max_prompt_chars:
+        raise _Refused(413, f"prompts are limited to {limits.max_prompt_chars} characters.")
+    if len(body.seeds) > limits.max_seeds or any(not 0 <= s < 2**63 for s in body.seeds):
+        raise _Refused(422, f"give 1 to {limits.max_seeds} seeds, each from 0 to 2^63 - 1.")
+    steps = body.steps if body.steps is not None else item.steps
+    guidance = body.guidance if body.guidance is not None else item.guidance
+    if not 1 <= steps <= limits.max_steps or not 0 <= guidance <= 30:
+        raise _Refused(422, f"steps must be 1 to {limits.max_steps} and guidance 0 to 30.")
+    for side in (body.height, body.width):
+        if side is not None and (side % 8 or not 8 <= side <= limits.max_size):
+            raise _Refused(422, f"height and width must be multiples of 8 up to {limits.max_size}.")
+    asked = list(dict.fromkeys(body.concepts))
+    unknown = [c for c in asked if c not in item.concepts]
+    if unknown:
+        raise _Refused(404, f"the vault {name!r} has no key for {unknown[0]!r}.")
+    granted = store.live_concepts(caller.name, name)
+    missing = [c for c in asked if c not in granted]
+    if missing:
+        raise _Refused(403, f"you hold no live grant for {missing[0]!r} of the vault {name!r}; ask its owner for one.")
+    return Job(
+        name,
+        body.prompt,
+        body.negative_prompt,
+        list(body.seeds),
+        steps,
+        guidance,
+        body.height,
+        body.width,
+        tuple(asked),
+    )
+
+
+def _png(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -1,0 +1,119 @@
+"""The generation engine of a served vault: one warm pipeline per vault, one bounded queue, batches.
+
+Requests wait in a bounded queue (a full queue is refused at once, never blocked on); one worker thread
+takes the oldest request and every waiting request it can share a pipeline call with (same vault,
+sampler settings, size, negative prompt and unlocked keys), up to ``max_batch`` images, and runs them
+as one call. The keys stay in the worker's pipelines; a request only names which to switch on.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from ..generate import generate_images
+
+
+class QueueFull(Exception):
+    """The queue holds as many requests as it may; the caller should come back later (HTTP 429)."""
+
+
+@dataclass
+class Job:
+    vault: str
+    prompt: str
+    negative: str
+    seeds: list[int]
+    steps: int
+    guidance: float
+    height: int | None
+    width: int | None
+    keys: tuple[str, ...]
+    future: Future = field(default_factory=Future)
+
+    def batch_key(self) -> tuple:
+        return self.vault, self.negative, self.steps, self.guidance, self.height, self.width, self.keys
+
+
+class Engine:
+    def __init__(self, pipelines: dict, queue_size: int = 32, max_batch: int = 8):
+        self.pipelines = pipelines  # vault name -> pipeline with the vault applied and its keys attached
+        self.queue_size, self.max_batch = queue_size, max_batch
+        self._jobs: deque[Job] = deque()
+        self._ready = threading.Condition()
+        self._stopped = False
+        self.batches = 0
+        self._worker = threading.Thread(target=self._run, name="conceptvault-engine", daemon=True)
+        self._worker.start()
+
+    def depth(self) -> int:
+        with self._ready:
+            return len(self._jobs)
+
+    def submit(self, job: Job) -> Future:
+        with self._ready:
+            if len(self._jobs) >= self.queue_size:
+                raise QueueFull
+            self._jobs.append(job)
+            self._ready.notify()
+        return job.future
+
+    def stop(self) -> None:
+        with self._ready:
+            self._stopped = True
+            self._ready.notify_all()
+
+    def _take(self) -> list[Job]:
+        """The oldest job and the waiting jobs that can share its call, up to max_batch images."""
+        with self._ready:
+            while not self._jobs and not self._stopped:
+                self._ready.wait()
+            if self._stopped:
+                return []
+            first = self._jobs.popleft()
+            batch, images = [first], len(first.seeds)
+            for job in list(self._jobs):
+                if job.batch_key() == first.batch_key() and images + len(job.seeds) <= self.max_batch:
+                    self._jobs.remove(job)
+                    batch.append(job)
+                    images += len(job.seeds)
+            return batch
+
+    def _run(self) -> None:
+        while True:
+            batch = self._take()
+            if not batch:
+                return
+            first = batch[0]
+            prompts = [job.prompt for job in batch for _ in job.seeds]
+            seeds = [seed for job in batch for seed in job.seeds]
+            try:
+                started = time.perf_counter()
+                images = generate_images(
+                    self.pipelines[first.vault],
+                    prompts,
+                    seeds,
+                    keys=list(first.keys) or None,
+                    steps=first.steps,
+                    guidance=first.guidance,
+                    batch_size=max(len(prompts), 1),
+                    height=first.height,
+                    width=first.width,
+                    negative_prompt=first.negative or None,
+                    progress=False,
+                )
+                seconds = time.perf_counter() - started
+                self.batches += 1
+            except Exception as error:  # every waiting caller learns that its request failed
+                for job in batch:
+                    job.future.set_exception(error)
+                continue
+            for job in batch:
+                mine: list[Image.Image] = images[: len(job.seeds)]
+                images = images[len(job.seeds) :]
+                job.future.set_result((mine, seconds, len(batch)))

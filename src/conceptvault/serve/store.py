@@ -1,0 +1,256 @@
+"""Users, grants and the audit log of a served vault, in one SQL database (SQLite by default, PostgreSQL
+for several server processes sharing one database).
+
+A user is a name and a bearer token; only the token's SHA-256 is stored (the token itself is shown once,
+when the user is added) and a presented token is compared in constant time. A grant says that a user may
+switch on one concept's key of one vault until it expires or is revoked. The audit log records every
+request; the API only ever appends to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import Boolean, DateTime, ForeignKey, Integer, String, Text, create_engine, event, select
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from ..errors import ConceptVaultError
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class User(_Base):
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Grant(_Base):
+    __tablename__ = "grants"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    vault: Mapped[str] = mapped_column(String(128))
+    concept: Mapped[str] = mapped_column(String(256))
+    expires: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AuditRecord(_Base):
+    __tablename__ = "audit"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    user: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    vault: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    prompt: Mapped[str | None] = mapped_column(Text, nullable=True)
+    asked: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of concepts asked for
+    granted: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of keys switched on
+    seeds: Mapped[str] = mapped_column(Text, default="[]")
+    status: Mapped[int] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(Text)
+    image_hashes: Mapped[str] = mapped_column(Text, default="[]")  # SHA-256 of each PNG returned
+
+
+def _sqlite_pragmas(connection, record) -> None:
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    """SQLite returns naive datetimes; every time here is UTC."""
+    return moment.replace(tzinfo=timezone.utc) if moment is not None and moment.tzinfo is None else moment
+
+
+@dataclass(frozen=True)
+class Caller:
+    name: str
+    admin: bool
+
+
+class AccessStore:
+    """The database of one server (or of several, sharing a PostgreSQL database)."""
+
+    def __init__(self, url: str):
+        if "://" not in url:
+            url = f"sqlite:///{url}"
+        sqlite = url.startswith("sqlite")
+        options = {"connect_args": {"check_same_thread": False, "timeout": 30}} if sqlite else {}
+        try:
+            self.engine = create_engine(url, pool_pre_ping=True, **options)
+            if sqlite:  # write-ahead logging: readers never block the writer, and a killed server loses nothing
+                event.listen(self.engine, "connect", _sqlite_pragmas)
+            _Base.metadata.create_all(self.engine)
+        except (OperationalError, ValueError) as error:
+            raise ConceptVaultError(
+                f"cannot open the database '{url}' ({type(error).__name__}); check the path or URL."
+            ) from None
+        self._session = sessionmaker(self.engine, expire_on_commit=False)
+
+    def session(self) -> Session:
+        return self._session()
+
+    # -- users ----------------------------------------------------------------------------------------
+    def add_user(self, name: str, admin: bool = False) -> str:
+        """Add a user; returns their bearer token (shown once, stored only as a hash)."""
+        if not name or len(name) > 64 or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise ConceptVaultError(f"a user name is 1-64 letters, digits, '-', '_' or '.'; got {name!r}.")
+        token = secrets.token_urlsafe(32)
+        with self.session() as session:
+            session.add(User(name=name, token_hash=hash_token(token), admin=admin, created=_now()))
+            try:
+                session.commit()
+            except IntegrityError:
+                raise ConceptVaultError(f"there is already a user named {name!r}.") from None
+        return token
+
+    def remove_user(self, name: str) -> None:
+        with self.session() as session:
+            user = session.scalar(select(User).where(User.name == name))
+            if user is None:
+                raise ConceptVaultError(f"there is no user named {name!r}.")
+            for grant in session.scalars(select(Grant).where(Grant.user_id == user.id)):
+                session.delete(grant)
+            session.delete(user)
+            session.commit()
+
+    def users(self) -> list[dict]:
+        with self.session() as session:
+            return [
+                {"name": u.name, "admin": u.admin, "created": _aware(u.created).isoformat(timespec="seconds")}
+                for u in session.scalars(select(User).order_by(User.name))
+            ]
+
+    def authenticate(self, token: str | None) -> Caller | None:
+        """The user a bearer token belongs to, or None; the hash is compared in constant time."""
+        if not token:
+            return None
+        presented = hash_token(token)
+        with self.session() as session:
+            user = session.scalar(select(User).where(User.token_hash == presented))
+            if user is None or not hmac.compare_digest(user.token_hash, presented):
+                return None
+            return Caller(user.name, user.admin)
+
+    # -- grants ---------------------------------------------------------------------------------------
+    def grant(self, user: str, vault: str, concept: str, days: float | None = None) -> int:
+        with self.session() as session:
+            owner = session.scalar(select(User).where(User.name == user))
+            if owner is None:
+                raise ConceptVaultError(f"there is no user named {user!r}; add them first.")
+            expires = _now() + timedelta(days=days) if days is not None else None
+            record = Grant(user_id=owner.id, vault=vault, concept=concept, expires=expires, created=_now())
+            session.add(record)
+            session.commit()
+            return record.id
+
+    def revoke(self, grant_id: int) -> None:
+        with self.session() as session:
+            record = session.get(Grant, grant_id)
+            if record is None:
+                raise ConceptVaultError(f"there is no grant {grant_id}.")
+            record.revoked = True
+            session.commit()
+
+    def grants(self, user: str | None = None) -> list[dict]:
+        with self.session() as session:
+            query = select(Grant, User.name).join(User, Grant.user_id == User.id).order_by(Grant.id)
+            if user is not None:
+                query = query.where(User.name == user)
+            return [
+                {
+                    "id": g.id,
+                    "user": name,
+                    "vault": g.vault,
+                    "concept": g.concept,
+                    "expires": _aware(g.expires).isoformat(timespec="seconds") if g.expires else None,
+                    "revoked": g.revoked,
+                    "live": self._live(g),
+                }
+                for g, name in session.execute(query)
+            ]
+
+    @staticmethod
+    def _live(grant: Grant) -> bool:
+        return not grant.revoked and (grant.expires is None or _aware(grant.expires) > _now())
+
+    def live_concepts(self, user: str, vault: str) -> set[str]:
+        """The concepts of ``vault`` that ``user`` may switch on right now."""
+        return {g["concept"] for g in self.grants(user) if g["vault"] == vault and g["live"]}
+
+    # -- audit ----------------------------------------------------------------------------------------
+    def audit(
+        self,
+        *,
+        user: str | None,
+        vault: str | None,
+        prompt: str | None,
+        asked=(),
+        granted=(),
+        seeds=(),
+        status: int,
+        outcome: str,
+        image_hashes=(),
+    ) -> None:
+        with self.session() as session:
+            session.add(
+                AuditRecord(
+                    time=_now(),
+                    user=user,
+                    vault=vault,
+                    prompt=prompt,
+                    asked=json.dumps(list(asked)),
+                    granted=json.dumps(list(granted)),
+                    seeds=json.dumps(list(seeds)),
+                    status=status,
+                    outcome=outcome,
+                    image_hashes=json.dumps(list(image_hashes)),
+                )
+            )
+            session.commit()
+
+    def history(self, user: str | None = None, limit: int = 50) -> list[dict]:
+        with self.session() as session:
+            query = select(AuditRecord).order_by(AuditRecord.id.desc()).limit(limit)
+            if user is not None:
+                query = query.where(AuditRecord.user == user)
+            return [
+                {
+                    "id": r.id,
+                    "time": _aware(r.time).isoformat(timespec="seconds"),
+                    "user": r.user,
+                    "vault": r.vault,
+                    "prompt": r.prompt,
+                    "asked": json.loads(r.asked),
+                    "granted": json.loads(r.granted),
+                    "seeds": json.loads(r.seeds),
+                    "status": r.status,
+                    "outcome": r.outcome,
+                    "image_hashes": json.loads(r.image_hashes),
+                }
+                for r in session.scalars(query)
+            ]
+
+    def audit_count(self) -> int:
+        with self.session() as session:
+            return len(session.scalars(select(AuditRecord.id)).all())
