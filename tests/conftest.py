@@ -26,6 +26,12 @@ def sd2_path(tmp_path_factory) -> Path:
     return save_tiny_pipeline("sd2", tmp_path_factory.mktemp("sd2"))
 
 
+@pytest.fixture(scope="session")
+def sdxl_path(tmp_path_factory) -> Path:
+    """A tiny SDXL shaped pipeline folder (two text encoders, pooled text and size ids)."""
+    return save_tiny_pipeline("sdxl", tmp_path_factory.mktemp("sdxl"))
+
+
 @pytest.fixture(params=["sd1", "sd2"])
 def tiny_path(request, sd1_path, sd2_path) -> Path:
     """Each tiny pipeline folder in turn."""

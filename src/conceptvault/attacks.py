@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .backbone import encode_prompts
+from .backbone import encode_prompts, is_sdxl, unet_predict
 from .errors import ConceptVaultError
 from .evaluate.metrics import Rate
 from .evaluate.suite import SuiteConcept
@@ -260,7 +260,7 @@ def denoising_loss(pipe, latents: torch.Tensor, states: torch.Tensor, generator:
     )
     noisy = scheduler.add_noise(latents, noise, t)
     target = scheduler.get_velocity(latents, noise, t) if scheduler.config.prediction_type == "v_prediction" else noise
-    prediction = pipe.unet(noisy, t, states, cross_attention_kwargs=options).sample
+    prediction = unet_predict(pipe.unet, noisy, t, states, options)
     return F.mse_loss(prediction.float(), target.float())
 
 
@@ -320,6 +320,8 @@ class _TokenInversion:
     """A new input token: the embedding of a meaningless token, learned; prompts name it instead of the concept."""
 
     def __init__(self, pipe, concept: SuiteConcept, config: AttackConfig, spec: KeySpec | None):
+        if is_sdxl(pipe.unet):
+            raise ConceptVaultError("token inversion is not implemented for SDXL's two text encoders yet.")
         self.pipe, self.concept = pipe, concept
         self.token = pipe.tokenizer.convert_tokens_to_ids(PLACEHOLDER + "</w>")
         embedding = pipe.text_encoder.get_input_embeddings()

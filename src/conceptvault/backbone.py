@@ -1,7 +1,11 @@
-"""Loading a diffusers text-to-image pipeline, encoding prompts, and fingerprinting its UNet.
+"""Loading a diffusers text-to-image pipeline, encoding prompts, calling the UNet, fingerprinting it.
 
-Everything else in ConceptVault reaches the text encoder through :func:`encode_prompts`, so a model
-family with a different text stack (SDXL's two encoders) only needs this module to learn it.
+Everything else in ConceptVault reaches the text encoders through :func:`encode_prompts` and the UNet
+through :func:`unet_predict`, so a model family with a different text stack only needs this module to
+learn it. Stable Diffusion XL has two text encoders and conditions its UNet on the pooled text embedding
+and on size "time ids" besides the text states; ConceptVault carries those two in one extra row appended
+to the text states (``(B, 78, d)``), which :func:`unet_predict` unpacks, so that a prompt's conditioning
+stays one tensor everywhere (cached, expanded, concatenated for guidance).
 """
 
 from __future__ import annotations
@@ -13,13 +17,15 @@ import warnings
 from pathlib import Path
 
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from .errors import ConceptVaultError
 from .key import is_key_parameter
 
 BUILTIN = "builtin"  # the built-in Shapes model, resolved through conceptvault.world.BUILTIN_MODEL_DIR
 COMPONENTS = ("unet", "text_encoder", "vae", "tokenizer", "scheduler")
+SDXL_COMPONENTS = (*COMPONENTS, "text_encoder_2", "tokenizer_2")
+PIPELINES = (StableDiffusionPipeline, StableDiffusionXLPipeline)
 _MODEL_ATTRIBUTE = "conceptvault_model"
 
 
@@ -33,8 +39,9 @@ def load_pipeline(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     cache_dir: str | None = None,
-) -> StableDiffusionPipeline:
-    """Load a Stable Diffusion 1.x / 2.x pipeline from ``"builtin"``, a local diffusers folder or a hub id.
+) -> StableDiffusionPipeline | StableDiffusionXLPipeline:
+    """Load a Stable Diffusion 1.x / 2.x / XL pipeline from ``"builtin"``, a local diffusers folder or a hub id;
+    the pipeline class comes from the folder's ``model_index.json``.
 
     The hub honours ``HF_HUB_OFFLINE`` and ``cache_dir`` as diffusers does. The safety checker is not
     loaded, the pipeline's own progress bar is turned off, and the model name is remembered for
@@ -47,9 +54,13 @@ def load_pipeline(
     try:
         with warnings.catch_warnings():  # newer diffusers renames torch_dtype; both spellings mean the same
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
-            pipe = StableDiffusionPipeline.from_pretrained(source, **options)
+            pipe = DiffusionPipeline.from_pretrained(source, **options)
     except (OSError, ValueError) as error:
         raise ConceptVaultError(_load_failure(model, source, error)) from None
+    if not isinstance(pipe, PIPELINES):
+        raise ConceptVaultError(
+            f"'{model}' is a {type(pipe).__name__}; give a Stable Diffusion 1.x, 2.x or XL text-to-image pipeline."
+        )
     pipe.set_progress_bar_config(disable=True)
     pipe.to(device or default_device())
     setattr(pipe, _MODEL_ATTRIBUTE, model)
@@ -106,11 +117,12 @@ def _check_folder(path: Path, *, shown_as: str) -> Path:
         listed = json.loads(index.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ConceptVaultError(f"'{index}' is not valid JSON; the model folder is damaged.") from None
-    missing = [name for name in COMPONENTS if name not in listed or not (path / name).is_dir()]
+    needed = SDXL_COMPONENTS if listed.get("_class_name") == StableDiffusionXLPipeline.__name__ else COMPONENTS
+    missing = [name for name in needed if name not in listed or not (path / name).is_dir()]
     if missing:
         raise ConceptVaultError(
             f"'{shown_as}' is not a text-to-image diffusers pipeline: it lacks {', '.join(missing)}; "
-            "give a Stable Diffusion 1.x or 2.x pipeline folder."
+            "give a Stable Diffusion 1.x, 2.x or XL pipeline folder."
         )
     return path
 
@@ -134,19 +146,55 @@ def _first_sentence(text: str, limit: int = 160) -> str:
     return sentence if len(sentence) <= limit else sentence[: limit - 3].rsplit(" ", 1)[0] + "..."
 
 
-def model_name(pipe: StableDiffusionPipeline) -> str:
+def model_name(pipe) -> str:
     """The name the pipeline was loaded under: a folder, a hub id, or ``"builtin"``."""
     name = getattr(pipe, _MODEL_ATTRIBUTE, None)
     return name or str(pipe.config.get("_name_or_path", "") or "unknown")
 
 
+def is_sdxl(unet: torch.nn.Module) -> bool:
+    """Whether the UNet is conditioned on pooled text and size ids besides the text states (SDXL)."""
+    return unet.config.get("addition_embed_type") == "text_time"
+
+
 @torch.no_grad()
-def encode_prompts(pipe: StableDiffusionPipeline, prompts: list[str]) -> torch.Tensor:
-    """The text encoder's last hidden states ``(B, 77, d)``, exactly as the pipeline feeds the UNet."""
-    states, _ = pipe.encode_prompt(
-        prompt=list(prompts), device=pipe.device, num_images_per_prompt=1, do_classifier_free_guidance=False
+def encode_prompts(pipe, prompts: list[str]) -> torch.Tensor:
+    """The text states ``(B, 77, d)`` exactly as the pipeline feeds the UNet; for SDXL ``(B, 78, d)``, the last
+    row carrying the pooled text embedding and the size ids (see the module's docstring)."""
+    prompts = list(prompts)
+    if not is_sdxl(pipe.unet):
+        states, _ = pipe.encode_prompt(
+            prompt=prompts, device=pipe.device, num_images_per_prompt=1, do_classifier_free_guidance=False
+        )
+        return states
+    states, _, pooled, _ = pipe.encode_prompt(
+        prompt=prompts, device=pipe.device, num_images_per_prompt=1, do_classifier_free_guidance=False
     )
-    return states
+    if pipe.config.get("force_zeros_for_empty_prompt", False):  # the pipeline's unconditional branch: zeros
+        empty = torch.tensor([p == "" for p in prompts], device=states.device)
+        states = torch.where(empty[:, None, None], torch.zeros_like(states), states)
+        pooled = torch.where(empty[:, None], torch.zeros_like(pooled), pooled)
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    time_ids = torch.tensor([size, size, 0, 0, size, size], dtype=states.dtype, device=states.device)
+    row = torch.zeros(len(prompts), 1, states.shape[-1], dtype=states.dtype, device=states.device)
+    row[:, 0, : pooled.shape[-1]] = pooled
+    row[:, 0, pooled.shape[-1] : pooled.shape[-1] + 6] = time_ids
+    return torch.cat([states, row], dim=1)
+
+
+def unet_predict(unet, z: torch.Tensor, t, states: torch.Tensor, cross_attention_kwargs: dict | None = None):
+    """``unet(z, t, states)``'s prediction, with SDXL's packed conditioning unpacked into ``added_cond_kwargs``."""
+    if not is_sdxl(unet):
+        return unet(z, t, states, cross_attention_kwargs=cross_attention_kwargs).sample
+    pooled_width = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
+    row = states[:, -1]
+    added = {"text_embeds": row[:, :pooled_width], "time_ids": row[:, pooled_width : pooled_width + 6]}
+    return unet(z, t, states[:, :-1], added_cond_kwargs=added, cross_attention_kwargs=cross_attention_kwargs).sample
+
+
+def text_tokens(unet, states: torch.Tensor) -> torch.Tensor:
+    """The per-token text states alone: SDXL's packed row dropped."""
+    return states[:, :-1] if is_sdxl(unet) else states
 
 
 def unet_fingerprint(unet: torch.nn.Module) -> str:

@@ -24,7 +24,7 @@ from diffusers import DDIMScheduler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
-from .backbone import encode_prompts, unet_fingerprint
+from .backbone import encode_prompts, unet_fingerprint, unet_predict
 from .checkpoint import CHECKPOINT_FILE, read_checkpoint, write_checkpoint
 from .errors import ConceptVaultError
 from .key import Key, Placement, attach_keys, attached_keys, detach_keys, is_key_parameter
@@ -589,7 +589,7 @@ class _Objective:
     def _predict(self, unet: nn.Module, z, t, states, key: str | None = None) -> torch.Tensor:
         context = states.expand(z.shape[0], -1, -1)
         options = {"keys": [key]} if key else None
-        return self._to_loss_space(unet(z, t, context, cross_attention_kwargs=options).sample, z, t)
+        return self._to_loss_space(unet_predict(unet, z, t, context, options), z, t)
 
     def hide_and_recover(self, z, t, states, anchor_states, key: str, with_hide: bool):
         """``L_hide`` (no key, toward the negative-guidance target; None unless asked) and ``L_rec`` (with the key)."""

@@ -16,6 +16,8 @@ import torch
 from diffusers import DDIMScheduler
 from torch import nn
 
+from .backbone import unet_predict
+
 
 class LatentSource(str, Enum):
     """How ``z_t`` is made for each training step."""
@@ -62,7 +64,7 @@ class Sampler:
         context = torch.cat([self.empty_states.expand(batch, -1, -1), states.expand(batch, -1, -1)])
         visited = [latents]
         for timestep in self.timesteps[:stop]:
-            both = unet(torch.cat([latents, latents]), timestep, context).sample
+            both = unet_predict(unet, torch.cat([latents, latents]), timestep, context)
             unconditional, conditional = both.chunk(2)
             guided = unconditional + self.guidance * (conditional - unconditional)
             latents = self.scheduler.step(guided, timestep, latents).prev_sample

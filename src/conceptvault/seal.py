@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from .attacks import PLACEHOLDER
-from .backbone import unet_fingerprint
+from .backbone import is_sdxl, unet_fingerprint
 from .checkpoint import CHECKPOINT_FILE, read_checkpoint, write_checkpoint
 from .delta_key import DeltaKey
 from .errors import ConceptVaultError
@@ -126,6 +126,10 @@ def seal(
         A :class:`HideResult` whose key is a delta key, attached to the UNet (switched on by name).
     """
     concepts, preserve = _check_inputs(pipe, concepts, preserve)
+    if is_sdxl(pipe.unet):
+        raise ConceptVaultError(
+            "sealed hiding is not implemented for SDXL yet (its attacker token needs both encoders)."
+        )
     if len(concepts) != 1:
         raise ConceptVaultError("sealed hiding seals one concept per vault; make one vault per concept.")
     with _frozen_pipeline(pipe):

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .backbone import encode_prompts, unet_fingerprint
+from .backbone import encode_prompts, text_tokens, unet_fingerprint
 from .hide import Concept, HideResult, _check_inputs, _option, check_settings, peak_memory, settings_from_dict
 from .manifest import Method
 
@@ -49,7 +49,7 @@ class UceConfig:
 
 def concept_token_states(pipe, prompt: str) -> tuple[torch.Tensor, int]:
     """The prompt's text states (77, d) and the position of its last content token."""
-    states = encode_prompts(pipe, [prompt])[0].double()
+    states = text_tokens(pipe.unet, encode_prompts(pipe, [prompt]))[0].double()
     ids = pipe.tokenizer(prompt, truncation=True, max_length=pipe.tokenizer.model_max_length).input_ids
     return states, max(len(ids) - 2, 0)  # BOS ... last token, EOS: the last token sits before EOS
 
@@ -81,7 +81,11 @@ def erase_uce(pipe, concepts: Sequence[Concept], config: UceConfig, *, preserve:
     erase = [pair for c in concepts for pair in _pairs(pipe, c)]
     sources = torch.cat([s for s, _ in erase])  # (N, d)
     targets = torch.cat([a for _, a in erase])
-    kept = torch.cat([encode_prompts(pipe, [p])[0].double() for p in preserve]) if preserve else sources[:0]
+    kept = (
+        torch.cat([text_tokens(pipe.unet, encode_prompts(pipe, [p]))[0].double() for p in preserve])
+        if preserve
+        else sources[:0]
+    )
     width = sources.shape[1]
     gram = config.erase_scale * sources.T @ sources + config.preserve_scale * kept.T @ kept
     inverse = torch.linalg.inv(gram + config.lamb * torch.eye(width, dtype=torch.float64, device=gram.device))
