@@ -304,7 +304,10 @@ def evaluate_command(
     passphrase_file: PassphraseOption = None,
     device: DeviceOption = None,
 ) -> None:
-    """Measure a vault: ESR, PSR, RSR and the key holder's PSR, beside the original model's rates."""
+    """Measure a vault: ESR, PSR, RSR and the key holder's PSR, beside the original model's rates.
+
+    On several GPUs: accelerate launch -m conceptvault.cli evaluate VAULT ... (the processes share the images).
+    """
     from .evaluate import print_summary, run_suite, write_json, write_report
 
     _check_positive(size=size, batch_size=batch_size)
@@ -320,6 +323,8 @@ def evaluate_command(
         with_key=not no_key and loaded.method.has_keys,
         console=console,
     )
+    if result is None:  # one of several processes (accelerate launch): the main one reports
+        return
     print_summary(result, console=console)
     files = write_report(result)
     if json_file:
@@ -796,3 +801,7 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as error:  # the file system refused: a read-only folder, a full disk, a missing file
         _fail(f"{error.strerror or error}: '{error.filename}'." if error.filename else str(error))
     sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":  # `accelerate launch -m conceptvault.cli evaluate ...` runs the command on each process
+    main()

@@ -10,6 +10,7 @@ evaluation continues where it stopped.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -142,18 +143,23 @@ def run_suite(
         progress: show progress bars; console: where to draw them.
 
     Returns:
-        An :class:`EvaluationResult`; write the reports with ``write_report(result)``.
+        An :class:`EvaluationResult`; write the reports with ``write_report(result)``. Launched on several
+        processes (``accelerate launch``), each process makes its share of the images and the main process
+        alone judges them and returns the result (the others return None): the figures equal a
+        single-process run's, since every image depends only on its prompt and seed.
     """
     if batch_size < 1 or (steps is not None and steps < 1):
         raise ConceptVaultError(
             f"batch_size and steps must be at least 1, got batch_size={batch_size}, steps={steps}."
         )
     out_dir = Path(out_dir)
-    if device is not None:
-        pipe.to(device)
+    processes = Processes.current()
+    if device is not None or processes.device is not None:
+        pipe.to(device or processes.device)
     key_plan = _key_plan(suite, vault) if with_key else {}
     base_fingerprint = _check_base(pipe, vault)
-    judge = judge or make_judge(suite, device=str(pipe.device))
+    if processes.main:
+        judge = judge or make_judge(suite, device=str(pipe.device))
     settings = {
         "steps": int(steps or suite.steps),
         "guidance": float(guidance if guidance is not None else suite.guidance),
@@ -164,14 +170,20 @@ def run_suite(
     store = ImageStore(out_dir, {ORIGINAL: Path(original_images)} if original_images else None)
     records = _plan(suite, variants, key_plan, store, settings["guidance"])
     made_with = {**settings, "dtype": str(pipe.unet.dtype)}
-    for variant, identity in _identities(vault, base_fingerprint, key_plan, made_with).items():
-        if variant in variants:
-            store.claim(variant, identity)
+    if processes.main:
+        for variant, identity in _identities(vault, base_fingerprint, key_plan, made_with).items():
+            if variant in variants:
+                store.claim(variant, identity)
+    processes.wait()
 
     started = time.perf_counter()
-    with _progress_bars(progress, console) as bars:
+    with _progress_bars(progress and processes.main, console) as bars:
         missing = [r for r in records if not store.has(r.path)]
-        made = _generate(pipe, vault, missing, store, settings, batch_size, bars)
+        made = _generate(pipe, vault, missing[processes.index :: processes.count], store, settings, batch_size, bars)
+        processes.wait()  # every process's images are on disk
+        if not processes.main:
+            return None
+        made = len(missing)
         generated_at = time.perf_counter()
         _judge(judge, suite, records, store, batch_size, bars)
     judged_at = time.perf_counter()
@@ -366,6 +378,29 @@ def _figures(judge: Judge, suite: Suite, records: list[ImageRecord]) -> dict[str
     hidden, kept = [c.name for c in suite.hidden], [c.name for c in suite.kept]
     compute = rate_figures if judge.kind == "rate" else score_figures
     return compute(arrays, hidden, kept, list(judge.measures))
+
+
+@dataclass
+class Processes:
+    """This process's place among the processes ``accelerate launch`` started (one process: index 0 of 1)."""
+
+    index: int = 0
+    count: int = 1
+    device: Any = None
+    wait: Any = lambda: None
+
+    @property
+    def main(self) -> bool:
+        return self.index == 0
+
+    @classmethod
+    def current(cls) -> Processes:
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return cls()
+        from accelerate import PartialState
+
+        state = PartialState()
+        return cls(state.process_index, state.num_processes, state.device, state.wait_for_everyone)
 
 
 # comparison -> (the concepts it covers, the model compared with the original on the same prompt and seed)
