@@ -199,3 +199,20 @@ def test_export_writes_a_plain_diffusers_pipeline(saved, hidden, sd1_path, tmp_p
     image = plain("a star", num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np").images
     assert image.shape == (1, 32, 32, 3)
     assert torch.equal(predictions(plain), predictions(pipe))
+
+
+def test_single_file_export_round_trips_through_from_single_file(tiny_path, tmp_path):
+    pipe = load_pipeline(str(tiny_path), device="cpu")
+    config = HideConfig(model_updates=1, sampler_steps=2, m=2, lr=1e-3, checkpoint_every=0)
+    result = hide(pipe, [Concept("star")], config, progress=False, measure=False)
+    save_vault(tmp_path / "v", pipe, result)
+    vault = Vault.load(tmp_path / "v", keys=None)
+    vault.export(load_pipeline(str(tiny_path), device="cpu"), tmp_path / "folder")
+    vault.export(load_pipeline(str(tiny_path), device="cpu"), tmp_path / "model.safetensors", format="single-file")
+    folder = StableDiffusionPipeline.from_pretrained(tmp_path / "folder")
+    single = StableDiffusionPipeline.from_single_file(tmp_path / "model.safetensors", config=str(tmp_path / "folder"))
+    for component in ("unet", "vae", "text_encoder"):
+        a, b = getattr(folder, component).state_dict(), getattr(single, component).state_dict()
+        assert a.keys() == b.keys(), component
+        assert all(torch.allclose(a[n].float(), b[n].float(), atol=1e-3, rtol=1e-2) for n in a), component
+    assert torch.allclose(predictions(single), predictions(folder), atol=1e-2)

@@ -265,20 +265,31 @@ def inspect_command(vault: VaultArgument) -> None:
     console.print(_settings_table(manifest))
 
 
+class ExportFormat(str, Enum):
+    DIFFUSERS = "diffusers"  # a pipeline folder for from_pretrained
+    SINGLE_FILE = "single-file"  # one checkpoint in the original Stable Diffusion layout
+
+
 @app.command("export")
 def export_command(
     vault: VaultArgument,
-    out: Annotated[Path, typer.Option(help="Folder for the plain diffusers pipeline; it must not exist yet.")],
+    out: Annotated[Path, typer.Option(help="Where to write the public model; it must not exist yet.")],
+    format: Annotated[
+        ExportFormat, typer.Option(help="diffusers: a pipeline folder; single-file: one original-layout checkpoint.")
+    ] = ExportFormat.DIFFUSERS,
     model: ModelOverride = None,
     device: DeviceOption = None,
 ) -> None:
-    """Write the vault's public model (no keys) as a plain diffusers pipeline folder."""
+    """Write the vault's public model (no keys), for from_pretrained or for from_single_file and common UIs."""
     loaded = Vault.load(vault, keys=None)
     if out.exists():
-        raise ConceptVaultError(f"'{out}' already exists; choose another output folder or delete it first.")
+        raise ConceptVaultError(f"'{out}' already exists; choose another output path or delete it first.")
+    if format == ExportFormat.SINGLE_FILE and out.suffix != ".safetensors":
+        raise ConceptVaultError(f"--out '{out}' must end in .safetensors for a single-file export.")
     pipe = load_pipeline(model or loaded.manifest.base_model, device=device)
-    loaded.export(pipe, out)
-    _say(f"wrote the public model to {out}; load it with StableDiffusionPipeline.from_pretrained")
+    loaded.export(pipe, out, format=format.value)
+    how = "StableDiffusionPipeline.from_pretrained" if format == ExportFormat.DIFFUSERS else "from_single_file"
+    _say(f"wrote the public model to {out}; load it with {how}")
 
 
 @app.command("evaluate")

@@ -284,19 +284,27 @@ class Vault:
                 f"the vault's tensors {misshaped[:3]} do not fit the UNet's shapes; load its base model."
             )
 
-    def export(self, pipe, out: Path | str) -> None:
-        """Write the public model (no keys) as a plain diffusers pipeline folder, atomically."""
+    def export(self, pipe, out: Path | str, *, format: str = "diffusers") -> None:
+        """Write the public model (no keys): a plain diffusers pipeline folder, or (``format="single-file"``)
+        one safetensors checkpoint in the original Stable Diffusion layout. Written atomically."""
         out = Path(out)
         if out.exists():
-            raise ConceptVaultError(f"'{out}' already exists; choose another output folder or delete it first.")
+            raise ConceptVaultError(f"'{out}' already exists; choose another output path or delete it first.")
+        if format not in ("diffusers", "single-file"):
+            raise ConceptVaultError(f"unknown export format {format!r}; choose 'diffusers' or 'single-file'.")
         self.apply(pipe)
         keys = detach_keys(pipe.unet)
         temporary = out.with_name(f"{out.name}.tmp-{uuid.uuid4().hex[:8]}")
         try:
-            pipe.save_pretrained(temporary, safe_serialization=True)
+            if format == "single-file":
+                from .single_file import export_single_file
+
+                export_single_file(pipe, temporary)
+            else:
+                pipe.save_pretrained(temporary, safe_serialization=True)
             os.replace(temporary, out)
         except BaseException:
-            shutil.rmtree(temporary, ignore_errors=True)
+            shutil.rmtree(temporary, ignore_errors=True) if temporary.is_dir() else temporary.unlink(missing_ok=True)
             raise
         finally:
             if keys:
