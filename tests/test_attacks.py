@@ -25,7 +25,8 @@ from conceptvault.attacks import (
 from conceptvault.backbone import load_pipeline
 from conceptvault.cli import main
 from conceptvault.evaluate import Suite, SuiteConcept, make_judge
-from conceptvault.hide import Concept, HideConfig, hide
+from conceptvault.hide import HideConfig, hide
+from conceptvault.training import Concept
 from conceptvault.vault import Vault, save_vault
 
 TINY = AttackConfig(steps=2, images=4, batch_size=2, random_keys=2, measure_at=(0, 2))

@@ -14,8 +14,8 @@ from conceptvault.cli import main
 from conceptvault.errors import ConceptVaultError
 from conceptvault.esd import EsdConfig, erase_esd
 from conceptvault.evaluate import Suite, SuiteConcept
-from conceptvault.hide import Concept, _Objective
 from conceptvault.latents import Sampler
+from conceptvault.training import Concept, Objective
 from conceptvault.uce import UceConfig, concept_token_states, erase_uce
 from conceptvault.vault import Vault, save_vault
 
@@ -63,7 +63,7 @@ def test_esd_lowers_its_loss_on_fixed_latents(sd1_path):
     sampler = Sampler.for_pipeline(pipe, 4, 3.0, states[1:])
     z = sampler.noise(4, torch.Generator().manual_seed(0), like=states)
     t = sampler.timesteps[torch.tensor([0, 1, 2, 3])]
-    objective = _Objective(pipe.unet, frozen, pipe.scheduler.config, QUICK_ESD)
+    objective = Objective(pipe.unet, frozen, pipe.scheduler.config, QUICK_ESD)
     with torch.no_grad():
         before = float(objective.hide(z, t, states[:1], states[1:]))
     erase_esd(

@@ -8,17 +8,9 @@ import torch
 from conceptvault.backbone import encode_prompts, load_pipeline
 from conceptvault.checkpoint import CHECKPOINT_FILE, KEYS_FILE
 from conceptvault.errors import ConceptVaultError
-from conceptvault.hide import (
-    Concept,
-    HideConfig,
-    KeyInit,
-    LossSpace,
-    TrainedLayers,
-    _initial_tokens,
-    _Objective,
-    hide,
-)
+from conceptvault.hide import HideConfig, KeyInit, _initial_tokens, hide
 from conceptvault.key import attached_keys
+from conceptvault.training import Concept, LossSpace, Objective, TrainedLayers
 
 # A quick configuration: tiny sampler, few updates, no progress bar.
 QUICK = HideConfig(model_updates=2, sampler_steps=4, m=3, cache_trajectories=2, checkpoint_every=0)
@@ -50,7 +42,7 @@ def test_config_validates_and_converts_choices():
     assert config.train is TrainedLayers.NOXATTN and config.loss_space is LossSpace.X0
     assert config.to_dict()["placement"] == "mid+up"
     assert HideConfig.from_dict(config.to_dict()) == config
-    with pytest.raises(ValueError, match="train must be one of 'xattn', 'noxattn'; got 'everything'"):
+    with pytest.raises(ValueError, match="train must be one of 'xattn', 'noxattn', 'all'; got 'everything'"):
         HideConfig(train="everything")
     with pytest.raises(ValueError, match="lr must be positive; got 0"):
         HideConfig(lr=0)
@@ -113,7 +105,7 @@ def test_losses_are_compared_in_the_chosen_space(sd2_path):
     t = torch.tensor([10, 500, 990])
     z0, noise = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
     for space, expected in ((LossSpace.EPSILON, noise), (LossSpace.X0, z0)):
-        objective = _Objective(pipe.unet, pipe.unet, pipe.scheduler.config, HideConfig(loss_space=space))
+        objective = Objective(pipe.unet, pipe.unet, pipe.scheduler.config, HideConfig(loss_space=space))
         alpha_bar = objective.alphas_cumprod[t].view(-1, 1, 1, 1)
         z = alpha_bar.sqrt() * z0 + (1 - alpha_bar).sqrt() * noise
         v = alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * z0

@@ -9,9 +9,9 @@ from diffusers import StableDiffusionPipeline
 from conceptvault.backbone import encode_prompts, load_pipeline
 from conceptvault.cli import main
 from conceptvault.delta_key import DeltaKey
-from conceptvault.hide import Concept
 from conceptvault.key import attached_keys
 from conceptvault.seal import SealConfig, seal
+from conceptvault.training import Concept
 from conceptvault.vault import Vault, save_vault
 
 QUICK = SealConfig(

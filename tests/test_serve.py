@@ -16,12 +16,13 @@ from PIL import Image
 
 from conceptvault.backbone import load_pipeline
 from conceptvault.generate import generate_images
-from conceptvault.hide import Concept, HideConfig, hide
+from conceptvault.hide import HideConfig, hide
 from conceptvault.keyfile import key_fingerprint
 from conceptvault.serve import Limits, build_server
 from conceptvault.serve import engine as engine_module
 from conceptvault.serve.engine import Engine, Job, QueueFull
 from conceptvault.serve.store import AccessStore
+from conceptvault.training import Concept
 from conceptvault.vault import Vault, save_vault
 
 

@@ -33,6 +33,7 @@ from .evaluate.metrics import Rate
 from .evaluate.suite import SuiteConcept
 from .generate import generate_images
 from .key import Key, Placement, attach_keys, attached_keys, detach_keys
+from .training import concept_tokens
 
 PLACEHOLDER = "sks"  # one CLIP token that carries no meaning of its own: the learned token's slot
 ATTACKER = "attacker"  # the name the attacker key is attached under
@@ -295,10 +296,8 @@ class _KeyInversion:
     def __init__(self, pipe, concept: SuiteConcept, config: AttackConfig, spec: KeySpec | None):
         spec = _need(spec)
         self.pipe, self.spec = pipe, spec
-        states = encode_prompts(pipe, [concept.name])[0].float().cpu()
-        tokens = states[1 : max(len(pipe.tokenizer(concept.name).input_ids) - 1, 2)]
-        init = tokens.repeat(-(-spec.m // tokens.shape[0]), 1)[: spec.m]
-        self.key = Key(spec.m, states.shape[-1], init=init)
+        init = concept_tokens(pipe, concept.name, spec.m)
+        self.key = Key(spec.m, init.shape[-1], init=init)
         self.optimiser = torch.optim.Adam(self.key.parameters(), lr=config.lr or DEFAULT_LR[Attack.KEY_INVERSION])
         self.keys, self.options = [ATTACKER], {"keys": [ATTACKER]}
 

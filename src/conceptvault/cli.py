@@ -32,11 +32,12 @@ from .checkpoint import output_lock
 from .defaults import esd_family_config, family_config, model_family, seal_family_config
 from .errors import ConceptVaultError
 from .generate import generate_images, image_grid
-from .hide import Concept, HideConfig, KeyInit, LossSpace, TrainedLayers, hide
+from .hide import HideConfig, KeyInit, hide
 from .key import Placement
 from .latents import LatentSource
 from .manifest import KEYS_DIR
 from .seal import SealConfig, seal
+from .training import Concept, LossSpace, TrainedLayers
 from .vault import Vault, save_vault
 
 app = typer.Typer(

@@ -17,7 +17,8 @@ from conceptvault.backbone import BUILTIN, load_pipeline
 from conceptvault.checkpoint import CHECKPOINT_FILE, output_lock
 from conceptvault.defaults import Family, family_config
 from conceptvault.evaluate import print_summary, resolve_suite, run_suite, write_report
-from conceptvault.hide import Concept, HideConfig, hide
+from conceptvault.hide import HideConfig, hide
+from conceptvault.training import Concept
 from conceptvault.vault import Vault
 from conceptvault.world.vocabulary import VOCABULARY
 

@@ -19,43 +19,43 @@ import torch
 
 from .backbone import unet_fingerprint
 from .errors import ConceptVaultError
-from .hide import (
+from .latents import CachedLatents, LatentSource, SampledLatents, Sampler
+from .manifest import Method
+from .training import (
     Concept,
     HideResult,
     LossSpace,
+    Objective,
+    TextStates,
     TrainedLayers,
-    _check_inputs,
-    _Objective,
-    _option,
-    _progress_bar,
-    _randint,
-    _TextStates,
-    _trainable_parameters,
+    check_inputs,
     check_settings,
+    option,
     peak_memory,
+    progress_bar,
+    randint,
     settings_from_dict,
+    trainable_parameters,
 )
-from .latents import CachedLatents, LatentSource, SampledLatents, Sampler
-from .manifest import Method
 
 
 @dataclass
 class EsdConfig:
     """Every setting of an ESD run; stored in the vault's manifest."""
 
-    iterations: int = _option(1000, "Fine-tuning steps.")
-    lr: float = _option(1e-5, "Adam learning rate of the trained weights.")
-    eta: float = _option(1.0, "Negative-guidance strength of the erasing target.")
-    train: TrainedLayers = _option(TrainedLayers.XATTN, "esd-x: cross-attention only; esd-u (noxattn): all but it.")
-    loss_space: LossSpace = _option(LossSpace.EPSILON, "Compare predictions as noise, clean latents or velocity.")
-    latents: LatentSource = _option(
+    iterations: int = option(1000, "Fine-tuning steps.")
+    lr: float = option(1e-5, "Adam learning rate of the trained weights.")
+    eta: float = option(1.0, "Negative-guidance strength of the erasing target.")
+    train: TrainedLayers = option(TrainedLayers.XATTN, "esd-x: cross-attention only; esd-u (noxattn): all but it.")
+    loss_space: LossSpace = option(LossSpace.EPSILON, "Compare predictions as noise, clean latents or velocity.")
+    latents: LatentSource = option(
         LatentSource.SAMPLE, "Make z_t by sampling with the current model, or from a cache."
     )
-    sampler_steps: int = _option(50, "DDIM steps of the sampler that makes z_t.")
-    guidance: float = _option(3.0, "Classifier-free guidance of the sampler that makes z_t.")
-    cache_trajectories: int = _option(4, "Frozen-model trajectories cached per prompt (latents=cache).")
-    batch_size: int = _option(1, "Latents per training step.")
-    seed: int = _option(0, "Seed of every random choice in the run.")
+    sampler_steps: int = option(50, "DDIM steps of the sampler that makes z_t.")
+    guidance: float = option(3.0, "Classifier-free guidance of the sampler that makes z_t.")
+    cache_trajectories: int = option(4, "Frozen-model trajectories cached per prompt (latents=cache).")
+    batch_size: int = option(1, "Latents per training step.")
+    seed: int = option(0, "Seed of every random choice in the run.")
 
     def __post_init__(self):
         check_settings(self, positive=("iterations", "lr", "sampler_steps", "cache_trajectories", "batch_size"))
@@ -77,15 +77,15 @@ def erase_esd(pipe, concepts: Sequence[Concept], config: EsdConfig, *, progress:
         config: the run's settings (:class:`EsdConfig`).
         progress: show a progress bar.
     """
-    concepts, _ = _check_inputs(pipe, concepts, ())
+    concepts, _ = check_inputs(pipe, concepts, ())
     started = time.perf_counter()
     generator = torch.Generator().manual_seed(config.seed)
     base_fingerprint = unet_fingerprint(pipe.unet)
     frozen_unet = copy.deepcopy(pipe.unet).requires_grad_(False).eval()
-    texts = _TextStates(pipe, [*(p for c in concepts for p in c.prompts), *(c.anchor for c in concepts), ""])
-    trained = _trainable_parameters(pipe.unet, config.train)
+    texts = TextStates(pipe, [*(p for c in concepts for p in c.prompts), *(c.anchor for c in concepts), ""])
+    trained = trainable_parameters(pipe.unet, config.train)
     optimiser = torch.optim.Adam(trained.values(), lr=config.lr)
-    objective = _Objective(pipe.unet, frozen_unet, pipe.scheduler.config, config)
+    objective = Objective(pipe.unet, frozen_unet, pipe.scheduler.config, config)
     sampler = Sampler.for_pipeline(pipe, config.sampler_steps, config.guidance, texts(""))
     if config.latents == LatentSource.CACHE:
         prompts = [p for c in concepts for p in c.prompts]
@@ -98,10 +98,10 @@ def erase_esd(pipe, concepts: Sequence[Concept], config: EsdConfig, *, progress:
         parameter.requires_grad_(True)
     losses, setup_seconds = [], time.perf_counter() - started
     try:
-        with _progress_bar(progress, config.iterations, 0) as advance:
+        with progress_bar(progress, config.iterations, 0) as advance:
             for step in range(config.iterations):
-                concept = concepts[_randint(len(concepts), generator)]
-                prompt = concept.prompts[_randint(len(concept.prompts), generator)]
+                concept = concepts[randint(len(concepts), generator)]
+                prompt = concept.prompts[randint(len(concept.prompts), generator)]
                 z, t = source.draw(prompt, config.batch_size, generator)
                 loss = objective.hide(z, t, texts(prompt), texts(concept.anchor))
                 if not torch.isfinite(loss):

@@ -26,28 +26,27 @@ from .backbone import is_sdxl, unet_fingerprint
 from .checkpoint import CHECKPOINT_FILE, read_checkpoint, write_checkpoint
 from .delta_key import DeltaKey
 from .errors import ConceptVaultError
-from .hide import (
-    Concept,
-    HideResult,
-    KeyInit,
-    LossSpace,
-    TrainedLayers,
-    _check_inputs,
-    _initial_tokens,
-    _Objective,
-    _option,
-    _progress_bar,
-    _randint,
-    _RunState,
-    _TextStates,
-    _train_only,
-    _trainable_parameters,
-    check_settings,
-    settings_from_dict,
-)
 from .key import Key, Placement, attach_keys, detach_keys
 from .latents import CachedLatents, LatentSource, SampledLatents, Sampler
 from .manifest import Method
+from .training import (
+    Concept,
+    HideResult,
+    LossSpace,
+    Objective,
+    RunState,
+    TextStates,
+    TrainedLayers,
+    check_inputs,
+    check_settings,
+    concept_tokens,
+    option,
+    progress_bar,
+    randint,
+    settings_from_dict,
+    train_only,
+    trainable_parameters,
+)
 
 _ATTACKER = "~attacker"
 
@@ -56,28 +55,28 @@ _ATTACKER = "~attacker"
 class SealConfig:
     """Every setting of a sealed hiding run; stored in the vault's manifest."""
 
-    model_updates: int = _option(1000, "Updates of the public weights.")
-    lr: float = _option(1e-5, "Adam learning rate of the public weights.")
-    lambda_hide: float = _option(1.0, "Weight of pulling the concept's prompts to the negative-guidance target.")
-    lambda_pres: float = _option(1.0, "Weight of holding the preserve prompts and the empty prompt to the original.")
-    lambda_adversary: float = _option(1.0, "Weight of pulling the attacker key and token to the same target.")
-    adversary_every: int = _option(1, "Re-learn the attacker key and token every this many updates (0: never).")
-    adversary_steps: int = _option(4, "Steps of each re-learning of the attacker key and token.")
-    adversary_lr: float = _option(1e-2, "Adam learning rate of the attacker key and token.")
-    adversary_m: int = _option(10, "Tokens of the attacker key.")
-    eta: float = _option(1.0, "Negative-guidance strength of the target.")
-    train: TrainedLayers = _option(TrainedLayers.ALL, "UNet weights to train (default: all of them).")
-    loss_space: LossSpace = _option(LossSpace.EPSILON, "Compare predictions as noise, clean latents or velocity.")
-    key_rank: int = _option(0, "Rank of each tensor's change in the key (0: the whole change, exact).")
-    latents: LatentSource = _option(
+    model_updates: int = option(1000, "Updates of the public weights.")
+    lr: float = option(1e-5, "Adam learning rate of the public weights.")
+    lambda_hide: float = option(1.0, "Weight of pulling the concept's prompts to the negative-guidance target.")
+    lambda_pres: float = option(1.0, "Weight of holding the preserve prompts and the empty prompt to the original.")
+    lambda_adversary: float = option(1.0, "Weight of pulling the attacker key and token to the same target.")
+    adversary_every: int = option(1, "Re-learn the attacker key and token every this many updates (0: never).")
+    adversary_steps: int = option(4, "Steps of each re-learning of the attacker key and token.")
+    adversary_lr: float = option(1e-2, "Adam learning rate of the attacker key and token.")
+    adversary_m: int = option(10, "Tokens of the attacker key.")
+    eta: float = option(1.0, "Negative-guidance strength of the target.")
+    train: TrainedLayers = option(TrainedLayers.ALL, "UNet weights to train (default: all of them).")
+    loss_space: LossSpace = option(LossSpace.EPSILON, "Compare predictions as noise, clean latents or velocity.")
+    key_rank: int = option(0, "Rank of each tensor's change in the key (0: the whole change, exact).")
+    latents: LatentSource = option(
         LatentSource.CACHE, "Make z_t from cached frozen-model trajectories or by sampling."
     )
-    sampler_steps: int = _option(50, "DDIM steps of the sampler that makes z_t.")
-    guidance: float = _option(3.0, "Classifier-free guidance of the sampler that makes z_t.")
-    cache_trajectories: int = _option(4, "Frozen-model trajectories cached per prompt (latents=cache).")
-    batch_size: int = _option(1, "Latents per training step.")
-    seed: int = _option(0, "Seed of every random choice in the run.")
-    checkpoint_every: int = _option(50, "Updates between checkpoints (0: only at the end and on Ctrl-C).")
+    sampler_steps: int = option(50, "DDIM steps of the sampler that makes z_t.")
+    guidance: float = option(3.0, "Classifier-free guidance of the sampler that makes z_t.")
+    cache_trajectories: int = option(4, "Frozen-model trajectories cached per prompt (latents=cache).")
+    batch_size: int = option(1, "Latents per training step.")
+    seed: int = option(0, "Seed of every random choice in the run.")
+    checkpoint_every: int = option(50, "Updates between checkpoints (0: only at the end and on Ctrl-C).")
 
     def __post_init__(self):
         check_settings(
@@ -125,7 +124,7 @@ def seal(
     Returns:
         A :class:`HideResult` whose key is a delta key, attached to the UNet (switched on by name).
     """
-    concepts, preserve = _check_inputs(pipe, concepts, preserve)
+    concepts, preserve = check_inputs(pipe, concepts, preserve)
     if is_sdxl(pipe.unet):
         raise ConceptVaultError(
             "sealed hiding is not implemented for SDXL yet (its attacker token needs both encoders)."
@@ -157,7 +156,7 @@ def _seal(pipe, concept: Concept, preserve: list[str], config: SealConfig, check
             raise ConceptVaultError(f"there is no checkpoint to resume from in '{folder}'; run without --resume.")
         run.load(read_checkpoint(folder, run.identity(), None)[0])
     try:
-        with _progress_bar(progress, config.model_updates, run.state.step) as advance:
+        with progress_bar(progress, config.model_updates, run.state.step) as advance:
             while run.state.step < config.model_updates:
                 run.step()
                 advance(run.state.describe())
@@ -183,16 +182,16 @@ class _SealRun:
         self.generator = torch.Generator().manual_seed(config.seed)
         self.base_fingerprint = unet_fingerprint(pipe.unet)
         self.frozen_unet = copy.deepcopy(pipe.unet).requires_grad_(False).eval()
-        self.texts = _TextStates(pipe, [*concept.prompts, concept.anchor, *preserve])
-        init = _initial_tokens(pipe, concept, _KeyShape(config.adversary_m), None)
+        self.texts = TextStates(pipe, [*concept.prompts, concept.anchor, *preserve])
+        init = concept_tokens(pipe, concept.name, config.adversary_m)
         self.attacker_key = Key(config.adversary_m, self.texts.width, init=init)
         attach_keys(pipe.unet, {_ATTACKER: self.attacker_key}, Placement.ALL)
         self.token = _TokenAdversary(pipe, concept)
-        self.trained = _trainable_parameters(pipe.unet, config.train)
+        self.trained = trainable_parameters(pipe.unet, config.train)
         self.optimiser = torch.optim.Adam(self.trained.values(), lr=config.lr)
         adversary = [*self.attacker_key.parameters(), self.token.vector]
         self.adversary_optimiser = torch.optim.Adam(adversary, lr=config.adversary_lr)
-        self.objective = _Objective(pipe.unet, self.frozen_unet, pipe.scheduler.config, config)
+        self.objective = Objective(pipe.unet, self.frozen_unet, pipe.scheduler.config, config)
         sampler = Sampler.for_pipeline(pipe, config.sampler_steps, config.guidance, self.texts(""))
         if config.latents == LatentSource.CACHE:
             prompts = [*concept.prompts, *(p for p in preserve if p)]
@@ -201,18 +200,18 @@ class _SealRun:
             )
         else:
             self.source = SampledLatents(pipe.unet, sampler, self.texts)
-        self.state = _RunState(total=config.model_updates)
+        self.state = RunState(total=config.model_updates)
         self.state.setup_seconds = time.perf_counter() - started
 
     def step(self) -> None:
         started, config, texts = time.perf_counter(), self.config, self.texts
-        prompt = self.concept.prompts[_randint(len(self.concept.prompts), self.generator)]
+        prompt = self.concept.prompts[randint(len(self.concept.prompts), self.generator)]
         z, t = self.source.draw(prompt, config.batch_size, self.generator)
-        kept = self.preserve[_randint(len(self.preserve), self.generator)]
+        kept = self.preserve[randint(len(self.preserve), self.generator)]
         z_kept, t_kept = self.source.draw(kept or prompt, config.batch_size, self.generator)
         if config.adversary_every and self.state.step % config.adversary_every == 0:
             self._relearn_adversaries()
-        _train_only(list(self.trained.values()), self._every_parameter())
+        train_only(list(self.trained.values()), self._every_parameter())
         anchor = texts(self.concept.anchor)
         teacher = self.objective.teacher(z, t, texts(prompt))
         L_hide = self.objective.hide(z, t, texts(prompt), anchor, teacher)
@@ -239,9 +238,9 @@ class _SealRun:
 
     def _relearn_adversaries(self) -> None:
         """A few steps of key and token inversion toward the original model, against the weights as they are."""
-        _train_only([*self.attacker_key.parameters(), self.token.vector], self._every_parameter())
+        train_only([*self.attacker_key.parameters(), self.token.vector], self._every_parameter())
         for _ in range(self.config.adversary_steps):
-            prompt = self.concept.prompts[_randint(len(self.concept.prompts), self.generator)]
+            prompt = self.concept.prompts[randint(len(self.concept.prompts), self.generator)]
             z, t = self.source.draw(prompt, self.config.batch_size, self.generator)
             teacher = self.objective.teacher(z, t, self.texts(prompt))
             loss = self.objective.distil(z, t, self.texts(prompt), key=_ATTACKER, target=teacher)
@@ -307,14 +306,6 @@ class _SealRun:
             preserve=preserve,
             method=Method.SEALED,
         )
-
-
-@dataclass
-class _KeyShape:
-    """The two settings ``_initial_tokens`` reads: the attacker key starts from the concept's own text states."""
-
-    m: int
-    key_init: KeyInit = KeyInit.CONCEPT
 
 
 class _TokenAdversary:

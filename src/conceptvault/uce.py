@@ -23,18 +23,18 @@ from dataclasses import dataclass
 import torch
 
 from .backbone import encode_prompts, text_tokens, unet_fingerprint
-from .hide import Concept, HideResult, _check_inputs, _option, check_settings, peak_memory, settings_from_dict
 from .manifest import Method
+from .training import Concept, HideResult, check_inputs, check_settings, option, peak_memory, settings_from_dict
 
 
 @dataclass
 class UceConfig:
     """Every setting of a UCE edit; stored in the vault's manifest."""
 
-    lamb: float = _option(0.1, "Weight of staying close to the original projections (lambda).")
-    erase_scale: float = _option(1.0, "Weight of the erased concepts' terms.")
-    preserve_scale: float = _option(1.0, "Weight of the preserved prompts' terms.")
-    seed: int = _option(0, "Unused by the closed form; kept so every method's settings carry one.")
+    lamb: float = option(0.1, "Weight of staying close to the original projections (lambda).")
+    erase_scale: float = option(1.0, "Weight of the erased concepts' terms.")
+    preserve_scale: float = option(1.0, "Weight of the preserved prompts' terms.")
+    seed: int = option(0, "Unused by the closed form; kept so every method's settings carry one.")
 
     def __post_init__(self):
         check_settings(self, positive=("lamb",))
@@ -75,7 +75,7 @@ def erase_uce(pipe, concepts: Sequence[Concept], config: UceConfig, *, preserve:
         config: the edit's settings (:class:`UceConfig`).
         preserve: prompts whose projections stay as they were.
     """
-    concepts, preserve = _check_inputs(pipe, concepts, preserve)
+    concepts, preserve = check_inputs(pipe, concepts, preserve)
     started = time.perf_counter()
     base_fingerprint = unet_fingerprint(pipe.unet)
     erase = [pair for c in concepts for pair in _pairs(pipe, c)]
