@@ -28,6 +28,20 @@ SHAPES = {
 }
 
 
+def tiny_vae() -> AutoencoderKL:
+    """A two-level VAE: 32 x 32 images, 16 x 16 x 4 latents."""
+    return AutoencoderKL(
+        block_out_channels=(8, 16),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=32,
+    )
+
+
 def build_tiny_pipeline(shape: str, seed: int = 0) -> StableDiffusionPipeline:
     """A 32 x 32 pipeline with cross-attention in down, mid and up blocks (every key placement reaches a layer)."""
     spec = SHAPES[shape]
@@ -46,16 +60,7 @@ def build_tiny_pipeline(shape: str, seed: int = 0) -> StableDiffusionPipeline:
         norm_num_groups=8,
         use_linear_projection=spec["use_linear_projection"],
     )
-    vae = AutoencoderKL(
-        block_out_channels=(8, 16),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=32,
-    )
+    vae = tiny_vae()
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=49408,
@@ -109,16 +114,7 @@ def build_tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
         addition_time_embed_dim=8,
         projection_class_embeddings_input_dim=32 + 6 * 8,
     )
-    vae = AutoencoderKL(
-        block_out_channels=(8, 16),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=32,
-    )
+    vae = tiny_vae()
     text = dict(
         vocab_size=49408,
         hidden_size=32,

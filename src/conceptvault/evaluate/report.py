@@ -105,6 +105,19 @@ def write_images_json(result: EvaluationResult, path: str | Path) -> Path:
     return path
 
 
+def main_cells(r: Row, kind: str) -> list[str]:
+    """A row of the main figure table: figure, model, value, 95 % CI, original, n, share of the original."""
+    return [
+        r.label,
+        r.model,
+        format_value(r.cell["value"], kind),
+        format_ci(r.cell["ci"], kind),
+        format_value(r.cell["original"]["value"], kind),
+        str(r.cell["n"]),
+        format_ratio(r.cell),
+    ]
+
+
 def _markdown_table(header: list[str], lines: list[list[str]]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(cell.replace("|", "\\|") for cell in line) + " |" for line in lines]
@@ -116,18 +129,7 @@ def markdown_report(result: EvaluationResult) -> str:
     kind = result.kind
     meta = result.meta
     settings = meta["settings"]
-    main = [
-        [
-            r.label,
-            r.model,
-            format_value(r.cell["value"], kind),
-            format_ci(r.cell["ci"], kind),
-            format_value(r.cell["original"]["value"], kind),
-            str(r.cell["n"]),
-            format_ratio(r.cell),
-        ]
-        for r in figure_rows(result)
-    ]
+    main = [main_cells(r, kind) for r in figure_rows(result)]
     per_concept = [
         [
             r.label,
@@ -239,15 +241,7 @@ def rich_table(result: EvaluationResult) -> Table:
     ]:
         table.add_column(column, justify=justify, no_wrap=True)
     for r in figure_rows(result):
-        table.add_row(
-            r.label,
-            r.model,
-            format_value(r.cell["value"], kind),
-            format_ci(r.cell["ci"], kind),
-            format_value(r.cell["original"]["value"], kind),
-            str(r.cell["n"]),
-            format_ratio(r.cell),
-        )
+        table.add_row(*main_cells(r, kind))
     return table
 
 
