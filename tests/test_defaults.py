@@ -1,0 +1,46 @@
+"""Default settings per model family: each family gets its own, an explicit flag wins, the manifest says which."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conceptvault.backbone import load_pipeline
+from conceptvault.cli import main
+from conceptvault.defaults import FAMILY_SETTINGS, Family, family_config, model_family
+from conceptvault.hide import HideConfig
+
+
+def test_families_by_cross_attention_width(sd1_path, sd2_path, sdxl_path):
+    assert model_family(load_pipeline(str(sd1_path), device="cpu")) is Family.SD1
+    assert model_family(load_pipeline(str(sd2_path), device="cpu")) is Family.SD2
+    assert model_family(load_pipeline("builtin", device="cpu")) is Family.SMALL
+    assert model_family(load_pipeline(str(sdxl_path), device="cpu")) is Family.SMALL  # the tiny XL is 64 wide
+
+
+def test_each_family_has_its_defaults_and_explicit_settings_win():
+    small, sd1 = family_config(Family.SMALL), family_config(Family.SD1)
+    assert sd1 == HideConfig()  # Stable Diffusion: the method paper's settings
+    assert small.lr == FAMILY_SETTINGS[Family.SMALL]["lr"] != sd1.lr
+    assert family_config(Family.SMALL, lr=0.5).lr == 0.5
+
+
+@pytest.mark.parametrize("model", ["sd1", "builtin"])
+def test_the_manifest_records_the_family_and_every_setting_used(sd1_path, tmp_path, capsys, model):
+    source = str(sd1_path) if model == "sd1" else "builtin"
+    quick = ["--model-updates", "1", "--key-updates", "1", "--sampler-steps", "2", "--cache-trajectories", "1"]
+    with pytest.raises(SystemExit) as exit_:
+        main(["hide", source, "--concept", "star", "--out", str(tmp_path / "v"), "--key-lr", "0.02", *quick])
+    assert exit_.value.code == 0, capsys.readouterr().err
+    manifest = json.loads((tmp_path / "v" / "manifest.json").read_text())
+    family = Family.SD1 if model == "sd1" else Family.SMALL
+    assert manifest["family"] == family.value
+    given = dict(model_updates=1, key_updates=1, sampler_steps=2, cache_trajectories=1, key_lr=0.02)
+    expected = family_config(family, **given)
+    assert manifest["config"] == expected.to_dict()
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["inspect", str(tmp_path / "v")])
+    shown = capsys.readouterr().out
+    assert "model family" in shown and family.value in shown and "key_lr" in shown
