@@ -107,7 +107,7 @@ def test_shipped_model_draws_the_shape_it_is_asked_for():
 def test_trainer_runs_each_part_for_a_few_steps_and_continues(tmp_path):
     torch.manual_seed(0)
     config = WorldTrainConfig(
-        judge_steps=2, vae_steps=2, decoder_steps=2, denoiser_steps=2, batch_size=4, latent_pool=8
+        judge_steps=2, vae_steps=2, decoder_steps=2, denoiser_steps=2, batch_size=4, latent_pool=8, held_out=16
     )
     report = train_world(tmp_path, config, BUILTIN_MODEL_DIR / "tokenizer", log=lambda _: None)
     assert set(report["judge_accuracy"]) == {"shape", "colour", "style", "false_accept"}

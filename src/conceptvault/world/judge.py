@@ -117,13 +117,24 @@ def _degrade(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return images + 0.04 * torch.rand((), generator=gen) * torch.randn(images.shape, generator=gen)
 
 
+@torch.no_grad()
+def round_trip(vae, images: torch.Tensor) -> torch.Tensor:
+    """Images encoded and decoded by a VAE (the posterior mean), clamped to [-1, 1]."""
+    latents = vae.encode(images.to(vae.device, vae.dtype)).latent_dist.mean
+    return vae.decode(latents).sample.clamp(-1, 1).to(images)
+
+
 def negative_batch(rng: np.random.Generator, size: int) -> torch.Tensor:
     """``size`` images of no clear shape, (B, 3, 64, 64) in [-1, 1]."""
     return torch.from_numpy(np.stack([render_negative(rng) for _ in range(size)])).permute(0, 3, 1, 2) * 2 - 1
 
 
-def train_judge(steps: int = 3000, batch_size: int = 64, seed: int = 0, progress=None) -> Judge:
-    """Three quarters of each batch are renders with their labels, one quarter negatives labelled ``REJECT``."""
+def train_judge(steps: int = 3000, batch_size: int = 64, seed: int = 0, progress=None, vae=None) -> Judge:
+    """Three quarters of each batch are renders with their labels, one quarter negatives labelled ``REJECT``.
+
+    With the model's ``vae``, every other batch is passed through it (encoded and decoded) first: the
+    cleanest picture the model can make of a render, so the judge reads the decoder's rendering as the
+    render it is, and its rendering of a negative as the negative it is."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -135,6 +146,8 @@ def train_judge(steps: int = 3000, batch_size: int = 64, seed: int = 0, progress
     for step in range(steps):
         batch = render_batch(rng, batch_size - negatives)
         images = torch.cat([batch.images, negative_batch(rng, negatives)])
+        if vae is not None and step % 2:
+            images = round_trip(vae, images)
         logits = net(_degrade(images, gen))
         shape_labels = torch.cat([batch.labels["shape"], torch.full((negatives,), reject)])
         loss = F.cross_entropy(logits["shape"], shape_labels)
@@ -151,14 +164,17 @@ def train_judge(steps: int = 3000, batch_size: int = 64, seed: int = 0, progress
 
 
 @torch.no_grad()
-def judge_accuracy(judge: Judge, count: int = 1000, seed: int = 12345) -> dict[str, float]:
+def judge_accuracy(judge: Judge, count: int = 1000, seed: int = 12345, vae=None) -> dict[str, float]:
     """Accuracy per head on freshly rendered held-out images (a seed never used in training), and the
-    false-accept rate: the share of held-out images of no clear shape that the judge names a shape."""
+    false-accept rate: the share of held-out images of no clear shape that the judge names a shape.
+    With ``vae``, every image is first passed through it (what the model's decoder makes of it)."""
     batch = render_batch(np.random.default_rng(seed), count)
+    negatives = negative_batch(np.random.default_rng(seed + 1), count)
+    if vae is not None:
+        batch.images = torch.cat([round_trip(vae, part) for part in batch.images.split(100)])
+        negatives = torch.cat([round_trip(vae, part) for part in negatives.split(100)])
     probs = judge.probabilities(judge.net(batch.images))
     report = {h: (probs[h].argmax(-1) == batch.labels[h]).float().mean().item() for h in LABELS}
-    negatives = negative_batch(np.random.default_rng(seed + 1), count)
-    report["false_accept"] = (
-        (judge.probabilities(judge.net(negatives))["shape"].argmax(-1) != len(LABELS["shape"])).float().mean().item()
-    )
+    rejected = judge.probabilities(judge.net(negatives))["shape"].argmax(-1) == len(LABELS["shape"])
+    report["false_accept"] = (~rejected).float().mean().item()
     return report

@@ -1,4 +1,4 @@
-"""Train the built-in model: the judge, the VAE (then its decoder alone), then text encoder and UNet.
+"""Train the built-in model: the VAE (then its decoder alone), the judge, then text encoder and UNet.
 
 Recipe for a small model on a small budget: v-prediction on a cosine schedule with min-SNR-5 loss
 weighting, AdamW with a cosine decay of the learning rate over the last part of the run, an
@@ -55,6 +55,7 @@ class WorldTrainConfig:
     caption_dropout: float = 0.1
     min_snr: float = 5.0
     latent_pool: int = 60_000  # renders encoded once, drawn from by the denoiser
+    held_out: int = 1000  # held-out renders (and negatives) for the judge's and the VAE's figures
     init_from: str | None = None  # a model folder to continue from, instead of training VAE and denoiser anew
     vae_from: str | None = None  # a model folder whose VAE is used as it is (the denoiser still starts anew)
     without: list[str] = field(default_factory=list)  # shapes left out of the world: the model never sees them
@@ -379,7 +380,7 @@ def train_world(
     progress: Progress | None = None,
     checkpoint_every: int = 500,
 ) -> dict:
-    """Train (or continue training) judge, VAE and denoiser; write ``out/judge`` and ``out/model``; return
+    """Train (or continue training) VAE, judge and denoiser; write ``out/judge`` and ``out/model``; return
     timings and figures, also kept in ``out/train-report.json``."""
     from transformers import CLIPTokenizer
 
@@ -394,15 +395,6 @@ def train_world(
     def save_report() -> None:
         report_file.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
 
-    if config.judge_steps and not (out / "judge").exists():
-        judge, report["judge_seconds"] = timed(
-            train_judge, config.judge_steps, 2 * config.batch_size, config.seed, progress
-        )
-        report["judge_accuracy"] = judge_accuracy(judge)
-        _replace_folder(out / "judge", judge.save)
-        save_report()
-        log(f"judge: {report['judge_accuracy']} in {report['judge_seconds']:.0f}s")
-
     vae, text_encoder, unet = _load_init(config.init_from, device) if config.init_from else (None, None, None)
     if config.vae_from:
         vae = _load_init(config.vae_from, device)[0]
@@ -415,7 +407,7 @@ def train_world(
             vae, report["vae_seconds"] = timed(
                 train_vae, config.vae_steps, config.batch_size, config.seed, device, progress, config.shapes
             )
-        report["vae_psnr_before_decoder"] = vae_psnr(vae)
+        report["vae_psnr_before_decoder"] = vae_psnr(vae, count=config.held_out)
         vae, report["decoder_seconds"] = timed(
             train_decoder,
             vae,
@@ -426,10 +418,20 @@ def train_world(
             progress,
             config.shapes,
         )
-        report["vae_psnr"] = vae_psnr(vae)
+        report["vae_psnr"] = vae_psnr(vae, count=config.held_out)
         _replace_folder(out / "vae", vae.save_pretrained)
         save_report()
         log(f"vae: reconstruction PSNR {report['vae_psnr_before_decoder']:.2f} -> {report['vae_psnr']:.2f} dB")
+
+    if config.judge_steps and not (out / "judge").exists():  # after the VAE: the judge learns its rendering too
+        judge, report["judge_seconds"] = timed(
+            train_judge, config.judge_steps, 2 * config.batch_size, config.seed, progress, vae
+        )
+        report["judge_accuracy"] = judge_accuracy(judge, count=config.held_out)
+        report["judge_accuracy_through_vae"] = judge_accuracy(judge, count=config.held_out, vae=vae)
+        _replace_folder(out / "judge", judge.save)
+        save_report()
+        log(f"judge: {report['judge_accuracy']} in {report['judge_seconds']:.0f}s")
 
     if (out / POOL_FILE).exists():
         pool = LatentPool.load(out / POOL_FILE)
