@@ -547,7 +547,7 @@ def grants_list(db: DbOption, user: Annotated[str | None, typer.Option(help="Onl
 def demo_command(
     out: Annotated[Path, typer.Option(help="Folder for the vault, the images and the report.")] = Path("demo-out"),
     shape: Annotated[str, typer.Option(help="The shape of the built-in world to hide.")] = "star",
-    images: Annotated[int, typer.Option(help="Images per shape in the evaluation.")] = 16,
+    images: Annotated[int, typer.Option(help="Images per shape in the evaluation.")] = 32,
 ) -> None:
     """Hide a shape in the built-in model, measure it, and write an HTML report (a few minutes on a CPU)."""
     from .demo import DemoPlan, run_demo

@@ -87,7 +87,7 @@ class DemoPlan:
     """What the demo hides and how many images per shape it judges."""
 
     shape: str = "star"
-    images_per_shape: int = 16
+    images_per_shape: int = 32
     config: HideConfig = field(default_factory=lambda: family_config(Family.SMALL))
 
 
