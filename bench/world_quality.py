@@ -1,9 +1,10 @@
 """Judge-measured quality of a Shapes world model, and the time to generate 8 images.
 
-    python bench/world_quality.py [--model FOLDER] [--per-shape 32]
+    python bench/world_quality.py [--model FOLDER] [--per-shape 32] [--grid docs/images/world-samples.png]
 
 Prints shape accuracy per shape, colour accuracy where the caption names a colour, and style accuracy
-where it names a style, over captions with fixed seeds, 25 sampler steps, guidance 3.
+where it names a style, over captions with fixed seeds, 25 sampler steps, guidance 3; the share the judge
+rejects as no clear shape; and the world FID of the samples beside its floor (renders against renders).
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import time
 import torch
 
 from conceptvault.backbone import load_pipeline
-from conceptvault.generate import generate_images
+from conceptvault.generate import generate_images, image_grid
 from conceptvault.world.judge import load_judge
 from conceptvault.world.quality import GUIDANCE, SAMPLE_STEPS, quality_requests, score_requests, world_fid
+from conceptvault.world.vocabulary import SHAPES
 
 
 def main() -> None:
@@ -25,6 +27,7 @@ def main() -> None:
     parser.add_argument("--model", default="builtin")
     parser.add_argument("--per-shape", type=int, default=32)
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--grid", help="also write a grid of samples: a row per shape ('a {shape}', seeds 0-7)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     pipe = load_pipeline(args.model, device="cpu")
@@ -57,6 +60,17 @@ def main() -> None:
     print(f"rejected as no clear shape: {100 * scores['rejected']:.1f} %")
     print(f"world FID {scores['world_fid']:.2f} (floor, renders against renders: {scores['world_fid_floor']:.2f})")
     print(f"8 images, {SAMPLE_STEPS} steps, guidance {GUIDANCE}: {eight:.2f} s on {torch.get_num_threads()} threads")
+    if args.grid:
+        shapes = list(SHAPES)
+        samples = generate_images(
+            pipe,
+            [f"a {s}" for s in shapes for _ in range(8)],
+            list(range(8)) * len(shapes),
+            steps=SAMPLE_STEPS,
+            guidance=GUIDANCE,
+            progress=False,
+        )
+        image_grid(samples, len(shapes), 8, min_size=64).save(args.grid)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(scores, f, indent=2)
