@@ -190,3 +190,15 @@ def test_every_attack_on_the_built_in_model_at_a_tiny_budget(tmp_path, capsys):
     assert data["rsr"]["n"] == 2 and data["original"]["n"] == 2
     prompt = next(r for r in data["results"] if r["attack"] == "prompt")
     assert "une étoile" in prompt["detail"] and "a shape with five points" in prompt["detail"]
+
+
+def test_steps_to_half_recovery_interpolates_and_says_when_never_reached():
+    from conceptvault.attacks import AttackResult
+
+    def curve(*points):
+        return [{"steps": s, "recovery": {"value": v, "n": 10, "ci": [0, 1]}} for s, v in points]
+
+    rising = AttackResult("key-inversion", "public", curve((0, 0.0), (100, 0.3), (200, 0.7)))
+    assert rising.steps_to(0.5) == pytest.approx(150.0)
+    assert AttackResult("finetune", "m", curve((0, 0.6), (100, 0.9))).steps_to(0.5) == 0.0
+    assert AttackResult("finetune", "m", curve((0, 0.1), (300, 0.4))).steps_to(0.5) is None
