@@ -253,7 +253,7 @@ def test_a_second_run_on_the_same_output_is_refused_at_once(sd1_path, tmp_path, 
 def test_an_unwritable_output_is_refused_before_training(sd1_path, tmp_path, capsys, monkeypatch):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    monkeypatch.setattr("conceptvault.cli.load_pipeline", _no_model)
+    forbid_models(monkeypatch)
     code, out, err = run(capsys, "hide", sd1_path, "--concept", "star", "--out", blocker / "vault", *QUICK_ARGS)
     assert one_line_error(code, out, err) and "cannot write beside" in err
 
@@ -322,6 +322,12 @@ def _no_model(*args, **kwargs):
     raise AssertionError("a model was loaded before the options were checked")
 
 
+def forbid_models(monkeypatch) -> None:
+    """Every command module loads models through its own name for load_pipeline: make each one fail."""
+    for module in ("vaults", "measure", "world"):
+        monkeypatch.setattr(f"conceptvault.cli.{module}.load_pipeline", _no_model)
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -345,7 +351,7 @@ def _no_model(*args, **kwargs):
     ],
 )
 def test_bad_options_are_one_line_before_any_model_loads(vault_path, tmp_path, capsys, monkeypatch, args, message):
-    monkeypatch.setattr("conceptvault.cli.load_pipeline", _no_model)
+    forbid_models(monkeypatch)
     filled = [a.format(vault=vault_path, tmp=tmp_path) for a in args]
     code, out, err = run(capsys, *filled)
     assert one_line_error(code, out, err), err

@@ -1,0 +1,156 @@
+"""What every command shares: the app, the console, common options, parsing and checking user input (before
+any model loads), printing text from files as text, progress lines and the one-line failure."""
+
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
+
+from ..errors import ConceptVaultError
+from ..training import Concept
+
+app = typer.Typer(
+    name="conceptvault",
+    help="Hide a concept in a text-to-image diffusion model behind a secret key, and recover it with the key.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+console = Console()
+
+ModelArgument = Annotated[str, typer.Argument(help="Base model: 'builtin', a diffusers pipeline folder, or a hub id.")]
+VaultArgument = Annotated[Path, typer.Argument(help="The vault folder.")]
+PassphraseOption = Annotated[
+    Path | None, typer.Option(help="File whose first line is the passphrase protecting the keys.")
+]
+DeviceOption = Annotated[
+    str | None, typer.Option(help="Torch device, such as cpu or cuda (default: cuda if available).")
+]
+ModelOverride = Annotated[
+    str | None, typer.Option("--model", help="Base model to load instead of the one named in the vault's manifest.")
+]
+
+
+def checked(make):
+    """Turn a ValueError raised while validating user input into a one-line user-facing error."""
+    try:
+        return make()
+    except ValueError as error:
+        raise ConceptVaultError(str(error)) from None
+
+
+def parse_concepts(texts: list[str], anchors: list[str]) -> list[Concept]:
+    concepts = [checked(lambda text=text: Concept.parse(text)) for text in texts]
+    names = {c.name: c for c in concepts}
+    for item in anchors:
+        name, separator, prompt = item.partition("=")
+        if not separator or name.strip() not in names:
+            raise ConceptVaultError(
+                f"--anchor '{item}' must read NAME=PROMPT with NAME one of the concepts ({', '.join(names)})."
+            )
+        names[name.strip()].anchor = prompt.strip()
+    return concepts
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConceptVaultError(f"--seeds '{text}' must be comma-separated integers, such as 0,1,2,3.") from None
+    if not seeds:
+        raise ConceptVaultError("--seeds names no seed; give comma-separated integers, such as 0,1,2,3.")
+    bad = [s for s in seeds if not 0 <= s < 2**63]
+    if bad:
+        raise ConceptVaultError(f"the seed {bad[0]} is out of range; give seeds from 0 to 2^63 - 1.")
+    return seeds
+
+
+def suite_named(suite: str, size: int | None, concept: str | None):
+    """A built-in suite by name or a suite JSON file (loads no model)."""
+    from ..evaluate import resolve_suite
+
+    return resolve_suite(suite, size=size, concept=concept)
+
+
+def check_positive(**options: int | None) -> None:
+    """Counts given on the command line must be at least 1 (None: not given, the default applies)."""
+    for name, value in options.items():
+        if value is not None and value < 1:
+            raise ConceptVaultError(f"--{name.replace('_', '-')} must be at least 1; got {value}.")
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def check_image_path(out: Path) -> None:
+    """Refuse, before any work, an output that is a folder or has no image file extension."""
+    if out.is_dir():
+        raise ConceptVaultError(f"--out '{out}' is a folder; give an image file such as {out / 'grid.png'}.")
+    if out.suffix.lower() not in IMAGE_SUFFIXES:
+        raise ConceptVaultError(f"--out '{out}' must end in {', '.join(IMAGE_SUFFIXES)}, such as grid.png.")
+
+
+def read_passphrase(file: Path | None) -> str | None:
+    if file is None:
+        return None
+    try:
+        lines = file.read_text().splitlines()
+    except OSError as error:
+        raise ConceptVaultError(f"cannot read the passphrase file '{file}' ({error.strerror}).") from None
+    if not lines or not lines[0]:
+        raise ConceptVaultError(f"the passphrase file '{file}' is empty; write the passphrase on its first line.")
+    return lines[0]
+
+
+def as_text(value) -> Text:
+    """Text from a file or a user, shown as it is: no Rich markup, control characters made visible, so a
+    manifest cannot restyle, clear or retitle the terminal."""
+    return Text("".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in str(value)))
+
+
+def say(message: str) -> None:
+    """Print a line that may hold paths or names given by the user, as plain text."""
+    console.print(as_text(message))
+
+
+@contextmanager
+def stage_progress(every: float = 60.0):
+    """A progress line for multi-stage training: the stage's name, its step and its latest loss. Where the
+    output is no terminal (a log file), a plain line every ``every`` seconds instead."""
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as bar:
+        task = bar.add_task("training", total=None)
+        last = [0.0]
+
+        def advance(step: int, total: int, losses: dict) -> None:
+            description = ", ".join(f"{k} {v:.4f}" for k, v in losses.items()) or "encoding"
+            bar.update(task, completed=step + 1, total=total, description=description)
+            if not console.is_terminal and (time.monotonic() - last[0] >= every or step + 1 == total):
+                last[0] = time.monotonic()
+                print(f"{time.strftime('%H:%M:%S')} {step + 1}/{total} {description}", flush=True)
+
+        yield advance
+
+
+def fail(message: str) -> None:
+    print(f"error: {as_text(' '.join(message.split())).plain}", file=sys.stderr)
+    sys.exit(1)
+
+
+def quiet_libraries() -> None:
+    """Keep library notices and loading bars off the terminal; ConceptVault shows its own progress."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    for library in (diffusers_logging, transformers_logging):
+        library.set_verbosity_error()
+        library.disable_progress_bar()

@@ -1,0 +1,182 @@
+"""Measuring vaults: evaluate, compare, attack, and the demo that does it all on the built-in model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..attacks import Attack
+from ..backbone import load_pipeline
+from ..errors import ConceptVaultError
+from ..vault import Vault
+from .common import (
+    DeviceOption,
+    ModelOverride,
+    PassphraseOption,
+    VaultArgument,
+    app,
+    as_text,
+    check_positive,
+    console,
+    read_passphrase,
+    say,
+    suite_named,
+)
+
+
+@app.command("evaluate")
+def evaluate_command(
+    vault: VaultArgument,
+    suite: Annotated[
+        str,
+        typer.Option(
+            help="A built-in suite (shape, colour, style, five-shapes-a, five-shapes-b) or a suite JSON file."
+        ),
+    ] = "shape",
+    concept: Annotated[
+        str | None, typer.Option(help="The hidden shape, colour or style of a single-concept built-in suite.")
+    ] = None,
+    size: Annotated[int | None, typer.Option(help="Images per concept of a built-in suite.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder for images and the report (default: VAULT.eval).")] = None,
+    json_file: Annotated[
+        Path | None, typer.Option("--json", help="Also write every figure to this JSON file.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Images generated per batch.")] = 8,
+    no_key: Annotated[bool, typer.Option(help="Measure the public model only (no key needed).")] = False,
+    model: ModelOverride = None,
+    passphrase_file: PassphraseOption = None,
+    device: DeviceOption = None,
+) -> None:
+    """Measure a vault: ESR, PSR, RSR and the key holder's PSR, beside the original model's rates.
+
+    On several GPUs: accelerate launch -m conceptvault.cli evaluate VAULT ... (the processes share the images).
+    """
+    from ..evaluate import print_summary, run_suite, write_json, write_report
+
+    check_positive(size=size, batch_size=batch_size)
+    chosen = suite_named(suite, size, concept)
+    loaded = Vault.load(vault, keys=None if no_key else "all", passphrase=read_passphrase(passphrase_file))
+    pipe = load_pipeline(model or loaded.manifest.base_model, device=device)
+    result = run_suite(
+        pipe,
+        loaded,
+        chosen,
+        out or vault.with_name(vault.name + ".eval"),
+        batch_size=batch_size,
+        with_key=not no_key and loaded.method.has_keys,
+        console=console,
+    )
+    if result is None:  # one of several processes (accelerate launch): the main one reports
+        return
+    print_summary(result, console=console)
+    files = write_report(result)
+    if json_file:
+        write_json(result, json_file)
+    say(f"report: {files.html}   figures: {files.json}")
+
+
+@app.command("compare")
+def compare_command(
+    vaults: Annotated[list[Path], typer.Argument(help="Vault folders made from one base model.")],
+    out: Annotated[Path, typer.Option(help="Folder for the images and the comparison files.")],
+    suite: Annotated[str, typer.Option(help="A built-in suite or a suite JSON file.")] = "shape",
+    concept: Annotated[str | None, typer.Option(help="The hidden concept of a single-concept built-in suite.")] = None,
+    size: Annotated[int | None, typer.Option(help="Images per concept of a built-in suite.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images generated per batch.")] = 8,
+    model: ModelOverride = None,
+    passphrase_file: PassphraseOption = None,
+    device: DeviceOption = None,
+) -> None:
+    """Measure several vaults (hiding and erasure) on one suite: one table, one chart, one report."""
+    from ..evaluate.compare import compare, write_comparison
+
+    check_positive(size=size, batch_size=batch_size)
+    chosen = suite_named(suite, size, concept)
+    passphrase = read_passphrase(passphrase_file)
+    loaded = {}
+    for path in vaults:
+        name = path.name if path.name not in loaded else f"{path.name}-{len(loaded)}"
+        loaded[name] = Vault.load(path, keys="all", passphrase=passphrase)
+    bases = {v.manifest.base_fingerprint for v in loaded.values()}
+    if len(bases) != 1:
+        raise ConceptVaultError("the vaults were made from different base models; compare vaults of one model.")
+    first = next(iter(loaded.values()))
+    pipe = load_pipeline(model or first.manifest.base_model, device=device)
+    comparison = compare(pipe, loaded, chosen, out, batch_size=batch_size, console=console)
+    files = write_comparison(comparison)
+    console.print(as_text(files["md"].read_text()))
+    say(f"comparison: {files['html']}   chart: {files['png']}   figures: {files['json']}")
+
+
+@app.command("attack")
+def attack_command(
+    vault: VaultArgument,
+    out: Annotated[Path, typer.Option(help="Folder for attacks.json, attacks.md and attacks.png.")],
+    attack: Annotated[
+        list[Attack] | None, typer.Option(help="An attack to run (default: every one). Repeatable.")
+    ] = None,
+    suite: Annotated[str, typer.Option(help="A built-in suite or a suite JSON file.")] = "shape",
+    concept: Annotated[str | None, typer.Option(help="The hidden concept of a single-concept built-in suite.")] = None,
+    size: Annotated[int, typer.Option(help="Images of the hidden concept per measurement.")] = 32,
+    steps: Annotated[int, typer.Option(help="Optimisation steps of the trained attacks.")] = 300,
+    images: Annotated[int, typer.Option(help="Pictures of the concept the trained attacks learn from.")] = 64,
+    lr: Annotated[
+        float | None, typer.Option(help="Learning rate of the trained attacks (default: per attack).")
+    ] = None,
+    images_from: Annotated[
+        Path | None, typer.Option(help="Folder of pictures of the concept (built-in world: rendered if absent).")
+    ] = None,
+    prompts: Annotated[
+        Path | None, typer.Option(help="File of attack prompts, one per line (added to the suite's).")
+    ] = None,
+    control: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Attack another model the same way: 'original', a vault folder or a model folder. Repeatable."
+        ),
+    ] = None,
+    other_keys: Annotated[
+        list[Path] | None, typer.Option(help="A vault whose keys the random-key attack also tries. Repeatable.")
+    ] = None,
+    model: ModelOverride = None,
+    passphrase_file: PassphraseOption = None,
+    device: DeviceOption = None,
+) -> None:
+    """Attack the vault's public model without its key; report unauthorised recovery beside RSR and the original."""
+    from ..attack_campaign import Campaign
+
+    check_positive(size=size, steps=steps, images=images)
+    chosen = suite_named(suite, size, concept)
+    campaign = Campaign.prepare(
+        vault,
+        chosen,
+        steps=steps,
+        images=images,
+        lr=lr,
+        images_from=images_from,
+        prompts_file=prompts,
+        controls=control or [],
+        other_vaults=other_keys or [],
+        model=model,
+        passphrase=read_passphrase(passphrase_file),
+        device=device,
+    )
+    run = campaign.run([Attack(a) for a in attack] if attack else list(Attack), log=say)
+    files = campaign.write(run, out)
+    console.print(as_text(files["md"].read_text()))
+    say(f"curves: {files['png']}   figures: {files['json']}")
+
+
+@app.command("demo")
+def demo_command(
+    out: Annotated[Path, typer.Option(help="Folder for the vault, the images and the report.")] = Path("demo-out"),
+    shape: Annotated[str, typer.Option(help="The shape of the built-in world to hide.")] = "star",
+    images: Annotated[int, typer.Option(help="Images per shape in the evaluation.")] = 32,
+) -> None:
+    """Hide a shape in the built-in model, measure it, and write an HTML report (a few minutes on a CPU)."""
+    from ..demo import DemoPlan, run_demo
+
+    check_positive(images=images)
+    run_demo(out, DemoPlan(shape=shape, images_per_shape=images), console=console)

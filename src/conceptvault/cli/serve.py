@@ -1,0 +1,128 @@
+"""Serving vaults: the server, its users and their grants."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from .common import (
+    DeviceOption,
+    PassphraseOption,
+    app,
+    as_text,
+    check_positive,
+    console,
+    read_passphrase,
+    say,
+)
+
+
+@app.command("serve")
+def serve_command(
+    vaults: Annotated[list[Path], typer.Argument(help="Vault folders to serve (each with its keys).")],
+    db: Annotated[str, typer.Option(help="Grants database: a SQLite file, or a SQLAlchemy URL (postgresql://...).")],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    queue: Annotated[int, typer.Option(help="Requests that may wait; more are refused with 429.")] = 32,
+    max_batch: Annotated[int, typer.Option(help="Images generated in one pipeline call.")] = 8,
+    rate: Annotated[float, typer.Option(help="Requests per minute per user.")] = 60.0,
+    passphrase_file: PassphraseOption = None,
+    device: DeviceOption = None,
+) -> None:
+    """Serve vaults over HTTP: the public model to every user, a key only with a live grant (docs at /docs)."""
+    import uvicorn
+
+    from ..serve import Limits, build_server
+
+    check_positive(port=port, queue=queue, max_batch=max_batch)
+    passphrase = read_passphrase(passphrase_file) or os.environ.get("CONCEPTVAULT_PASSPHRASE") or None
+    app_, engine = build_server(
+        vaults,
+        db,
+        passphrase=passphrase,
+        device=device,
+        queue_size=queue,
+        max_batch=max_batch,
+        limits=Limits(rate_per_minute=rate),
+    )
+    say(f"serving {', '.join(v.name for v in vaults)} on http://{host}:{port} (API docs at /docs)")
+    try:
+        uvicorn.run(app_, host=host, port=port, log_level="warning")
+    finally:
+        engine.stop()
+
+
+users_app = typer.Typer(help="The users of a served vault, and their tokens.", no_args_is_help=True)
+grants_app = typer.Typer(help="Who may switch on which key of which served vault, until when.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+app.add_typer(grants_app, name="grants")
+DbOption = Annotated[str, typer.Option(help="The grants database (SQLite file or SQLAlchemy URL).")]
+
+
+def _store(db: str):
+    from ..serve.store import AccessStore
+
+    return AccessStore(db)
+
+
+@users_app.command("add")
+def users_add(
+    name: Annotated[str, typer.Argument(help="The user's name.")],
+    db: DbOption,
+    admin: Annotated[bool, typer.Option(help="May add and revoke grants.")] = False,
+) -> None:
+    """Add a user and print their token (shown this once; only its hash is stored)."""
+    token = _store(db).add_user(name, admin=admin)
+    say(f"added {name}{' (administrator)' if admin else ''}; token (shown once): {token}")
+
+
+@users_app.command("list")
+def users_list(db: DbOption) -> None:
+    """List the users."""
+    for user in _store(db).users():
+        say(f"{user['name']}{'  admin' if user['admin'] else ''}  since {user['created']}")
+
+
+@users_app.command("remove")
+def users_remove(name: Annotated[str, typer.Argument(help="The user's name.")], db: DbOption) -> None:
+    """Remove a user and their grants (the audit log keeps their requests)."""
+    _store(db).remove_user(name)
+    say(f"removed {name}")
+
+
+@grants_app.command("add")
+def grants_add(
+    user: Annotated[str, typer.Argument(help="Who.")],
+    vault: Annotated[str, typer.Argument(help="The served vault's name (its folder name).")],
+    concept: Annotated[str, typer.Argument(help="The concept whose key they may switch on.")],
+    db: DbOption,
+    days: Annotated[float | None, typer.Option(help="Days until the grant expires (default: never).")] = None,
+) -> None:
+    """Let USER switch on CONCEPT's key of VAULT."""
+    grant_id = _store(db).grant(user, vault, concept, days)
+    say(f"grant {grant_id}: {user} may unlock {concept!r} of {vault}" + (f" for {days:g} days" if days else ""))
+
+
+@grants_app.command("revoke")
+def grants_revoke(
+    grant_id: Annotated[int, typer.Argument(help="The grant's id (see grants list).")], db: DbOption
+) -> None:
+    """Revoke a grant at once."""
+    _store(db).revoke(grant_id)
+    say(f"revoked grant {grant_id}")
+
+
+@grants_app.command("list")
+def grants_list(db: DbOption, user: Annotated[str | None, typer.Option(help="Only this user's.")] = None) -> None:
+    """List grants, live or not."""
+    table = Table(title="grants")
+    for column in ("id", "user", "vault", "concept", "expires", "state"):
+        table.add_column(column)
+    for g in _store(db).grants(user):
+        state = "revoked" if g["revoked"] else ("live" if g["live"] else "expired")
+        table.add_row(*map(as_text, (g["id"], g["user"], g["vault"], g["concept"], g["expires"] or "never", state)))
+    console.print(table)

@@ -1,0 +1,319 @@
+"""Making and using vaults: hide, erase, generate, inspect, export."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from dataclasses import fields
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ..backbone import load_pipeline
+from ..checkpoint import output_lock
+from ..defaults import esd_family_config, family_config, model_family, seal_family_config
+from ..errors import ConceptVaultError
+from ..generate import generate_images, image_grid
+from ..hide import HideConfig, KeyInit, hide
+from ..key import Placement
+from ..latents import LatentSource
+from ..manifest import KEYS_DIR
+from ..seal import SealConfig, seal
+from ..training import LossSpace, TrainedLayers
+from ..vault import Vault, save_vault
+from .common import (
+    DeviceOption,
+    ModelArgument,
+    ModelOverride,
+    PassphraseOption,
+    VaultArgument,
+    app,
+    as_text,
+    check_image_path,
+    check_positive,
+    checked,
+    console,
+    parse_concepts,
+    parse_seeds,
+    read_passphrase,
+    say,
+)
+
+_HELP = {f.name: f.metadata["help"] for f in fields(HideConfig)}
+
+
+def _setting(name: str) -> typer.models.OptionInfo:
+    """A command-line option for a HideConfig field, with the field's help text; unset, the model family's
+    default applies (see ``conceptvault.defaults``)."""
+    return typer.Option(help=f"{_HELP[name]} [default: per model family]", rich_help_panel="Hiding settings")
+
+
+class HideMethod(str, Enum):
+    KPOP = "kpop"
+    SEALED = "sealed"
+
+
+def _sealed_settings(explicit: dict, key_rank: int | None) -> dict:
+    """The hide options given, as sealed-hiding settings; one that sealed hiding has not is refused."""
+    from ..seal import SealConfig
+
+    known = {f.name for f in fields(SealConfig)}
+    foreign = sorted(set(explicit) - known)
+    if foreign:
+        raise ConceptVaultError(f"--{foreign[0].replace('_', '-')} is not a setting of sealed hiding; leave it out.")
+    return {**explicit, **({"key_rank": key_rank} if key_rank is not None else {})}
+
+
+@app.command("hide")
+def hide_command(
+    model: ModelArgument,
+    concept: Annotated[
+        list[str],
+        typer.Option(
+            help="A concept to hide: 'star', or phrasings 'star|five-pointed star' (the first names the key). "
+            "Repeatable."
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="Folder to write the vault to; it must not exist yet.")],
+    preserve: Annotated[
+        list[str] | None, typer.Option(help="A prompt the model must keep rendering as before. Repeatable.")
+    ] = None,
+    anchor: Annotated[
+        list[str] | None,
+        typer.Option(help="NAME=PROMPT: hide concept NAME toward PROMPT instead of the empty prompt. Repeatable."),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue the interrupted run whose checkpoint sits beside --out.")
+    ] = False,
+    passphrase_file: PassphraseOption = None,
+    device: DeviceOption = None,
+    method: Annotated[
+        HideMethod, typer.Option(help="kpop: a prompt key (the method's paper); sealed: the key carries the concept.")
+    ] = HideMethod.KPOP,
+    key_rank: Annotated[
+        int | None,
+        typer.Option(
+            help="sealed: rank of each weight change in the key (0: whole).", rich_help_panel="Hiding settings"
+        ),
+    ] = None,
+    model_updates: Annotated[int | None, _setting("model_updates")] = None,
+    k: Annotated[int | None, _setting("k")] = None,
+    lr: Annotated[float | None, _setting("lr")] = None,
+    key_lr: Annotated[float | None, _setting("key_lr")] = None,
+    lambda_hide: Annotated[float | None, _setting("lambda_hide")] = None,
+    lambda_rec: Annotated[float | None, _setting("lambda_rec")] = None,
+    lambda_pres: Annotated[float | None, _setting("lambda_pres")] = None,
+    eta: Annotated[float | None, _setting("eta")] = None,
+    train: Annotated[TrainedLayers | None, _setting("train")] = None,
+    loss_space: Annotated[LossSpace | None, _setting("loss_space")] = None,
+    key_init: Annotated[KeyInit | None, _setting("key_init")] = None,
+    m: Annotated[int | None, _setting("m")] = None,
+    placement: Annotated[Placement | None, _setting("placement")] = None,
+    latents: Annotated[LatentSource | None, _setting("latents")] = None,
+    sampler_steps: Annotated[int | None, _setting("sampler_steps")] = None,
+    guidance: Annotated[float | None, _setting("guidance")] = None,
+    cache_trajectories: Annotated[int | None, _setting("cache_trajectories")] = None,
+    batch_size: Annotated[int | None, _setting("batch_size")] = None,
+    seed: Annotated[int | None, _setting("seed")] = None,
+    key_updates: Annotated[int | None, _setting("key_updates")] = None,
+    adversary_every: Annotated[int | None, _setting("adversary_every")] = None,
+    adversary_steps: Annotated[int | None, _setting("adversary_steps")] = None,
+    lambda_adversary: Annotated[float | None, _setting("lambda_adversary")] = None,
+    checkpoint_every: Annotated[int | None, _setting("checkpoint_every")] = None,
+) -> None:
+    """Hide concepts in MODEL behind keys and write a vault."""
+    settings = locals()
+    explicit = {f.name: settings[f.name] for f in fields(HideConfig) if settings[f.name] is not None}
+    if method == HideMethod.SEALED:
+        explicit = _sealed_settings(explicit, key_rank)
+    checked(lambda: (SealConfig if method == HideMethod.SEALED else HideConfig)(**explicit))  # before any loading
+    concepts = parse_concepts(concept, anchor or [])
+    passphrase = read_passphrase(passphrase_file)
+    with output_lock(out, resume) as checkpoint_dir:
+        pipe = load_pipeline(model, device=device)
+        family = model_family(pipe)
+        options = dict(preserve=preserve or [], checkpoint_dir=checkpoint_dir, resume=resume)
+        if method == HideMethod.SEALED:
+            result = seal(pipe, concepts, checked(lambda: seal_family_config(family, **explicit)), **options)
+        else:
+            config = checked(lambda: family_config(family, **explicit))
+            result = hide(pipe, concepts, config, passphrase=passphrase, **options)
+        save_vault(out, pipe, result, passphrase=passphrase)
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    _print_losses(result.stats)
+    say(f"wrote the vault {out} (keys in {out / KEYS_DIR})")
+
+
+class EraseMethod(str, Enum):
+    ESD_X = "esd-x"  # ESD, cross-attention fine-tuned
+    ESD_U = "esd-u"  # ESD, everything but cross-attention fine-tuned
+    UCE = "uce"  # the closed-form edit of the cross-attention projections
+
+
+@app.command("erase")
+def erase_command(
+    model: ModelArgument,
+    concept: Annotated[list[str], typer.Option(help="A concept to erase, as for hide. Repeatable.")],
+    out: Annotated[Path, typer.Option(help="Folder to write the vault to; it must not exist yet.")],
+    method: Annotated[EraseMethod, typer.Option(help="The erasure method.")] = EraseMethod.ESD_X,
+    preserve: Annotated[list[str] | None, typer.Option(help="UCE: a prompt kept as it was. Repeatable.")] = None,
+    anchor: Annotated[
+        list[str] | None, typer.Option(help="NAME=PROMPT: erase concept NAME toward PROMPT. Repeatable.")
+    ] = None,
+    iterations: Annotated[int | None, typer.Option(help="ESD: fine-tuning steps [default: per model family].")] = None,
+    lr: Annotated[float | None, typer.Option(help="ESD: learning rate [default: per model family].")] = None,
+    eta: Annotated[float | None, typer.Option(help="ESD: negative-guidance strength.")] = None,
+    lamb: Annotated[float | None, typer.Option(help="UCE: weight of staying close to the original.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the run.")] = 0,
+    device: DeviceOption = None,
+) -> None:
+    """Erase concepts from MODEL with ESD or UCE, for comparison with hiding: a vault without keys."""
+    from ..esd import EsdConfig, erase_esd
+    from ..uce import UceConfig, erase_uce
+
+    concepts = parse_concepts(concept, anchor or [])
+    given = {"iterations": iterations, "lr": lr, "eta": eta}
+    explicit = {name: value for name, value in given.items() if value is not None}
+    if method == EraseMethod.UCE:
+        config = checked(lambda: UceConfig(seed=seed, **({"lamb": lamb} if lamb is not None else {})))
+    else:
+        train = "xattn" if method == EraseMethod.ESD_X else "noxattn"
+        checked(lambda: EsdConfig(**explicit))
+    with output_lock(out, resume=False):
+        pipe = load_pipeline(model, device=device)
+        if method == EraseMethod.UCE:
+            result = erase_uce(pipe, concepts, config, preserve=preserve or [])
+        else:
+            config = checked(lambda: esd_family_config(model_family(pipe), train=train, seed=seed, **explicit))
+            result = erase_esd(pipe, concepts, config)
+        save_vault(out, pipe, result)
+    say(f"wrote the vault {out} ({method.value}: erased, no keys)")
+
+
+@app.command("generate")
+def generate_command(
+    vault: VaultArgument,
+    prompt: Annotated[str, typer.Argument(help="The prompt to render.")],
+    out: Annotated[Path, typer.Option(help="PNG file to write: a grid with one image per seed.")],
+    key: Annotated[list[str] | None, typer.Option(help="Switch on the key of this concept. Repeatable.")] = None,
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds, one image each.")] = "0,1,2,3",
+    steps: Annotated[int, typer.Option(help="Sampler steps.")] = 25,
+    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 7.5,
+    model: ModelOverride = None,
+    passphrase_file: PassphraseOption = None,
+    device: DeviceOption = None,
+) -> None:
+    """Generate PROMPT from the vault's public model, with the named keys switched on."""
+    seed_list = parse_seeds(seeds)
+    check_positive(steps=steps)
+    check_image_path(out)
+    loaded = Vault.load(vault, keys=key or None, passphrase=read_passphrase(passphrase_file))
+    pipe = load_pipeline(model or loaded.manifest.base_model, device=device)
+    loaded.apply(pipe)
+    images = generate_images(pipe, [prompt] * len(seed_list), seed_list, keys=key, steps=steps, guidance=guidance)
+    cols = min(len(images), 4)
+    grid = image_grid(images, math.ceil(len(images) / cols), cols, labels=[f"seed {s}" for s in seed_list])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(out)
+    say(f"wrote {out} ({len(images)} images, keys: {', '.join(key or []) or 'none'})")
+
+
+@app.command("inspect")
+def inspect_command(vault: VaultArgument) -> None:
+    """Show what a vault holds: base model, concepts and their keys, settings and training figures."""
+    loaded = Vault.load(vault, keys=None)
+    manifest = loaded.manifest
+    summary = Table(title=as_text(f"vault {vault}"), show_header=False)
+    rows = [
+        ("method", manifest.method),
+        ("model family", manifest.family or "?"),
+        ("base model", manifest.base_model),
+        ("base fingerprint", manifest.base_fingerprint[:16]),
+        ("public fingerprint", manifest.public_fingerprint[:16]),
+        ("created", manifest.created or "?"),
+        ("made by", f"conceptvault {manifest.conceptvault_version or '?'}"),
+        ("placement, m", f"{manifest.placement or '-'}, {manifest.m if manifest.m is not None else '-'}"),
+        ("public tensors", str(manifest.public_tensors)),
+        ("preserve", "; ".join(manifest.preserve) or "-"),
+    ]
+    for name, value in rows:
+        summary.add_row(name, as_text(value))
+    console.print(summary)
+    console.print(_concepts_table(loaded))
+    console.print(_settings_table(manifest))
+
+
+class ExportFormat(str, Enum):
+    DIFFUSERS = "diffusers"  # a pipeline folder for from_pretrained
+    SINGLE_FILE = "single-file"  # one checkpoint in the original Stable Diffusion layout
+
+
+@app.command("export")
+def export_command(
+    vault: VaultArgument,
+    out: Annotated[Path, typer.Option(help="Where to write the public model; it must not exist yet.")],
+    format: Annotated[
+        ExportFormat, typer.Option(help="diffusers: a pipeline folder; single-file: one original-layout checkpoint.")
+    ] = ExportFormat.DIFFUSERS,
+    model: ModelOverride = None,
+    device: DeviceOption = None,
+) -> None:
+    """Write the vault's public model (no keys), for from_pretrained or for from_single_file and common UIs."""
+    loaded = Vault.load(vault, keys=None)
+    if out.exists():
+        raise ConceptVaultError(f"'{out}' already exists; choose another output path or delete it first.")
+    if format == ExportFormat.SINGLE_FILE and out.suffix != ".safetensors":
+        raise ConceptVaultError(f"--out '{out}' must end in .safetensors for a single-file export.")
+    pipe = load_pipeline(model or loaded.manifest.base_model, device=device)
+    loaded.export(pipe, out, format=format.value)
+    how = "StableDiffusionPipeline.from_pretrained" if format == ExportFormat.DIFFUSERS else "from_single_file"
+    say(f"wrote the public model to {out}; load it with {how}")
+
+
+def _print_losses(stats: dict) -> None:
+    probe = stats.get("probe") or {}
+    before, after = probe.get("before") or {}, probe.get("after") or {}
+    table = Table(title=f"{stats['steps']} steps in {stats['seconds']:.0f} s: losses on fixed latents")
+    for column in ("loss", "before", "after"):
+        table.add_column(column)
+    for name in after:
+        table.add_row(name, f"{before.get(name, float('nan')):.4g}", f"{after[name]:.4g}")
+    console.print(table)
+
+
+def _concepts_table(loaded: Vault) -> Table:
+    table = Table(title="concepts")
+    for column in ("key", "prompts", "anchor", "key file"):
+        table.add_column(column)
+    for entry in loaded.manifest.concepts:
+        present = entry.key_file and loaded.path and (loaded.path / entry.key_file).is_file()
+        kind = "passphrase" if (entry.key_file or "").endswith(".key") else "plain"
+        status = (
+            f"{entry.key_file} ({kind})"
+            if present
+            else ("no key: erased" if not loaded.method.has_keys else "not here")
+        )
+        table.add_row(*map(as_text, (entry.name, "; ".join(entry.prompts), entry.anchor or "(empty)", status)))
+    return table
+
+
+def _settings_table(manifest) -> Table:
+    table = Table(title="settings and figures", show_header=False)
+    for name, value in sorted(manifest.config.items()):
+        table.add_row(as_text(name), as_text(value))
+    stats = manifest.stats
+    for name in ("steps", "model_updates", "seconds"):
+        if name in stats:
+            table.add_row(f"trained {name}", as_text(stats[name]))
+    probe = stats.get("probe") if isinstance(stats.get("probe"), dict) else {}
+    for moment in ("before", "after"):
+        losses = probe.get(moment) if isinstance(probe.get(moment), dict) else {}
+        table.add_row(f"losses {moment}", as_text(", ".join(f"{k} {_number(v)}" for k, v in losses.items()) or "-"))
+    return table
+
+
+def _number(value) -> str:
+    return f"{value:.4g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
