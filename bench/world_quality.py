@@ -17,8 +17,9 @@ import torch
 
 from conceptvault.backbone import load_pipeline
 from conceptvault.generate import generate_images, image_grid
+from conceptvault.world import GUIDANCE, SAMPLE_STEPS
 from conceptvault.world.judge import load_judge
-from conceptvault.world.quality import GUIDANCE, SAMPLE_STEPS, quality_requests, score_requests, world_fid
+from conceptvault.world.quality import quality_requests, score_requests, world_fid
 from conceptvault.world.vocabulary import SHAPES
 
 

@@ -34,7 +34,7 @@ def world_sample_command(
     model: Annotated[str, typer.Option(help="The model to sample.")] = "builtin",
 ) -> None:
     """Draw PROMPT with the built-in model (25 steps, guidance 3) and write a grid."""
-    from ..world.quality import GUIDANCE, SAMPLE_STEPS
+    from ..world import GUIDANCE, SAMPLE_STEPS
 
     seed_list = parse_seeds(seeds)
     check_image_path(out)

@@ -14,9 +14,9 @@ import numpy as np
 
 from conceptvault.errors import ConceptVaultError
 from conceptvault.evaluate.suite import Suite, SuiteConcept
+from conceptvault.world import GUIDANCE as WORLD_GUIDANCE
+from conceptvault.world import SAMPLE_STEPS as WORLD_STEPS
 from conceptvault.world.captions import caption
-from conceptvault.world.quality import GUIDANCE as WORLD_GUIDANCE
-from conceptvault.world.quality import SAMPLE_STEPS as WORLD_STEPS
 from conceptvault.world.vocabulary import SHAPES, VOCABULARY
 
 DEFAULT_SIZE = 32  # images per concept

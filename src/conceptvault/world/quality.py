@@ -11,9 +11,6 @@ from conceptvault.world.captions import caption
 from conceptvault.world.render import render, sample_scene, to_pil
 from conceptvault.world.vocabulary import COLOURS, SHAPES, STYLES
 
-SAMPLE_STEPS = 25
-GUIDANCE = 3.0
-
 
 @dataclass
 class Request:
