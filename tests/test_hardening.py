@@ -274,14 +274,14 @@ def _start_hide(out: Path, *extra: str) -> subprocess.Popen:
         str(out),
         "--model-updates",
         "400",
+        "--checkpoint-every",
+        "0",
         "--sampler-steps",
         "4",
         "--latents",
         "cache",
         "--lr",
         "1e-4",
-        "--checkpoint-every",
-        "0",
         *extra,
     ]
     environment = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
@@ -290,17 +290,20 @@ def _start_hide(out: Path, *extra: str) -> subprocess.Popen:
 
 def test_sigterm_during_hiding_leaves_a_checkpoint_that_resumes(tmp_path):
     out = tmp_path / "vault"
-    process = _start_hide(out)
-    lock = tmp_path / "vault.checkpoint" / "lock"
-    deadline = time.time() + 240
-    while not lock.exists() and time.time() < deadline:
+    process = _start_hide(out, "--checkpoint-every", "1")
+    checkpoint = tmp_path / "vault.checkpoint" / CHECKPOINT_FILE
+    deadline = time.time() + 300
+    while not checkpoint.exists() and time.time() < deadline:  # the first training step is done
         time.sleep(0.2)
-    time.sleep(8)  # past loading and the trajectory cache, into training
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=240)
     assert process.returncode == 1 and err.count("\n") == 1, err
-    assert "interrupted at step" in err and "--resume" in err
-    assert (tmp_path / "vault.checkpoint" / CHECKPOINT_FILE).is_file()
+    assert "interrupted at step" in err and "--resume" in err and checkpoint.is_file()
+    step = int(err.split("interrupted at step ")[1].split(" ")[0])
+    resumed = _start_hide(out, "--resume", "--model-updates", str(step // 2 + 1), "--key-updates", "0")
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert (out / "manifest.json").is_file() and not checkpoint.parent.exists()
 
 
 def test_ctrl_c_during_setup_says_nothing_was_written(tmp_path):
