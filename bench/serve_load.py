@@ -2,6 +2,7 @@
 
     python bench/serve_load.py --vault demo-out/vault            # 200 requests from 8 clients
     python bench/serve_load.py --vault demo-out/vault --judge    # also: served rates against the harness's
+    python bench/serve_load.py --vault demo-out/vault --screenshots docs/images   # also: the page, in Chromium
 
 Starts the server as a subprocess with a fresh database and two users (one granted the vault's first
 concept), sends requests from concurrent clients (a quarter of them asking for the key), and reports
@@ -142,6 +143,36 @@ def judge_rates(url: str, tokens: dict, vault: Path, size: int) -> dict:
     }
 
 
+def screenshots(url: str, tokens: dict, concept: str, folder: Path) -> None:
+    """The page in headless Chromium: the granted user's images of the concept (key on), and the admin's grants."""
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    folder.mkdir(parents=True, exist_ok=True)
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        raise SystemExit("--screenshots needs Debian's chromium (apt-get install chromium)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=["--headless=new", "--no-sandbox"])
+        for user, name in (("granted", "serve-user.png"), ("admin", "serve-admin.png")):
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            page.goto(url)
+            page.fill("#token", tokens[user])
+            page.click("#login")
+            page.wait_for_selector("#generate:not(.hidden)")
+            if user == "granted":
+                page.fill("#prompt", f"a {concept}")
+                page.fill("#seeds", "0,1,2,3,4,5")
+                page.check(f"input[data-concept='{concept}']")
+                page.click("#go")
+                page.wait_for_selector("#images figure >> nth=5", timeout=600_000)
+            else:
+                page.wait_for_selector("#admin:not(.hidden)")
+            page.screenshot(path=str(folder / name), full_page=True)
+        browser.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vault", type=Path, default=Path("demo-out/vault"))
@@ -151,6 +182,7 @@ def main() -> None:
     parser.add_argument("--judge", action="store_true")
     parser.add_argument("--size", type=int, default=32, help="--judge: images of the hidden concept")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--screenshots", type=Path, help="also save the web page, as a user and as an admin, here")
     args = parser.parse_args()
     if not (args.vault / "manifest.json").is_file():
         raise SystemExit(f"no vault at {args.vault}; run `conceptvault demo` first or give --vault.")
@@ -160,6 +192,7 @@ def main() -> None:
     tokens = {}
     for user in ("granted", "plain"):
         tokens[user] = cli("users", "add", user, "--db", str(db)).split("token (shown once): ")[1].strip()
+    tokens["admin"] = cli("users", "add", "admin", "--admin", "--db", str(db)).split("token (shown once): ")[1].strip()
     cli("grants", "add", "granted", args.vault.name, concept, "--db", str(db))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -173,6 +206,8 @@ def main() -> None:
     figures["load"]["audit_records_added"] = audit_rows(db) - before
     if args.judge:
         figures["judged"] = judge_rates(url, tokens, args.vault, args.size)
+    if args.screenshots:
+        screenshots(url, tokens, concept, args.screenshots)
     figures["metrics_sample"] = httpx.get(f"{url}/metrics").text.splitlines()[:6]
 
     before = audit_rows(db)
