@@ -29,7 +29,7 @@ from conceptvault.seal import seal
 from conceptvault.vault import save_vault
 
 
-def make_vaults(out: Path, concept: str, hardened_every: int) -> dict[str, Path]:
+def make_vaults(out: Path, concept: str, hardened_every: int, names: list[str]) -> dict[str, Path]:
     concepts, preserve = world_concepts("shape", [concept]), world_preserve("shape", [concept])
     recipes = {
         "kpop": lambda pipe: hide(pipe, concepts, family_config(Family.SMALL), preserve=preserve),
@@ -40,7 +40,8 @@ def make_vaults(out: Path, concept: str, hardened_every: int) -> dict[str, Path]
         "esd-x": lambda pipe: erase_esd(pipe, concepts, esd_family_config(Family.SMALL)),
     }
     paths = {}
-    for name, make in recipes.items():
+    for name in names:
+        make = recipes[name]
         paths[name] = out / "vaults" / name
         if not paths[name].exists():
             pipe = load_pipeline(BUILTIN)
@@ -57,12 +58,15 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=32, help="images per recovery measurement")
     parser.add_argument("--attacks", default=",".join(a.value for a in Attack))
     parser.add_argument("--hardened-every", type=int, default=2)
+    parser.add_argument("--controls", default="hardened,sealed,esd-x,original", help="beside the attacked kpop vault")
     parser.add_argument("--out", type=Path, default=Path("runs/red-team"))
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    vaults = make_vaults(args.out, args.concept, args.hardened_every)
-    controls = [str(vaults["hardened"]), str(vaults["sealed"]), str(vaults["esd-x"]), "original"]
+    wanted = args.controls.split(",")
+    names = [c for c in wanted if c != "original"]
+    vaults = make_vaults(args.out, args.concept, args.hardened_every, ["kpop", *names])
+    controls = [str(vaults[name]) for name in names] + (["original"] if "original" in wanted else [])
     if args.never_trained:
         controls.append(args.never_trained)
     suite = resolve_suite("shape", concept=args.concept, size=args.size)
