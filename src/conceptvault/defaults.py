@@ -3,9 +3,10 @@
 A family is told by the UNet's cross-attention width. Stable Diffusion's families start from the method
 paper's settings (SD v1.4: learning rate 1e-5 for weights and key, 1000 model updates, the key in the
 mid block), which ConceptVault has not been able to re-measure without a GPU; the small family (the
-built-in model, and any model whose width is not a Stable Diffusion one) uses the settings measured on
-the built-in model (``bench/recovery.py``; the README's recovery section gives the figures). Settings
-given explicitly always win; the vault's manifest records the family and every setting used.
+built-in model, and any model whose width is not a Stable Diffusion one) uses settings chosen on the
+first built-in model and not yet re-swept on the current one (``bench/recovery.py`` does that; the
+README gives what they reach). Settings given explicitly always win; the vault's manifest records the
+family and every setting used.
 """
 
 from __future__ import annotations
