@@ -50,9 +50,9 @@ def world_train_command(
     out: Annotated[Path, typer.Option(help="Folder to write model/ and judge/ into; run again to continue.")] = Path(
         "world-model"
     ),
-    denoiser_steps: Annotated[int, typer.Option(help="Training steps of the text encoder and UNet.")] = 15000,
-    vae_steps: Annotated[int, typer.Option(help="Training steps of the VAE, encoder and decoder.")] = 2500,
-    decoder_steps: Annotated[int, typer.Option(help="Training steps of the VAE's decoder, encoder frozen.")] = 1500,
+    denoiser_steps: Annotated[int, typer.Option(help="Training steps of the text encoder and UNet.")] = 6500,
+    vae_steps: Annotated[int, typer.Option(help="Training steps of the VAE, encoder and decoder.")] = 1500,
+    decoder_steps: Annotated[int, typer.Option(help="Training steps of the VAE's decoder, encoder frozen.")] = 1000,
     judge_steps: Annotated[int, typer.Option(help="Training steps of the judge (0: no judge).")] = 3000,
     init_from: Annotated[
         Path | None, typer.Option(help="Continue this model folder's VAE and denoiser instead of starting anew.")
