@@ -4,7 +4,7 @@
     python bench/serve_load.py --vault demo-out/vault --judge    # also: served rates against the harness's
     python bench/serve_load.py --vault demo-out/vault --screenshots docs/images   # also: the page, in Chromium
 
-Starts the server as a subprocess with a fresh database and two users (one granted the vault's first
+Starts the server as a subprocess with a fresh database, an admin and two users (one granted the vault's first
 concept), sends requests from concurrent clients (a quarter of them asking for the key), and reports
 p50/p95 latency, throughput, status counts, and whether the audit log holds exactly one record per
 request. Then it kills the server with SIGKILL in the middle of a second burst, restarts it on the same
