@@ -47,6 +47,11 @@ def cli(*args: str) -> str:
     return done.stdout
 
 
+def add_user(db: Path, name: str, *flags: str) -> str:
+    """Add a user with the owner's command; its bearer token."""
+    return cli("users", "add", name, *flags, "--db", str(db)).split("token (shown once): ")[1].strip()
+
+
 def start(vault: Path, db: Path, port: int, queue: int) -> subprocess.Popen:
     command = [
         sys.executable,
@@ -189,10 +194,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="serve-load-"))
     db = work / "grants.sqlite"
     concept = json.loads((args.vault / "manifest.json").read_text())["concepts"][0]["name"]
-    tokens = {}
-    for user in ("granted", "plain"):
-        tokens[user] = cli("users", "add", user, "--db", str(db)).split("token (shown once): ")[1].strip()
-    tokens["admin"] = cli("users", "add", "admin", "--admin", "--db", str(db)).split("token (shown once): ")[1].strip()
+    tokens = {user: add_user(db, user) for user in ("granted", "plain")}
+    tokens["admin"] = add_user(db, "admin", "--admin")
     cli("grants", "add", "granted", args.vault.name, concept, "--db", str(db))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
