@@ -19,34 +19,8 @@ import torch
 
 from conceptvault.attack_campaign import Campaign
 from conceptvault.attacks import Attack
-from conceptvault.backbone import BUILTIN, load_pipeline
-from conceptvault.defaults import Family, esd_family_config, family_config, seal_family_config
-from conceptvault.demo import world_concepts, world_preserve
-from conceptvault.esd import erase_esd
+from conceptvault.demo import make_world_vault
 from conceptvault.evaluate import resolve_suite
-from conceptvault.hide import hide
-from conceptvault.seal import seal
-from conceptvault.vault import save_vault
-
-
-def make_vaults(out: Path, concept: str, hardened_every: int, names: list[str]) -> dict[str, Path]:
-    concepts, preserve = world_concepts("shape", [concept]), world_preserve("shape", [concept])
-    recipes = {
-        "kpop": lambda pipe: hide(pipe, concepts, family_config(Family.SMALL), preserve=preserve),
-        "hardened": lambda pipe: hide(
-            pipe, concepts, family_config(Family.SMALL, adversary_every=hardened_every), preserve=preserve
-        ),
-        "sealed": lambda pipe: seal(pipe, concepts, seal_family_config(Family.SMALL), preserve=preserve),
-        "esd-x": lambda pipe: erase_esd(pipe, concepts, esd_family_config(Family.SMALL)),
-    }
-    paths = {}
-    for name in names:
-        make = recipes[name]
-        paths[name] = out / "vaults" / name
-        if not paths[name].exists():
-            pipe = load_pipeline(BUILTIN)
-            save_vault(paths[name], pipe, make(pipe))
-    return paths
 
 
 def main() -> None:
@@ -65,7 +39,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     wanted = args.controls.split(",")
     names = [c for c in wanted if c != "original"]
-    vaults = make_vaults(args.out, args.concept, args.hardened_every, ["kpop", *names])
+    vaults = {
+        name: make_world_vault(name, args.out / "vaults" / name, [args.concept], args.hardened_every)
+        for name in ["kpop", *names]
+    }
     controls = [str(vaults[name]) for name in names] + (["original"] if "original" in wanted else [])
     if args.never_trained:
         controls.append(args.never_trained)

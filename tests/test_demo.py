@@ -2,8 +2,11 @@
 
 import json
 
+import pytest
+
 from conceptvault.defaults import family_config
-from conceptvault.demo import DemoPlan, run_demo
+from conceptvault.demo import DemoPlan, make_world_vault, run_demo
+from conceptvault.errors import ConceptVaultError
 
 
 def test_demo_hides_evaluates_and_reports(tmp_path):
@@ -22,3 +25,17 @@ def test_demo_hides_evaluates_and_reports(tmp_path):
     for label in ("ESR", "PSR", "RSR"):
         assert label in html
     assert (tmp_path / "vault" / "manifest.json").is_file()
+
+
+def test_world_vault_of_an_unknown_method_is_one_clear_error(tmp_path):
+    with pytest.raises(ConceptVaultError, match="unknown method 'mace'"):
+        make_world_vault("mace", tmp_path / "v", ["star"])
+    assert not (tmp_path / "v").exists()
+
+
+def test_world_vault_that_exists_is_reused_as_it_is(tmp_path):
+    folder = tmp_path / "v"
+    folder.mkdir()
+    (folder / "manifest.json").write_text("{}")
+    assert make_world_vault("kpop", folder, ["star"]) == folder
+    assert [p.name for p in folder.iterdir()] == ["manifest.json"]

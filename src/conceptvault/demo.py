@@ -16,6 +16,7 @@ from rich.console import Console
 from conceptvault.backbone import BUILTIN, load_pipeline
 from conceptvault.checkpoint import CHECKPOINT_FILE, output_lock
 from conceptvault.defaults import Family, family_config
+from conceptvault.errors import ConceptVaultError
 from conceptvault.evaluate import print_summary, resolve_suite, run_suite, write_report
 from conceptvault.hide import HideConfig, hide
 from conceptvault.training import Concept
@@ -31,6 +32,41 @@ def world_concepts(kind: str, names: list[str]) -> list[Concept]:
 def world_preserve(kind: str, hidden: list[str]) -> list[str]:
     """Every other concept of the same kind, by each of its names: a small preserve set."""
     return [f"a {name}" for concept, names in VOCABULARY[kind].items() if concept not in hidden for name in names]
+
+
+WORLD_METHODS = ("kpop", "hardened", "sealed", "esd-x", "esd-u", "uce")
+
+
+def make_world_vault(method: str, folder: Path, hidden: list[str], adversary_every: int = 2) -> Path:
+    """A vault of the built-in model hiding or erasing the shapes ``hidden`` with ``method``'s default
+    settings, made once: a folder that exists already is reused (how the benches resume).
+
+    ``hardened`` is ``kpop`` with an attacker key re-learned every ``adversary_every`` model updates.
+    """
+    from conceptvault.defaults import esd_family_config, seal_family_config
+    from conceptvault.esd import erase_esd
+    from conceptvault.seal import seal
+    from conceptvault.uce import UceConfig, erase_uce
+    from conceptvault.vault import save_vault
+
+    if method not in WORLD_METHODS:
+        raise ConceptVaultError(f"unknown method {method!r}; one of {', '.join(WORLD_METHODS)}.")
+    if folder.exists():
+        return folder
+    concepts, preserve = world_concepts("shape", hidden), world_preserve("shape", hidden)
+    pipe = load_pipeline(BUILTIN)
+    if method in ("kpop", "hardened"):
+        hardening = {"adversary_every": adversary_every} if method == "hardened" else {}
+        result = hide(pipe, concepts, family_config(Family.SMALL, **hardening), preserve=preserve)
+    elif method == "sealed":
+        result = seal(pipe, concepts, seal_family_config(Family.SMALL), preserve=preserve)
+    elif method == "uce":
+        result = erase_uce(pipe, concepts, UceConfig(), preserve=preserve)
+    else:
+        train = "xattn" if method == "esd-x" else "noxattn"
+        result = erase_esd(pipe, concepts, esd_family_config(Family.SMALL, train=train))
+    save_vault(folder, pipe, result)
+    return folder
 
 
 def hide_and_evaluate(
