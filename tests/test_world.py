@@ -125,6 +125,28 @@ def test_trainer_runs_each_part_for_a_few_steps_and_continues(tmp_path):
         train_world(tmp_path, dataclasses.replace(longer, lr=0.5), BUILTIN_MODEL_DIR / "tokenizer", log=lambda _: None)
 
 
+def test_training_continues_from_a_model_folder(tmp_path):
+    """How the shipped model is trained further: --init-from its folder, no VAE or judge steps."""
+    config = WorldTrainConfig(
+        init_from=str(BUILTIN_MODEL_DIR),
+        vae_steps=0,
+        decoder_steps=0,
+        judge_steps=0,
+        denoiser_steps=1,
+        lr=1e-7,
+        batch_size=2,
+        latent_pool=8,
+        held_out=8,
+    )
+    train_world(tmp_path, config, BUILTIN_MODEL_DIR / "tokenizer", log=lambda _: None)
+    shipped = StableDiffusionPipeline.from_pretrained(BUILTIN_MODEL_DIR, safety_checker=None)
+    continued = StableDiffusionPipeline.from_pretrained(tmp_path / "model", safety_checker=None)
+    for name in ("vae", "unet", "text_encoder"):
+        pairs = zip(getattr(shipped, name).parameters(), getattr(continued, name).parameters(), strict=True)
+        largest = max((a - b).abs().max().item() for a, b in pairs)
+        assert largest < 1e-4, (name, largest)  # one step at lr 1e-7: the shipped weights, barely moved
+
+
 def test_a_resumed_denoiser_run_equals_a_straight_one(tmp_path):
     config = WorldTrainConfig(denoiser_steps=4, batch_size=2, latent_pool=8)
     vae = build_vae().eval()
