@@ -8,7 +8,7 @@ from diffusers import StableDiffusionPipeline
 
 from conceptvault.backbone import encode_prompts, load_pipeline
 from conceptvault.cli import main
-from conceptvault.delta_key import DeltaKey
+from conceptvault.delta_key import DeltaKey, key_size
 from conceptvault.key import attached_keys
 from conceptvault.seal import SealConfig, seal
 from conceptvault.training import Concept
@@ -59,6 +59,14 @@ def test_a_low_rank_key_is_smaller(sd1_path):
     pipe = load_pipeline(str(sd1_path), device="cpu")
     low = seal(pipe, [Concept("star")], SealConfig(**{**QUICK.to_dict(), "key_rank": 1}), progress=False).keys["star"]
     assert low.size() < whole.size() / 3
+
+
+@pytest.mark.parametrize("rank", [0, 2])
+def test_the_key_size_counted_from_shapes_is_the_size_of_the_key(rank):
+    shapes = {"conv": (8, 4, 3, 3), "linear": (16, 12), "thin": (3, 40), "bias": (8,)}
+    public = {name: torch.zeros(shape) for name, shape in shapes.items()}
+    original = {name: torch.randn(shape) for name, shape in shapes.items()}
+    assert key_size(list(shapes.values()), rank) == DeltaKey.between(public, original, rank=rank).size()
 
 
 def test_the_sealed_key_is_protected_and_round_trips(sd1_path, tmp_path):

@@ -12,6 +12,9 @@ public values back exactly (they are copied, not subtracted, so nothing drifts).
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -25,6 +28,21 @@ def _slot(name: str) -> str:
 
 def _name(slot: str) -> str:
     return slot.replace("__", ".")
+
+
+def factored_size(shape: Sequence[int], rank: int) -> int | None:
+    """Numbers a rank-``rank`` delta of a tensor of ``shape`` (flattened to rows x the rest) stores, or None
+    where the tensor is kept whole: no rank asked, a 1-D tensor, or factors no smaller than the tensor."""
+    if not rank or len(shape) < 2:
+        return None
+    rows, columns = shape[0], math.prod(shape[1:])
+    return rank * (rows + columns) if rank * (rows + columns) < rows * columns else None
+
+
+def key_size(shapes: Sequence[Sequence[int]], rank: int) -> int:
+    """Numbers a delta key stores for a change of every tensor of ``shapes`` (what :meth:`DeltaKey.size`
+    gives when each tensor has changed), from the shapes alone."""
+    return sum(factored_size(shape, rank) or math.prod(shape) for shape in shapes)
 
 
 class DeltaKey(nn.Module):
@@ -56,9 +74,8 @@ class DeltaKey(nn.Module):
         whole, factors, shapes = {}, {}, {}
         for name, tensor in public.items():
             delta = (original[name].float() - tensor.float()).cpu()
-            matrix = delta.reshape(delta.shape[0], -1) if delta.dim() > 1 else None
-            if rank and matrix is not None and rank * sum(matrix.shape) < matrix.numel():
-                u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+            if factored_size(delta.shape, rank) is not None:
+                u, s, vh = torch.linalg.svd(delta.reshape(delta.shape[0], -1), full_matrices=False)
                 factors[name] = (u[:, :rank] * s[:rank], vh[:rank])
                 shapes[name] = tuple(delta.shape)
             elif delta.abs().max() > 0:
