@@ -147,6 +147,13 @@ def test_training_continues_from_a_model_folder(tmp_path):
         assert largest < 1e-4, (name, largest)  # one step at lr 1e-7: the shipped weights, barely moved
 
 
+def test_a_wrong_init_folder_is_one_error_and_writes_nothing(tmp_path):
+    config = WorldTrainConfig(init_from=str(tmp_path / "missing"), denoiser_steps=1)
+    with pytest.raises(ConceptVaultError, match="--init-from .* is not a diffusers pipeline folder"):
+        train_world(tmp_path / "run", config, BUILTIN_MODEL_DIR / "tokenizer", log=lambda _: None)
+    assert not (tmp_path / "run").exists()  # so the corrected command is not refused as another run
+
+
 def test_a_resumed_denoiser_run_equals_a_straight_one(tmp_path):
     config = WorldTrainConfig(denoiser_steps=4, batch_size=2, latent_pool=8)
     vae = build_vae().eval()

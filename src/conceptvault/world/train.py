@@ -362,8 +362,6 @@ def _load_init(folder: str, device: torch.device):
     from transformers import CLIPTextModel
 
     path = Path(folder)
-    if not (path / "model_index.json").is_file():
-        raise ConceptVaultError(f"--init-from {folder} is not a diffusers pipeline folder (no model_index.json).")
     load = dict(torch_dtype=torch.float32)
     return (
         AutoencoderKL.from_pretrained(path, subfolder="vae", **load).to(device),
@@ -386,6 +384,9 @@ def train_world(
 
     from conceptvault.world.judge import judge_accuracy, train_judge
 
+    for option, folder in (("--init-from", config.init_from), ("--vae-from", config.vae_from)):
+        if folder and not (Path(folder) / "model_index.json").is_file():  # before anything is written
+            raise ConceptVaultError(f"{option} {folder} is not a diffusers pipeline folder (no model_index.json).")
     _check_same_run(out, config)
     device = default_device()
     report_file = out / REPORT_FILE
