@@ -11,6 +11,7 @@ import typer
 from ..backbone import load_pipeline
 from ..errors import ConceptVaultError
 from ..generate import generate_images, image_grid
+from ..world.train import WorldTrainConfig
 from .common import (
     app,
     check_image_path,
@@ -24,6 +25,8 @@ world_app = typer.Typer(
     help="The built-in Shapes world: sample its model, or train it again from scratch.", no_args_is_help=True
 )
 app.add_typer(world_app, name="world")
+
+RECIPE = WorldTrainConfig()  # the shipped model's training budget: the train command's defaults
 
 
 @world_app.command("sample")
@@ -50,10 +53,14 @@ def world_train_command(
     out: Annotated[Path, typer.Option(help="Folder to write model/ and judge/ into; run again to continue.")] = Path(
         "world-model"
     ),
-    denoiser_steps: Annotated[int, typer.Option(help="Training steps of the text encoder and UNet.")] = 6500,
-    vae_steps: Annotated[int, typer.Option(help="Training steps of the VAE, encoder and decoder.")] = 1500,
-    decoder_steps: Annotated[int, typer.Option(help="Training steps of the VAE's decoder, encoder frozen.")] = 1000,
-    judge_steps: Annotated[int, typer.Option(help="Training steps of the judge (0: no judge).")] = 3000,
+    denoiser_steps: Annotated[
+        int, typer.Option(help="Training steps of the text encoder and UNet.")
+    ] = RECIPE.denoiser_steps,
+    vae_steps: Annotated[int, typer.Option(help="Training steps of the VAE, encoder and decoder.")] = RECIPE.vae_steps,
+    decoder_steps: Annotated[
+        int, typer.Option(help="Training steps of the VAE's decoder, encoder frozen.")
+    ] = RECIPE.decoder_steps,
+    judge_steps: Annotated[int, typer.Option(help="Training steps of the judge (0: no judge).")] = RECIPE.judge_steps,
     init_from: Annotated[
         Path | None, typer.Option(help="Continue this model folder's VAE and denoiser instead of starting anew.")
     ] = None,
@@ -68,7 +75,7 @@ def world_train_command(
 ) -> None:
     """Train the built-in model and judge (uses a GPU when there is one); a second call continues the run."""
     from ..world import BUILTIN_MODEL_DIR, SHAPES
-    from ..world.train import WorldTrainConfig, train_world
+    from ..world.train import train_world
 
     check_positive(denoiser_steps=denoiser_steps, threads=threads)
     unknown = [shape for shape in without or [] if shape not in SHAPES]
