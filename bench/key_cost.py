@@ -37,25 +37,24 @@ def shapes_of(config: dict) -> dict[str, tuple[int, ...]]:
     return {name: tuple(p.shape) for name, p in unet.named_parameters()}
 
 
-def training_state_bytes(shapes: dict, trained: list[str]) -> int:
-    every = sum(math.prod(s) for s in shapes.values())
-    trained_numbers = sum(math.prod(shapes[n]) for n in trained)
-    return BYTES * (every + 3 * trained_numbers + every)  # weights, gradient + 2 moments of the trained, frozen copy
-
-
 def rows(family: Family, config: dict) -> list[dict]:
+    """Per mode: the numbers trained, the numbers the key stores, and the UNet's numbers in all."""
     shapes = shapes_of(config)
-    width = config["cross_attention_dim"]
-    m = HideConfig().m
-    assert HideConfig().train == TrainedLayers.XATTN
-    cross_attention = [n for n in shapes if ".attn2." in n]
+    every = sum(math.prod(s) for s in shapes.values())
+    cross_attention = sum(math.prod(s) for name, s in shapes.items() if ".attn2." in name)
+    assert HideConfig().train == TrainedLayers.XATTN  # kpop's default trains cross-attention only
+    prompt_key = 2 * HideConfig().m * config["cross_attention_dim"]  # m tokens for the keys, m for the values
     rank = SEAL_FAMILY_SETTINGS[family]["key_rank"]
-    every = list(shapes)
     return [
-        dict(mode="kpop", trained=cross_attention, key=2 * m * width, shapes=shapes),
-        dict(mode=f"sealed, rank {rank}", trained=every, key=key_size(list(shapes.values()), rank), shapes=shapes),
-        dict(mode="sealed, whole", trained=every, key=key_size(list(shapes.values()), 0), shapes=shapes),
+        dict(mode="kpop", trained=cross_attention, key=prompt_key, every=every),
+        dict(mode=f"sealed, rank {rank}", trained=every, key=key_size(list(shapes.values()), rank), every=every),
+        dict(mode="sealed, whole", trained=every, key=key_size(list(shapes.values()), 0), every=every),
     ]
+
+
+def training_state_bytes(row: dict) -> int:
+    """Every weight, the gradient and two Adam moments of the trained ones, and the frozen original."""
+    return BYTES * (row["every"] + 3 * row["trained"] + row["every"])
 
 
 def main() -> None:
@@ -63,11 +62,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for name, family, config in (("SD 1.5", Family.SD1, SD15_UNET), ("SD 2.1", Family.SD2, SD21_UNET)):
         for row in rows(family, config):
-            trained = sum(math.prod(row["shapes"][n]) for n in row["trained"])
-            state = training_state_bytes(row["shapes"], row["trained"])
             print(
-                f"| {name} | {row['mode']} | {trained / 1e6:.0f} M | {row['key'] / 1e6:.3f} M "
-                f"| {row['key'] * BYTES / 2**20:.1f} MiB | {state / 2**30:.1f} GiB |"
+                f"| {name} | {row['mode']} | {row['trained'] / 1e6:.0f} M | {row['key'] / 1e6:.3f} M "
+                f"| {row['key'] * BYTES / 2**20:.1f} MiB | {training_state_bytes(row) / 2**30:.1f} GiB |"
             )
 
 

@@ -15,12 +15,15 @@ from rich.console import Console
 
 from conceptvault.backbone import BUILTIN, load_pipeline
 from conceptvault.checkpoint import CHECKPOINT_FILE, output_lock
-from conceptvault.defaults import Family, family_config
+from conceptvault.defaults import Family, esd_family_config, family_config, seal_family_config
 from conceptvault.errors import ConceptVaultError
+from conceptvault.esd import erase_esd
 from conceptvault.evaluate import print_summary, resolve_suite, run_suite, write_report
 from conceptvault.hide import HideConfig, hide
+from conceptvault.seal import seal
 from conceptvault.training import Concept
-from conceptvault.vault import Vault
+from conceptvault.uce import UceConfig, erase_uce
+from conceptvault.vault import Vault, save_vault
 from conceptvault.world.vocabulary import VOCABULARY
 
 
@@ -43,12 +46,6 @@ def make_world_vault(method: str, folder: Path, hidden: list[str], adversary_eve
 
     ``hardened`` is ``kpop`` with an attacker key re-learned every ``adversary_every`` model updates.
     """
-    from conceptvault.defaults import esd_family_config, seal_family_config
-    from conceptvault.esd import erase_esd
-    from conceptvault.seal import seal
-    from conceptvault.uce import UceConfig, erase_uce
-    from conceptvault.vault import save_vault
-
     if method not in WORLD_METHODS:
         raise ConceptVaultError(f"unknown method {method!r}; one of {', '.join(WORLD_METHODS)}.")
     if folder.exists():
