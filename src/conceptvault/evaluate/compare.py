@@ -162,6 +162,7 @@ def chart(comparison: Comparison, path: Path) -> None:
             errors[1].append(100 * (high - cell["value"]))
         axes.bar(xs, values, width, yerr=errors, capsize=3, label=label)
     axes.set_xticks(range(len(FIGURES)), [LABELS[f] + "-1" for f in FIGURES])
+    axes.set_xlim(-0.5, len(FIGURES) - 0.5)  # every group's full width, even where its last bars are absent
     axes.set_ylabel("%")
     axes.set_ylim(0, 105)
     axes.grid(axis="y", alpha=0.3)
