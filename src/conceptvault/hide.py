@@ -79,7 +79,8 @@ class HideConfig:
     adversary_every: int = option(
         0,
         "Hardened hiding: every this many model updates, learn an attacker key against the current public "
-        "weights, and train the weights to defeat it (0: off).",
+        "weights, and train the weights to defeat it (0: off). The owner's key is defeated too: on the "
+        "built-in model, every 2 updates left the key holder the star on 5 % of seeds.",
     )
     adversary_steps: int = option(20, "Steps of each inner attacker-key inversion (hardened hiding).")
     lambda_adversary: float = option(1.0, "Weight of defeating the attacker key (hardened hiding).")
