@@ -39,6 +39,12 @@ def test_the_manifest_records_the_family_and_every_setting_used(sd1_path, tmp_pa
     given = dict(model_updates=1, key_updates=1, sampler_steps=2, cache_trajectories=1, key_lr=0.02)
     expected = family_config(family, **given)
     assert manifest["config"] == expected.to_dict()
+    # the built-in model also fills in the world's other names of the star and the shapes to keep
+    builtin = model == "builtin"
+    names = ["star", "five-pointed star", "pentagram"] if builtin else ["star"]
+    assert manifest["concepts"][0]["prompts"] == names
+    assert ("a circle" in manifest["preserve"]) is builtin
+    assert not any("star" in prompt for prompt in manifest["preserve"])
     capsys.readouterr()
     with pytest.raises(SystemExit):
         main(["inspect", str(tmp_path / "v")])

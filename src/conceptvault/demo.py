@@ -37,6 +37,23 @@ def world_preserve(kind: str, hidden: list[str]) -> list[str]:
     return [f"a {name}" for concept, names in VOCABULARY[kind].items() if concept not in hidden for name in names]
 
 
+def builtin_defaults(concepts: list[Concept], preserve: list[str]) -> tuple[list[Concept], list[str]]:
+    """What the command line gives the built-in model when a flag is left out: a concept named by its world
+    name alone is hidden under every name it has ("star" also as "five-pointed star" and "pentagram"), and
+    with no preserve prompt the other concepts of that kind are kept (as the demo and the benches do)."""
+    kinds = {name: kind for kind, names in VOCABULARY.items() for name in names}
+    concepts = [
+        Concept(c.name, list(VOCABULARY[kinds[c.name]][c.name]), c.anchor)
+        if c.name in kinds and c.prompts == [c.name]
+        else c
+        for c in concepts
+    ]
+    hidden_kinds = {kinds.get(c.name) for c in concepts}
+    if not preserve and len(hidden_kinds) == 1 and None not in hidden_kinds:
+        preserve = world_preserve(hidden_kinds.pop(), [c.name for c in concepts])
+    return concepts, preserve
+
+
 WORLD_METHODS = ("kpop", "hardened", "sealed", "esd-x", "esd-u", "uce")
 
 

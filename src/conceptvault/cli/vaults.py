@@ -12,9 +12,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..backbone import load_pipeline
+from ..backbone import BUILTIN, load_pipeline
 from ..checkpoint import output_lock
 from ..defaults import esd_family_config, family_config, model_family, seal_family_config
+from ..demo import builtin_defaults
 from ..errors import ConceptVaultError
 from ..generate import generate_images, image_grid
 from ..hide import HideConfig, KeyInit, hide
@@ -74,12 +75,16 @@ def hide_command(
         list[str],
         typer.Option(
             help="A concept to hide: 'star', or phrasings 'star|five-pointed star' (the first names the key). "
-            "Repeatable."
+            "On the built-in model a world name brings its other names along. Repeatable."
         ),
     ],
     out: Annotated[Path, typer.Option(help="Folder to write the vault to; it must not exist yet.")],
     preserve: Annotated[
-        list[str] | None, typer.Option(help="A prompt the model must keep rendering as before. Repeatable.")
+        list[str] | None,
+        typer.Option(
+            help="A prompt the model must keep rendering as before. Repeatable. Built-in model, none given: "
+            "the other concepts of the hidden one's kind."
+        ),
     ] = None,
     anchor: Annotated[
         list[str] | None,
@@ -130,12 +135,14 @@ def hide_command(
     if method == HideMethod.SEALED:
         explicit = _sealed_settings(explicit, key_rank)
     checked(lambda: (SealConfig if method == HideMethod.SEALED else HideConfig)(**explicit))  # before any loading
-    concepts = parse_concepts(concept, anchor or [])
+    concepts, preserve = parse_concepts(concept, anchor or []), preserve or []
+    if model == BUILTIN:
+        concepts, preserve = builtin_defaults(concepts, preserve)
     passphrase = read_passphrase(passphrase_file)
     with output_lock(out, resume) as checkpoint_dir:
         pipe = load_pipeline(model, device=device)
         family = model_family(pipe)
-        options = dict(preserve=preserve or [], checkpoint_dir=checkpoint_dir, resume=resume)
+        options = dict(preserve=preserve, checkpoint_dir=checkpoint_dir, resume=resume)
         if method == HideMethod.SEALED:
             result = seal(pipe, concepts, checked(lambda: seal_family_config(family, **explicit)), **options)
         else:
@@ -159,7 +166,13 @@ def erase_command(
     concept: Annotated[list[str], typer.Option(help="A concept to erase, as for hide. Repeatable.")],
     out: Annotated[Path, typer.Option(help="Folder to write the vault to; it must not exist yet.")],
     method: Annotated[EraseMethod, typer.Option(help="The erasure method.")] = EraseMethod.ESD_X,
-    preserve: Annotated[list[str] | None, typer.Option(help="UCE: a prompt kept as it was. Repeatable.")] = None,
+    preserve: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="UCE: a prompt kept as it was. Repeatable. Built-in model, none given: the other concepts "
+            "of its kind."
+        ),
+    ] = None,
     anchor: Annotated[
         list[str] | None, typer.Option(help="NAME=PROMPT: erase concept NAME toward PROMPT. Repeatable.")
     ] = None,
@@ -174,7 +187,9 @@ def erase_command(
     from ..esd import EsdConfig, erase_esd
     from ..uce import UceConfig, erase_uce
 
-    concepts = parse_concepts(concept, anchor or [])
+    concepts, preserve = parse_concepts(concept, anchor or []), preserve or []
+    if model == BUILTIN:
+        concepts, preserve = builtin_defaults(concepts, preserve)
     given = {"iterations": iterations, "lr": lr, "eta": eta}
     explicit = {name: value for name, value in given.items() if value is not None}
     if method == EraseMethod.UCE:
@@ -185,7 +200,7 @@ def erase_command(
     with output_lock(out, resume=False):
         pipe = load_pipeline(model, device=device)
         if method == EraseMethod.UCE:
-            result = erase_uce(pipe, concepts, config, preserve=preserve or [])
+            result = erase_uce(pipe, concepts, config, preserve=preserve)
         else:
             config = checked(lambda: esd_family_config(model_family(pipe), train=train, seed=seed, **explicit))
             result = erase_esd(pipe, concepts, config)
