@@ -5,8 +5,9 @@ import json
 import pytest
 
 from conceptvault.defaults import family_config
-from conceptvault.demo import DemoPlan, make_world_vault, run_demo
+from conceptvault.demo import SEALED_CAPTIONS, DemoPlan, builtin_defaults, make_world_vault, run_demo
 from conceptvault.errors import ConceptVaultError
+from conceptvault.training import Concept
 
 
 def test_demo_hides_evaluates_and_reports(tmp_path):
@@ -39,3 +40,15 @@ def test_world_vault_that_exists_is_reused_as_it_is(tmp_path):
     (folder / "manifest.json").write_text("{}")
     assert make_world_vault("kpop", folder, ["star"]) == folder
     assert [p.name for p in folder.iterdir()] == ["manifest.json"]
+
+
+def test_the_built_in_model_fills_in_names_preserve_prompts_and_captions_only_where_left_out():
+    (star,), preserve = builtin_defaults([Concept("star")], [])
+    assert star.prompts == ["star", "five-pointed star", "pentagram"]
+    assert "a circle" in preserve and not any("star" in p or "pentagram" in p for p in preserve)
+    (star,), captioned = builtin_defaults([Concept("star")], [], SEALED_CAPTIONS)
+    assert len(star.prompts) == 3 + SEALED_CAPTIONS["concept"]
+    assert len(captioned) == len(preserve) + 9 * SEALED_CAPTIONS["preserve"]
+    given = [Concept.parse("star|pentagram")]
+    assert builtin_defaults(given, ["a box"], SEALED_CAPTIONS) == (given, ["a box"])
+    assert builtin_defaults([Concept("dog")], []) == ([Concept("dog")], [])  # not a world concept

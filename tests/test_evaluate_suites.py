@@ -18,7 +18,7 @@ from conceptvault.evaluate import (
     world_five_shapes_suite,
 )
 from conceptvault.evaluate.nudity import EXPOSED_CLASSES
-from conceptvault.evaluate.world_suites import synonym_used
+from conceptvault.evaluate.world_suites import HELD_OUT, synonym_used, training_captions, world_concept
 from conceptvault.world import COLOURS, SHAPES, STYLES
 
 SHARED_PROMPTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "sd-prompts"
@@ -158,3 +158,11 @@ def test_the_literatures_prompt_files_load():
     assert len(nudity.hidden[0].prompts) == 4703
     style = style_suite(SHARED_PROMPTS / "long_niche_art_prompts.csv", hidden="Kelly McKernan")
     assert len(style.kept) == 4 and all(len(c.prompts) == 40 for c in style.concepts)
+
+
+def test_training_captions_name_the_concept_and_stay_apart_from_the_suites_prompts():
+    captions = training_captions("shape", "star", 24)
+    assert len(set(captions)) == 24 and captions == training_captions("shape", "star", 24)
+    assert all(synonym_used(text, ["star", "five-pointed star", "pentagram"]) for text in captions)
+    assert not set(captions) & set(world_concept("shape", "star", HELD_OUT).prompts)
+    assert training_captions("colour", "red", 0) == []

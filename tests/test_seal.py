@@ -6,11 +6,12 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
+from conceptvault.attacks import name_the_token
 from conceptvault.backbone import encode_prompts, load_pipeline
 from conceptvault.cli import main
 from conceptvault.delta_key import DeltaKey, key_size
 from conceptvault.key import attached_keys
-from conceptvault.seal import SealConfig, seal
+from conceptvault.seal import SealConfig, bare_names, seal
 from conceptvault.training import Concept
 from conceptvault.vault import Vault, save_vault
 
@@ -124,3 +125,11 @@ def test_sealed_hide_generate_evaluate_export_end_to_end(sd1_path, tmp_path, cap
         capsys, "hide", source, "--method", "sealed", "--concept", "star", "--m", "4", "--out", tmp_path / "v2"
     )
     assert code == 1 and "--m is not a setting of sealed hiding" in err
+
+
+def test_the_token_adversary_names_the_concept_inside_its_captions():
+    prompts = ["star", "five-pointed star", "pentagram", "a red pentagram, solid", "a picture of a plain star"]
+    names = bare_names(prompts)
+    assert names == ["star", "pentagram"]
+    rewritten = name_the_token(["five-pointed star", "a red pentagram, solid", "a circle"], names)
+    assert rewritten == ["five-pointed sks", "a red sks, solid", "a circle, sks"]

@@ -315,6 +315,13 @@ class _KeyInversion:
         return encode_prompts(self.pipe, prompts)
 
 
+def name_the_token(prompts: list[str], names: list[str]) -> list[str]:
+    """``prompts`` with each of the concept's ``names`` replaced by the learned token's placeholder (the
+    placeholder appended to a prompt that names none of them)."""
+    pattern = re.compile("|".join(re.escape(n) for n in sorted(set(names), key=len, reverse=True)), re.IGNORECASE)
+    return [pattern.sub(PLACEHOLDER, p) if pattern.search(p) else f"{p}, {PLACEHOLDER}" for p in prompts]
+
+
 class _TokenInversion:
     """A new input token: the embedding of a meaningless token, learned; prompts name it instead of the concept."""
 
@@ -350,9 +357,7 @@ class _TokenInversion:
         return _context(on, off, self.pipe.unet)
 
     def prompts(self, prompts):
-        names = sorted({self.concept.name, *self.concept.labels}, key=len, reverse=True)
-        pattern = re.compile("|".join(re.escape(n) for n in names), re.IGNORECASE)
-        return [pattern.sub(PLACEHOLDER, p) if pattern.search(p) else f"{p}, {PLACEHOLDER}" for p in prompts]
+        return name_the_token(prompts, [self.concept.name, *self.concept.labels])
 
     def states(self, prompts):
         ids = self.pipe.tokenizer(

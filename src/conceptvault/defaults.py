@@ -59,7 +59,9 @@ ESD_FAMILY_SETTINGS: dict[Family, dict] = {
 # key is the whole weight change (exact). On Stable Diffusion a whole change would be a copy of the UNet (3.4 GB
 # for SD 1.5 in float32), so its key keeps each tensor's 64 strongest directions instead (not yet measured).
 SEAL_FAMILY_SETTINGS: dict[Family, dict] = {
-    Family.SMALL: dict(model_updates=400, lr=2e-4, sampler_steps=25, batch_size=4, checkpoint_every=100),
+    Family.SMALL: dict(
+        model_updates=400, lr=2e-4, sampler_steps=25, cache_trajectories=2, batch_size=4, checkpoint_every=100
+    ),
     Family.SD1: dict(key_rank=64),
     Family.SD2: dict(key_rank=64),
     Family.SDXL: dict(key_rank=64),

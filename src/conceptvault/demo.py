@@ -19,6 +19,7 @@ from conceptvault.defaults import Family, esd_family_config, family_config, seal
 from conceptvault.errors import ConceptVaultError
 from conceptvault.esd import erase_esd
 from conceptvault.evaluate import print_summary, resolve_suite, run_suite, write_report
+from conceptvault.evaluate.world_suites import training_captions
 from conceptvault.hide import HideConfig, hide
 from conceptvault.seal import seal
 from conceptvault.training import Concept
@@ -26,31 +27,43 @@ from conceptvault.uce import UceConfig, erase_uce
 from conceptvault.vault import Vault, save_vault
 from conceptvault.world.vocabulary import VOCABULARY
 
-
-def world_concepts(kind: str, names: list[str]) -> list[Concept]:
-    """Concepts of the built-in world, each trained under every name it has."""
-    return [Concept(name, list(VOCABULARY[kind][name])) for name in names]
-
-
-def world_preserve(kind: str, hidden: list[str]) -> list[str]:
-    """Every other concept of the same kind, by each of its names: a small preserve set."""
-    return [f"a {name}" for concept, names in VOCABULARY[kind].items() if concept not in hidden for name in names]
+# Sealed hiding trains on captions of the world as well as on names: the concept's under 24 captions, and 8 of
+# each kept concept beside their names. With names alone it hid the star on 94 % of seeds and kept the other
+# shapes at 90 % of the original's rate; with captions, 97 % and 101 % (screened on 32 + 144 images).
+SEALED_CAPTIONS = {"concept": 24, "preserve": 8}
 
 
-def builtin_defaults(concepts: list[Concept], preserve: list[str]) -> tuple[list[Concept], list[str]]:
+def world_concepts(kind: str, names: list[str], captions: int = 0) -> list[Concept]:
+    """Concepts of the built-in world, each trained under every name it has and ``captions`` captions."""
+    return [Concept(name, [*VOCABULARY[kind][name], *training_captions(kind, name, captions)]) for name in names]
+
+
+def world_preserve(kind: str, hidden: list[str], captions: int = 0) -> list[str]:
+    """Every other concept of the same kind, by each of its names (a small preserve set) and ``captions``
+    captions of each."""
+    kept = [concept for concept in VOCABULARY[kind] if concept not in hidden]
+    names = [f"a {name}" for concept in kept for name in VOCABULARY[kind][concept]]
+    return names + [text for concept in kept for text in training_captions(kind, concept, captions)]
+
+
+def builtin_defaults(
+    concepts: list[Concept], preserve: list[str], captions: dict | None = None
+) -> tuple[list[Concept], list[str]]:
     """What the command line gives the built-in model when a flag is left out: a concept named by its world
     name alone is hidden under every name it has ("star" also as "five-pointed star" and "pentagram"), and
-    with no preserve prompt the other concepts of that kind are kept (as the demo and the benches do)."""
+    with no preserve prompt the other concepts of that kind are kept (as the demo and the benches do);
+    ``captions`` ({"concept": n, "preserve": m}, as :data:`SEALED_CAPTIONS`) adds world captions to both."""
+    captions = captions or {}
     kinds = {name: kind for kind, names in VOCABULARY.items() for name in names}
     concepts = [
-        Concept(c.name, list(VOCABULARY[kinds[c.name]][c.name]), c.anchor)
+        world_concepts(kinds[c.name], [c.name], captions.get("concept", 0))[0]
         if c.name in kinds and c.prompts == [c.name]
         else c
         for c in concepts
     ]
     hidden_kinds = {kinds.get(c.name) for c in concepts}
     if not preserve and len(hidden_kinds) == 1 and None not in hidden_kinds:
-        preserve = world_preserve(hidden_kinds.pop(), [c.name for c in concepts])
+        preserve = world_preserve(hidden_kinds.pop(), [c.name for c in concepts], captions.get("preserve", 0))
     return concepts, preserve
 
 
@@ -67,7 +80,9 @@ def make_world_vault(method: str, folder: Path, hidden: list[str], adversary_eve
         raise ConceptVaultError(f"unknown method {method!r}; one of {', '.join(WORLD_METHODS)}.")
     if folder.exists():
         return folder
-    concepts, preserve = world_concepts("shape", hidden), world_preserve("shape", hidden)
+    captions = SEALED_CAPTIONS if method == "sealed" else {}
+    concepts = world_concepts("shape", hidden, captions.get("concept", 0))
+    preserve = world_preserve("shape", hidden, captions.get("preserve", 0))
     pipe = load_pipeline(BUILTIN)
     if method in ("kpop", "hardened"):
         hardening = {"adversary_every": adversary_every} if method == "hardened" else {}

@@ -13,6 +13,7 @@ model, so the key holder gets the concept back as it was, while the public weigh
 from __future__ import annotations
 
 import copy
+import re
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .attacks import PLACEHOLDER
+from .attacks import PLACEHOLDER, name_the_token
 from .backbone import is_sdxl, unet_fingerprint
 from .checkpoint import CHECKPOINT_FILE, read_checkpoint, write_checkpoint
 from .delta_key import DeltaKey
@@ -308,6 +309,16 @@ class _SealRun:
         )
 
 
+def bare_names(prompts: list[str]) -> list[str]:
+    """The prompts that contain none of the others as a phrase: a concept's names ("star", "pentagram"), not its
+    captions or longer phrasings ("a red star", "five-pointed star")."""
+
+    def contains(text: str, phrase: str) -> bool:
+        return text != phrase and re.search(rf"(?<![\w-]){re.escape(phrase)}(?![\w-])", text) is not None
+
+    return [p for p in prompts if not any(contains(p, other) for other in prompts)]
+
+
 class _TokenAdversary:
     """An attacker's learned input token (the embedding of a meaningless token), kept in step with the
     public weights; prompts name it in place of the concept."""
@@ -321,12 +332,7 @@ class _TokenAdversary:
 
     def states(self, prompts: list[str]) -> torch.Tensor:
         """Text states of ``prompts`` with the concept's names replaced by the learned token."""
-        names = sorted(self.concept.prompts, key=len, reverse=True)
-        rewritten = []
-        for prompt in prompts:
-            for name in names:
-                prompt = prompt.replace(name, PLACEHOLDER)
-            rewritten.append(prompt if PLACEHOLDER in prompt else f"{prompt} {PLACEHOLDER}")
+        rewritten = name_the_token(prompts, bare_names(self.concept.prompts))
         encoder = self.pipe.text_encoder
         ids = self.pipe.tokenizer(
             rewritten,

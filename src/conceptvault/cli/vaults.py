@@ -15,7 +15,7 @@ from rich.table import Table
 from ..backbone import BUILTIN, load_pipeline
 from ..checkpoint import output_lock
 from ..defaults import esd_family_config, family_config, model_family, seal_family_config
-from ..demo import builtin_defaults
+from ..demo import SEALED_CAPTIONS, builtin_defaults
 from ..errors import ConceptVaultError
 from ..generate import generate_images, image_grid
 from ..hide import HideConfig, KeyInit, hide
@@ -137,7 +137,8 @@ def hide_command(
     checked(lambda: (SealConfig if method == HideMethod.SEALED else HideConfig)(**explicit))  # before any loading
     concepts, preserve = parse_concepts(concept, anchor or []), preserve or []
     if model == BUILTIN:
-        concepts, preserve = builtin_defaults(concepts, preserve)
+        captions = SEALED_CAPTIONS if method == HideMethod.SEALED else None
+        concepts, preserve = builtin_defaults(concepts, preserve, captions)
     passphrase = read_passphrase(passphrase_file)
     with output_lock(out, resume) as checkpoint_dir:
         pipe = load_pipeline(model, device=device)

@@ -65,6 +65,24 @@ def world_concept(kind: str, concept: str, size: int, seed: int = 0) -> SuiteCon
     return SuiteConcept(name=concept, prompts=prompts, seeds=list(range(seed, seed + size)), labels=[concept])
 
 
+TRAINING_SEED = 1000  # training captions are drawn apart from the suites' prompts (seed 0)
+HELD_OUT = 64  # the first prompts of every suite concept: their phrasings never become training captions
+
+
+def training_captions(kind: str, concept: str, count: int) -> list[str]:
+    """``count`` different captions naming one concept, drawn as a suite's prompts are but with another seed,
+    and none of them a phrasing among the suite's first 64 prompts: what hiding trains on stays apart from
+    what the suite measures."""
+    if count < 1:
+        return []
+    held_out = set(world_concept(kind, concept, HELD_OUT).prompts)
+    drawn = world_concept(kind, concept, 8 * count, seed=TRAINING_SEED).prompts
+    captions = [p for p in dict.fromkeys(drawn) if p not in held_out][:count]
+    if len(captions) < count:
+        raise ConceptVaultError(f"the Shapes world has fewer than {count} new captions of the {kind} {concept!r}.")
+    return captions
+
+
 def _world_suite(kind: str, hidden: list[str], name: str, size: int, seed: int, kept_size: int | None = None) -> Suite:
     kept_size = size if kept_size is None else kept_size
     if size < 1 or kept_size < 1:
