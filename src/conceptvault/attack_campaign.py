@@ -15,9 +15,11 @@ from PIL import Image
 from .attack_report import AttackRun, write
 from .attacks import Attack, AttackConfig, KeySpec, Recovery, run_attack
 from .backbone import load_pipeline
+from .defaults import family_config
 from .errors import ConceptVaultError
 from .evaluate.judges import make_judge
 from .evaluate.suite import Suite
+from .hide import HideConfig
 from .key import Key, Placement
 from .vault import Vault
 
@@ -30,6 +32,15 @@ class Target:
 
     name: str
     pipe: object
+
+
+def _attacker_key_spec(manifest, entry) -> KeySpec:
+    """The shape of the keys the attacks try: the vault's own prompt key's, or, where the key is a weight change
+    (sealed hiding), the prompt key that hiding would have made on this model family."""
+    if manifest.placement is None:
+        shape = family_config(manifest.family) if manifest.family else HideConfig()
+        return KeySpec(shape.m, shape.placement)
+    return KeySpec(manifest.m, Placement(manifest.placement), tuple(entry.key_norm) if entry.key_norm else None)
 
 
 @dataclass
@@ -80,9 +91,7 @@ class Campaign:
             if concept.key_name in public.concepts
             else public.manifest.concepts[0]
         )
-        spec = KeySpec(
-            public.manifest.m, Placement(public.manifest.placement), tuple(entry.key_norm) if entry.key_norm else None
-        )
+        spec = _attacker_key_spec(public.manifest, entry)
         pictures = _pictures(suite, concept.name, images, images_from)
         prompts = _prompts(suite, concept.name, prompts_file)
         others = {}
