@@ -28,8 +28,8 @@ from conceptvault.vault import Vault, save_vault
 from conceptvault.world.vocabulary import VOCABULARY
 
 # Sealed hiding trains on captions of the world as well as on names: the concept's under 24 captions, and 8 of
-# each kept concept beside their names. With names alone it hid the star on 94 % of seeds and kept the other
-# shapes at 90 % of the original's rate; with captions, 97 % and 101 % (screened on 32 + 144 images).
+# each kept concept beside their names. On the star (64 images per shape) ESR went from 93.8 % with names alone
+# to 100 %; the other shapes stayed at 90-91 % of the original's rate.
 SEALED_CAPTIONS = {"concept": 24, "preserve": 8}
 
 
