@@ -185,6 +185,7 @@ def test_every_attack_on_the_built_in_model_at_a_tiny_budget(tmp_path, capsys):
         )
     captured = capsys.readouterr()
     assert exit_.value.code == 0, captured.err
+    assert any(line.startswith("| attack | model") for line in captured.out.splitlines())  # a table, not one line
     data = json.loads((tmp_path / "out" / "attacks.json").read_text())
     assert data["rsr"]["n"] == 2 and data["original"]["n"] == 2
     prompt = next(r for r in data["results"] if r["attack"] == "prompt")

@@ -116,6 +116,11 @@ def as_text(value) -> Text:
     return Text("".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in str(value)))
 
 
+def as_lines(text: str) -> Text:
+    """A report of several lines (a Markdown table) shown as text, each line as :func:`as_text` shows it."""
+    return Text("\n").join(as_text(line) for line in text.splitlines())
+
+
 def say(message: str) -> None:
     """Print a line that may hold paths or names given by the user, as plain text."""
     console.print(as_text(message))

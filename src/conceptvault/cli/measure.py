@@ -17,7 +17,7 @@ from .common import (
     PassphraseOption,
     VaultArgument,
     app,
-    as_text,
+    as_lines,
     check_positive,
     console,
     read_passphrase,
@@ -106,7 +106,7 @@ def compare_command(
     pipe = load_pipeline(model or first.manifest.base_model, device=device)
     comparison = compare(pipe, loaded, chosen, out, batch_size=batch_size, console=console)
     files = write_comparison(comparison)
-    console.print(as_text(files["md"].read_text()))
+    console.print(as_lines(files["md"].read_text()))
     say(f"comparison: {files['html']}   chart: {files['png']}   figures: {files['json']}")
 
 
@@ -165,7 +165,7 @@ def attack_command(
     )
     run = campaign.run([Attack(a) for a in attack] if attack else list(Attack), log=say)
     files = campaign.write(run, out)
-    console.print(as_text(files["md"].read_text()))
+    console.print(as_lines(files["md"].read_text()))
     say(f"curves: {files['png']}   figures: {files['json']}")
 
 
