@@ -192,35 +192,6 @@ def test_every_attack_on_the_built_in_model_at_a_tiny_budget(tmp_path, capsys):
     assert "une étoile" in prompt["detail"] and "a shape with five points" in prompt["detail"]
 
 
-def test_a_sealed_vault_is_attacked_with_the_prompt_key_its_family_would_have(tmp_path, capsys):
-    vault, out = tmp_path / "vault", tmp_path / "out"
-    quick = ["--model-updates", "1", "--sampler-steps", "2", "--cache-trajectories", "1", "--batch-size", "1"]
-    with pytest.raises(SystemExit) as exit_:
-        main(
-            [
-                "hide",
-                "builtin",
-                "--method",
-                "sealed",
-                "--concept",
-                "star",
-                "--preserve",
-                "a circle",
-                "--out",
-                str(vault),
-                *quick,
-            ]
-        )
-    assert exit_.value.code == 0
-    tiny = ["--steps", "1", "--images", "2", "--size", "2"]
-    with pytest.raises(SystemExit) as exit_:
-        main(["attack", str(vault), "--concept", "star", "--attack", "key-inversion", "--out", str(out), *tiny])
-    captured = capsys.readouterr()
-    assert exit_.value.code == 0, captured.err
-    data = json.loads((out / "attacks.json").read_text())
-    assert [r["attack"] for r in data["results"]] == ["key-inversion"] and data["rsr"]["n"] == 2
-
-
 def test_steps_to_half_recovery_interpolates_and_says_when_never_reached():
     from conceptvault.attacks import AttackResult
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
@@ -121,6 +123,14 @@ def test_sealed_hide_generate_evaluate_export_end_to_end(sd1_path, tmp_path, cap
     if model == "builtin":
         code, out, err = run(capsys, "evaluate", vault, "--concept", "star", "--size", "1", "--out", tmp_path / "e")
         assert code == 0, err
+        # attacked with the prompt key its model family's hiding would have, as it has no prompt key of its own
+        tiny = ["--steps", "1", "--images", "2", "--size", "2"]
+        code, out, err = run(
+            capsys, "attack", vault, "--concept", "star", "--attack", "key-inversion", "--out", tmp_path / "a", *tiny
+        )
+        assert code == 0, err
+        data = json.loads((tmp_path / "a" / "attacks.json").read_text())
+        assert [r["attack"] for r in data["results"]] == ["key-inversion"] and data["rsr"]["n"] == 2
     code, out, err = run(
         capsys, "hide", source, "--method", "sealed", "--concept", "star", "--m", "4", "--out", tmp_path / "v2"
     )

@@ -324,7 +324,7 @@ class _TokenAdversary:
     public weights; prompts name it in place of the concept."""
 
     def __init__(self, pipe, concept: Concept):
-        self.pipe, self.concept = pipe, concept
+        self.pipe, self.names = pipe, bare_names(concept.prompts)
         self.token = pipe.tokenizer.convert_tokens_to_ids(PLACEHOLDER + "</w>")
         embedding = pipe.text_encoder.get_input_embeddings()
         first = pipe.tokenizer(concept.name).input_ids[1]
@@ -332,7 +332,7 @@ class _TokenAdversary:
 
     def states(self, prompts: list[str]) -> torch.Tensor:
         """Text states of ``prompts`` with the concept's names replaced by the learned token."""
-        rewritten = name_the_token(prompts, bare_names(self.concept.prompts))
+        rewritten = name_the_token(prompts, self.names)
         encoder = self.pipe.text_encoder
         ids = self.pipe.tokenizer(
             rewritten,
