@@ -322,24 +322,48 @@ def name_the_token(prompts: list[str], names: list[str]) -> list[str]:
     return [pattern.sub(PLACEHOLDER, p) if pattern.search(p) else f"{p}, {PLACEHOLDER}" for p in prompts]
 
 
+class LearnedToken:
+    """The embedding of a meaningless input token, learned: while hooked, the text encoder reads this vector
+    wherever a prompt holds the placeholder. It starts at the embedding of the concept name's first token."""
+
+    def __init__(self, pipe, name: str):
+        self.pipe = pipe
+        self.id = pipe.tokenizer.convert_tokens_to_ids(PLACEHOLDER + "</w>")
+        embedding = pipe.text_encoder.get_input_embeddings()
+        first = pipe.tokenizer(name).input_ids[1]
+        self.vector = torch.nn.Parameter(embedding.weight[first].detach().clone().float())
+
+    def hook(self):
+        """Put the vector into the text encoder; returns the handle whose ``remove()`` takes it out."""
+
+        def substitute(module, inputs, output):
+            return torch.where((inputs[0] == self.id).unsqueeze(-1), self.vector.to(output.dtype), output)
+
+        return self.pipe.text_encoder.get_input_embeddings().register_forward_hook(substitute)
+
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        """Text states of prompts that name the placeholder (the vector counts only while hooked)."""
+        ids = self.pipe.tokenizer(
+            prompts,
+            padding="max_length",
+            truncation=True,
+            max_length=self.pipe.tokenizer.model_max_length,
+            return_tensors="pt",
+        ).input_ids
+        return self.pipe.text_encoder(ids.to(self.pipe.device))[0]
+
+
 class _TokenInversion:
-    """A new input token: the embedding of a meaningless token, learned; prompts name it instead of the concept."""
+    """A new input token, learned; prompts name it instead of the concept."""
 
     def __init__(self, pipe, concept: SuiteConcept, config: AttackConfig, spec: KeySpec | None):
         if is_sdxl(pipe.unet):
             raise ConceptVaultError("token inversion is not implemented for SDXL's two text encoders yet.")
         self.pipe, self.concept = pipe, concept
-        self.token = pipe.tokenizer.convert_tokens_to_ids(PLACEHOLDER + "</w>")
-        embedding = pipe.text_encoder.get_input_embeddings()
-        first = pipe.tokenizer(concept.name).input_ids[1]
-        self.vector = torch.nn.Parameter(embedding.weight[first].detach().clone().float())
-        self.optimiser = torch.optim.Adam([self.vector], lr=config.lr or DEFAULT_LR[Attack.TOKEN_INVERSION])
+        self.token = LearnedToken(pipe, concept.name)
+        self.optimiser = torch.optim.Adam([self.token.vector], lr=config.lr or DEFAULT_LR[Attack.TOKEN_INVERSION])
         self.keys, self.options = None, None
         self._hook = None
-
-    def _substitute(self, module, inputs, output):
-        mask = (inputs[0] == self.token).unsqueeze(-1)
-        return torch.where(mask, self.vector.to(output.dtype), output)
 
     def attached(self):
         encoder = self.pipe.text_encoder
@@ -347,7 +371,7 @@ class _TokenInversion:
 
         def on():
             encoder.requires_grad_(False)
-            self._hook = encoder.get_input_embeddings().register_forward_hook(self._substitute)
+            self._hook = self.token.hook()
 
         def off():
             self._hook.remove()
@@ -360,14 +384,7 @@ class _TokenInversion:
         return name_the_token(prompts, [self.concept.name, *self.concept.labels])
 
     def states(self, prompts):
-        ids = self.pipe.tokenizer(
-            self.prompts(prompts),
-            padding="max_length",
-            truncation=True,
-            max_length=self.pipe.tokenizer.model_max_length,
-            return_tensors="pt",
-        ).input_ids
-        return self.pipe.text_encoder(ids.to(self.pipe.device))[0]
+        return self.token.encode(self.prompts(prompts))
 
 
 class _Finetune:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .attacks import PLACEHOLDER, name_the_token
+from .attacks import LearnedToken, name_the_token
 from .backbone import is_sdxl, unet_fingerprint
 from .checkpoint import CHECKPOINT_FILE, read_checkpoint, write_checkpoint
 from .delta_key import DeltaKey
@@ -320,34 +320,18 @@ def bare_names(prompts: list[str]) -> list[str]:
 
 
 class _TokenAdversary:
-    """An attacker's learned input token (the embedding of a meaningless token), kept in step with the
-    public weights; prompts name it in place of the concept."""
+    """An attacker's learned input token, kept in step with the public weights; prompts name it in place of the
+    concept."""
 
     def __init__(self, pipe, concept: Concept):
-        self.pipe, self.names = pipe, bare_names(concept.prompts)
-        self.token = pipe.tokenizer.convert_tokens_to_ids(PLACEHOLDER + "</w>")
-        embedding = pipe.text_encoder.get_input_embeddings()
-        first = pipe.tokenizer(concept.name).input_ids[1]
-        self.vector = torch.nn.Parameter(embedding.weight[first].detach().clone().float())
+        self.names = bare_names(concept.prompts)
+        self.token = LearnedToken(pipe, concept.name)
+        self.vector = self.token.vector
 
     def states(self, prompts: list[str]) -> torch.Tensor:
         """Text states of ``prompts`` with the concept's names replaced by the learned token."""
-        rewritten = name_the_token(prompts, self.names)
-        encoder = self.pipe.text_encoder
-        ids = self.pipe.tokenizer(
-            rewritten,
-            padding="max_length",
-            truncation=True,
-            max_length=self.pipe.tokenizer.model_max_length,
-            return_tensors="pt",
-        ).input_ids
-        ids = ids.to(self.pipe.device)
-
-        def substitute(module, inputs, output):
-            return torch.where((inputs[0] == self.token).unsqueeze(-1), self.vector.to(output.dtype), output)
-
-        handle = encoder.get_input_embeddings().register_forward_hook(substitute)
+        handle = self.token.hook()
         try:
-            return encoder(ids)[0]
+            return self.token.encode(name_the_token(prompts, self.names))
         finally:
             handle.remove()
