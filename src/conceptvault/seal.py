@@ -319,19 +319,18 @@ def bare_names(prompts: list[str]) -> list[str]:
     return [p for p in prompts if not any(contains(p, other) for other in prompts)]
 
 
-class _TokenAdversary:
+class _TokenAdversary(LearnedToken):
     """An attacker's learned input token, kept in step with the public weights; prompts name it in place of the
     concept."""
 
     def __init__(self, pipe, concept: Concept):
+        super().__init__(pipe, concept.name)
         self.names = bare_names(concept.prompts)
-        self.token = LearnedToken(pipe, concept.name)
-        self.vector = self.token.vector
 
     def states(self, prompts: list[str]) -> torch.Tensor:
         """Text states of ``prompts`` with the concept's names replaced by the learned token."""
-        handle = self.token.hook()
+        handle = self.hook()
         try:
-            return self.token.encode(name_the_token(prompts, self.names))
+            return self.encode(name_the_token(prompts, self.names))
         finally:
             handle.remove()
