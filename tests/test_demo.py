@@ -52,3 +52,5 @@ def test_the_built_in_model_fills_in_names_preserve_prompts_and_captions_only_wh
     given = [Concept.parse("star|pentagram")]
     assert builtin_defaults(given, ["a box"], SEALED_CAPTIONS) == (given, ["a box"])
     assert builtin_defaults([Concept("dog")], []) == ([Concept("dog")], [])  # not a world concept
+    (anchored,), _ = builtin_defaults([Concept("star", anchor="a circle")], [])  # an explicit --anchor is kept
+    assert anchored.prompts == ["star", "five-pointed star", "pentagram"] and anchored.anchor == "a circle"

@@ -56,7 +56,7 @@ def builtin_defaults(
     captions = captions or {}
     kinds = {name: kind for kind, names in VOCABULARY.items() for name in names}
     concepts = [
-        world_concepts(kinds[c.name], [c.name], captions.get("concept", 0))[0]
+        Concept(c.name, world_concepts(kinds[c.name], [c.name], captions.get("concept", 0))[0].prompts, c.anchor)
         if c.name in kinds and c.prompts == [c.name]
         else c
         for c in concepts
