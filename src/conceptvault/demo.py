@@ -8,7 +8,7 @@ prompts and seeds, judged, tabulated and written as an HTML report.
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from rich.console import Console
@@ -56,7 +56,7 @@ def builtin_defaults(
     captions = captions or {}
     kinds = {name: kind for kind, names in VOCABULARY.items() for name in names}
     concepts = [
-        Concept(c.name, world_concepts(kinds[c.name], [c.name], captions.get("concept", 0))[0].prompts, c.anchor)
+        replace(c, prompts=world_concepts(kinds[c.name], [c.name], captions.get("concept", 0))[0].prompts)
         if c.name in kinds and c.prompts == [c.name]
         else c
         for c in concepts
