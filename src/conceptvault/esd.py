@@ -106,7 +106,7 @@ def erase_esd(pipe, concepts: Sequence[Concept], config: EsdConfig, *, progress:
                 loss = objective.hide(z, t, texts(prompt), texts(concept.anchor))
                 if not torch.isfinite(loss):
                     raise ConceptVaultError(
-                        f"the training loss became {float(loss)} at step {step + 1}; nothing was written. "
+                        f"the training loss became {loss.item()} at step {step + 1}; nothing was written. "
                         "Lower --lr and run again."
                     )
                 optimiser.zero_grad(set_to_none=True)

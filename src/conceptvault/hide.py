@@ -253,7 +253,7 @@ class _HidingRun:
             loss = L_rec + config.lambda_pres * L_pres_key
         if not torch.isfinite(loss):
             raise ConceptVaultError(
-                f"the training loss became {float(loss)} at step {step + 1}; nothing was written. "
+                f"the training loss became {loss.item()} at step {step + 1}; nothing was written. "
                 "Lower --lr or --key-lr and run again."
             )
         self.model_optimiser.zero_grad(set_to_none=True)

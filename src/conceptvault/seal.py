@@ -224,7 +224,7 @@ class _SealRun:
         loss = config.lambda_hide * L_hide + config.lambda_pres * L_pres + config.lambda_adversary * L_adv
         if not torch.isfinite(loss):
             raise ConceptVaultError(
-                f"the training loss became {float(loss)} at update {self.state.step + 1}; nothing was written. "
+                f"the training loss became {loss.item()} at update {self.state.step + 1}; nothing was written. "
                 "Lower --lr and run again."
             )
         self.optimiser.zero_grad(set_to_none=True)
