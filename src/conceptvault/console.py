@@ -9,33 +9,27 @@ from __future__ import annotations
 import signal
 import sys
 
-_interrupted_while_importing = False
+_interrupted = False
 
 
 def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
-def _interrupt_import(signum, frame) -> None:
     # Remembered as well as raised: a library that catches every exception while it imports would swallow it.
-    global _interrupted_while_importing
-    _interrupted_while_importing = True
+    global _interrupted
+    _interrupted = True
     raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> None:
-    signal.signal(signal.SIGTERM, _interrupt_import)
-    signal.signal(signal.SIGINT, _interrupt_import)
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         from conceptvault.cli import main as run
 
-        if _interrupted_while_importing:
+        if _interrupted:
             raise KeyboardInterrupt
     except KeyboardInterrupt:
         print("error: interrupted before anything was written.", file=sys.stderr)
         sys.exit(1)
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
     run(argv)
 
 
