@@ -29,9 +29,10 @@ from conceptvault.vault import Vault
 
 GRIDS: dict[str, dict[str, dict]] = {
     "default": {
-        "paper": dict(key_updates=0, lambda_rec=0.1, key_lr=1e-3),
+        "paper": dict(key_updates=0, lambda_rec=0.1, key_lr=1e-3, lambda_uncond=0.0),
         "no-key-phase": dict(key_updates=0),
         "base": {},
+        "no-uncond": dict(lambda_uncond=0.0),
         "key-800": dict(key_updates=800),
         "rec-3": dict(lambda_rec=3.0),
         "k-3": dict(k=3),
@@ -44,6 +45,8 @@ GRIDS: dict[str, dict[str, dict]] = {
         "random-init": dict(key_init="random"),
         "sample": dict(latents="sample"),
         "updates-400": dict(model_updates=400),
+        "rec-3-u400": dict(lambda_rec=3.0, model_updates=400),
+        "rec-10-u400": dict(lambda_rec=10.0, model_updates=400),
     },
     "keys": {
         "base": {},

@@ -49,6 +49,20 @@ def test_config_validates_and_converts_choices():
     with pytest.raises(ValueError, match="lambda_pres must not be negative"):
         HideConfig(lambda_pres=-1.0)
     assert all(f.metadata.get("help") for f in dataclasses.fields(HideConfig))
+    made_before_the_unconditional_term = {k: v for k, v in config.to_dict().items() if k != "lambda_uncond"}
+    assert HideConfig.from_dict(made_before_the_unconditional_term).lambda_uncond == 0.0
+
+
+def test_the_unconditional_branch_with_the_key_is_held_to_the_original(sd1_path):
+    """Guidance gives the key to the empty prompt too; L_uncond_key trains that branch, lambda_uncond=0 does not."""
+    config = quick(model_updates=5, lr=3e-4, key_lr=5e-2, latents="cache", key_init="random", placement="all")
+    probes = {}
+    for weight in (0.0, 1.0):
+        pipe = text_sensitive(load_pipeline(str(sd1_path), device="cpu"))
+        result = hide(pipe, [Concept("star")], dataclasses.replace(config, lambda_uncond=weight), progress=False)
+        probes[weight] = result.stats["probe"]
+        assert ("L_uncond_key" in result.stats["final"]) == (weight > 0)
+    assert probes[1.0]["after"]["L_uncond_key"] < probes[0.0]["after"]["L_uncond_key"], probes
 
 
 @pytest.mark.parametrize("shape", ["sd1", "sd2"])
@@ -97,7 +111,7 @@ def test_every_option_runs(tiny_path, changes):
     assert all(torch.isfinite(torch.tensor(v)) for v in result.stats["probe"]["after"].values())
     attn2 = [name for name in result.public if ".attn2." in name]
     assert (attn2 == list(result.public)) == (changes.get("train", "xattn") == "xattn")
-    assert set(result.stats["final"]) == {"L_hide", "L_rec", "L_pres", "L_pres_key"}
+    assert set(result.stats["final"]) == {"L_hide", "L_rec", "L_uncond_key", "L_pres", "L_pres_key"}
 
 
 def test_losses_are_compared_in_the_chosen_space(sd2_path):

@@ -58,6 +58,12 @@ class HideConfig:
     key_lr: float = option(1e-5, "Adam learning rate of the keys.")
     lambda_hide: float = option(1.0, "Weight of L_hide (no key, toward the negative-guidance target).")
     lambda_rec: float = option(0.1, "Weight of L_rec (with the key, toward the original model) in model updates.")
+    lambda_uncond: float = option(
+        1.0,
+        "Weight of L_uncond_key: the unconditional branch with the key (empty prompt) held to the original's. "
+        "Classifier-free guidance gives the key to both branches; left untrained (0), that branch drifts toward "
+        "the concept and guidance subtracts what the key brought back.",
+    )
     lambda_pres: float = option(1.0, "Weight of the preservation terms on the preserve prompts.")
     eta: float = option(1.0, "Negative-guidance strength of the hiding target.")
     train: TrainedLayers = option(TrainedLayers.XATTN, "UNet weights to train: cross-attention only, or all but it.")
@@ -98,7 +104,8 @@ class HideConfig:
     @classmethod
     def from_dict(cls, values: dict) -> HideConfig:
         """Settings from a manifest; an unknown or ill-typed setting is a ValueError naming it."""
-        return settings_from_dict(cls, values)
+        # vaults made before L_uncond_key existed were trained without it
+        return settings_from_dict(cls, {"lambda_uncond": 0.0, **values})
 
 
 def hide(
@@ -242,6 +249,7 @@ class _HidingRun:
         L_pres, L_pres_key = self.objective.preserve(
             z_kept, t_kept, texts(kept) if kept else None, concept.name, model_step
         )
+        L_uncond_key = self.objective.distil(z, t, texts(""), key=concept.name) if config.lambda_uncond > 0 else None
         if model_step:
             loss = config.lambda_hide * L_hide + config.lambda_rec * L_rec + config.lambda_pres * (L_pres + L_pres_key)
             if self.adversaries:  # the attacker key must not bring the concept back either
@@ -251,6 +259,8 @@ class _HidingRun:
                 )
         else:
             loss = L_rec + config.lambda_pres * L_pres_key
+        if L_uncond_key is not None:
+            loss = loss + config.lambda_uncond * L_uncond_key
         if not torch.isfinite(loss):
             raise ConceptVaultError(
                 f"the training loss became {loss.item()} at step {step + 1}; nothing was written. "
@@ -263,7 +273,8 @@ class _HidingRun:
         self.state.step = step + 1
         self.rng_at_step_start = self.generator.get_state()
         seconds = time.perf_counter() - started
-        self.state.record(_measured(L_hide, L_rec, L_pres, L_pres_key, preserved=kept is not None), seconds)
+        measured = _measured(L_hide, L_rec, L_pres, L_pres_key, L_uncond_key, preserved=kept is not None)
+        self.state.record(measured, seconds)
         return dict(
             self.state.latest,
             step=self.state.step,
@@ -400,9 +411,9 @@ def _adversary(concept: str) -> str:
     return f"~adversary-{concept}"
 
 
-def _measured(L_hide, L_rec, L_pres, L_pres_key, *, preserved: bool) -> dict[str, torch.Tensor]:
+def _measured(L_hide, L_rec, L_pres, L_pres_key, L_uncond_key, *, preserved: bool) -> dict[str, torch.Tensor]:
     """The losses this step computed, by name (key-only steps skip L_hide and L_pres)."""
-    losses = {"L_hide": L_hide, "L_rec": L_rec}
+    losses = {"L_hide": L_hide, "L_rec": L_rec, "L_uncond_key": L_uncond_key}
     if preserved:
         losses.update(L_pres=L_pres, L_pres_key=L_pres_key)
     return {name: value for name, value in losses.items() if value is not None}
@@ -424,7 +435,8 @@ class _Probe:
 
     @torch.no_grad()
     def measure(self, objective: Objective, keys: dict[str, Key]) -> dict[str, float]:
-        sums: dict[str, list[float]] = {name: [] for name in ("L_hide", "L_rec", "L_pres", "L_pres_key")}
+        names = ("L_hide", "L_rec", "L_uncond_key", "L_pres", "L_pres_key")
+        sums: dict[str, list[float]] = {name: [] for name in names}
         for concept in self.concepts:
             z, t = self.latents[concept.name]
             texts = self.texts
@@ -433,6 +445,7 @@ class _Probe:
             )
             sums["L_hide"].append(float(L_hide))
             sums["L_rec"].append(float(L_rec))
+            sums["L_uncond_key"].append(float(objective.distil(z, t, texts(""), key=concept.name)))
             for prompt in self.preserve:
                 z, t = self.latents[prompt]
                 L_pres, L_pres_key = objective.preserve(z, t, texts(prompt), concept.name, True)

@@ -110,6 +110,7 @@ def hide_command(
     key_lr: Annotated[float | None, _setting("key_lr")] = None,
     lambda_hide: Annotated[float | None, _setting("lambda_hide")] = None,
     lambda_rec: Annotated[float | None, _setting("lambda_rec")] = None,
+    lambda_uncond: Annotated[float | None, _setting("lambda_uncond")] = None,
     lambda_pres: Annotated[float | None, _setting("lambda_pres")] = None,
     eta: Annotated[float | None, _setting("eta")] = None,
     train: Annotated[TrainedLayers | None, _setting("train")] = None,
