@@ -1,0 +1,84 @@
+"""Where a key falls short: per sampler step, how far each guidance branch with the key is from the original's.
+
+    python bench/key_branches.py VAULT [--concept star] [--prompts 8]
+
+Classifier-free guidance gives the key to both branches, so a key holder's step is
+``u_k + g (c_k - u_k)``: the conditional prediction with the key (``c_k``) and the unconditional one
+(``u_k``, the empty prompt with the key). Along the original model's own trajectories of the concept's
+suite prompts, this prints per timestep the mean squared distance to the original model of the public
+model's conditional prediction, of ``c_k``, of ``u_k``, and of the guided step with the key; a key
+that brings the concept back keeps the last small where the shape is decided (high noise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+
+import torch
+from diffusers import DDIMScheduler
+
+from conceptvault.backbone import BUILTIN, load_pipeline, unet_predict
+from conceptvault.evaluate.world_suites import world_concept
+from conceptvault.training import TextStates
+from conceptvault.vault import Vault
+from conceptvault.world import GUIDANCE, SAMPLE_STEPS
+from conceptvault.world.vocabulary import VOCABULARY
+
+
+def branch_errors(pipe, original, key: str, prompts: list[str], seed: int = 0) -> dict[int, dict[str, float]]:
+    """Per timestep, the mean squared distance of each branch to the original's (see the module's text)."""
+    texts = TextStates(pipe, [*prompts, ""])
+    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    scheduler.set_timesteps(SAMPLE_STEPS)
+    config = pipe.unet.config
+    generator = torch.Generator().manual_seed(seed)
+    sums: dict[int, dict[str, float]] = {}
+
+    def predict(unet, z, t, prompt, keyed=False):
+        options = {"keys": [key]} if keyed else None
+        return unet_predict(unet, z, t, texts(prompt).expand(z.shape[0], -1, -1), options)
+
+    for prompt in prompts:
+        z = torch.randn(1, config.in_channels, config.sample_size, config.sample_size, generator=generator)
+        z = z * scheduler.init_noise_sigma
+        for t in scheduler.timesteps:
+            with torch.no_grad():
+                c, u = predict(original, z, t, prompt), predict(original, z, t, "")
+                c_key, u_key = predict(pipe.unet, z, t, prompt, True), predict(pipe.unet, z, t, "", True)
+                public = predict(pipe.unet, z, t, prompt)
+            guided = u + GUIDANCE * (c - u)
+            errors = {
+                "public c": public - c,
+                "c_k": c_key - c,
+                "u_k": u_key - u,
+                "guided with key": u_key + GUIDANCE * (c_key - u_key) - guided,
+            }
+            row = sums.setdefault(int(t), dict.fromkeys(errors, 0.0))
+            for name, error in errors.items():
+                row[name] += float(error.pow(2).mean()) / len(prompts)
+            z = scheduler.step(guided, t, z).prev_sample
+    return sums
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("vault")
+    parser.add_argument("--concept", default="star", choices=list(VOCABULARY["shape"]))
+    parser.add_argument("--prompts", type=int, default=8, help="suite prompts of the concept (seeds 0..)")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    pipe = load_pipeline(BUILTIN, device="cpu")
+    original = copy.deepcopy(pipe.unet).eval()
+    Vault.load(args.vault, keys="all").apply(pipe)
+    prompts = world_concept("shape", args.concept, args.prompts).prompts
+    rows = branch_errors(pipe, original, args.concept, prompts)
+    names = list(next(iter(rows.values())))
+    print("| t | " + " | ".join(names) + " |")
+    print("|---" * (len(names) + 1) + "|")
+    for t, row in rows.items():
+        print(f"| {t} | " + " | ".join(f"{row[name]:.1e}" for name in names) + " |")
+
+
+if __name__ == "__main__":
+    main()
