@@ -29,30 +29,33 @@ from conceptvault.vault import Vault
 
 GRIDS: dict[str, dict[str, dict]] = {
     "default": {
-        "paper": dict(key_updates=0, lambda_rec=0.1, key_lr=1e-3, lambda_uncond=0.0),
-        "no-key-phase": dict(key_updates=0),
+        "paper": dict(key_updates=0, lambda_rec=0.1, key_lr=1e-3, lambda_uncond=0.0, loss_space="epsilon"),
         "base": {},
         "no-uncond": dict(lambda_uncond=0.0),
+        "epsilon": dict(loss_space="epsilon"),
+        "epsilon-no-uncond": dict(loss_space="epsilon", lambda_uncond=0.0),
+        "epsilon-u400": dict(loss_space="epsilon", model_updates=400),
+        "epsilon-rec-3-u400": dict(loss_space="epsilon", lambda_rec=3.0, model_updates=400),
+        "epsilon-eta-2": dict(loss_space="epsilon", eta=2.0),
+        "v": dict(loss_space="v"),
+        "hide-2": dict(lambda_hide=2.0),
+        "hide-3": dict(lambda_hide=3.0),
+        "hide-3-rec-3": dict(lambda_hide=3.0, lambda_rec=3.0),
+        "lr-2e-3": dict(lr=2e-3),
+        "no-key-phase": dict(key_updates=0),
         "key-800": dict(key_updates=800),
         "rec-3": dict(lambda_rec=3.0),
         "k-3": dict(k=3),
         "key-lr-3e-2": dict(key_lr=3e-2),
-        "m-20": dict(m=20),
         "m-40": dict(m=40),
-        "x0": dict(loss_space="x0"),
-        "v": dict(loss_space="v"),
         "mid+up": dict(placement="mid+up"),
         "random-init": dict(key_init="random"),
         "sample": dict(latents="sample"),
-        "updates-400": dict(model_updates=400),
-        "rec-3-u400": dict(lambda_rec=3.0, model_updates=400),
-        "rec-10-u400": dict(lambda_rec=10.0, model_updates=400),
     },
     "keys": {
         "base": {},
         "key-800": dict(key_updates=800),
         "m-40-key-800": dict(m=40, key_updates=800),
-        "x0-key-800": dict(loss_space="x0", key_updates=800),
     },
 }
 COLUMNS = [
@@ -155,14 +158,17 @@ def plot(rows: list[dict], out: Path, title: str) -> None:
         edgecolors="black",
         zorder=3,
     )
+    names_at: dict[tuple[float, float], list[str]] = {}  # points that land on one spot share a label
     for row in rows:
-        axes.annotate(row["point"], (row["esr"], row["rsr"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        names_at.setdefault((row["esr"], row["rsr"]), []).append(row["point"])
+    for spot, names in names_at.items():
+        axes.annotate(", ".join(names), spot, textcoords="offset points", xytext=(5, 4), fontsize=8)
     original = rows[0]["original"]
     axes.scatter([original["esr"]], [original["rsr"]], marker="*", s=220, c="red", zorder=4, label="original model")
     axes.axhline(original["rsr"], color="red", lw=0.8, ls="--")
     axes.set_xlabel("ESR-1 (hidden without the key)")
     axes.set_ylabel("RSR-1 (recovered with the key)")
-    axes.set_xlim(-0.02, 1.02)
+    axes.set_xlim(-0.02, 1.25)  # room for the labels of points at ESR 100 %
     axes.set_ylim(-0.02, 1.02)
     axes.grid(alpha=0.3)
     axes.legend(loc="lower left")
