@@ -1,8 +1,9 @@
 """Hiding: move a concept out of the public model and into its key (the KPOP objective, extended).
 
 Without the key the trained UNet is pulled toward ESD's negative-guidance target; with the key it
-is pulled back to the frozen original; preserve prompts are held to the original with and without
-the key. Model updates (every ``k``-th step) and key-only updates alternate.
+is pulled back to the frozen original, and so is the empty prompt with the key (guidance's other
+branch); preserve prompts are held to the original with and without the key. Model updates (every
+``k``-th step) and key-only updates alternate.
 """
 
 from __future__ import annotations
