@@ -38,6 +38,7 @@ GRIDS: dict[str, dict[str, dict]] = {
         "epsilon-rec-3-u400": dict(loss_space="epsilon", lambda_rec=3.0, model_updates=400),
         "epsilon-eta-2": dict(loss_space="epsilon", eta=2.0),
         "v": dict(loss_space="v"),
+        "hide-1.5": dict(lambda_hide=1.5),
         "hide-2": dict(lambda_hide=2.0),
         "hide-3": dict(lambda_hide=3.0),
         "hide-3-rec-3": dict(lambda_hide=3.0, lambda_rec=3.0),
