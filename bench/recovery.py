@@ -40,6 +40,7 @@ GRIDS: dict[str, dict[str, dict]] = {
         "v": dict(loss_space="v"),
         "hide-1.5": dict(lambda_hide=1.5),
         "hide-2": dict(lambda_hide=2.0),
+        "hide-2-key-lr-3e-2": dict(lambda_hide=2.0, key_lr=3e-2),
         "hide-3": dict(lambda_hide=3.0),
         "hide-3-rec-3": dict(lambda_hide=3.0, lambda_rec=3.0),
         "lr-2e-3": dict(lr=2e-3),
