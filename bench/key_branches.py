@@ -16,10 +16,10 @@ import argparse
 import copy
 
 import torch
-from diffusers import DDIMScheduler
 
 from conceptvault.backbone import BUILTIN, load_pipeline, unet_predict
 from conceptvault.evaluate.world_suites import world_concept
+from conceptvault.latents import Sampler
 from conceptvault.training import TextStates
 from conceptvault.vault import Vault
 from conceptvault.world import GUIDANCE, SAMPLE_STEPS
@@ -29,36 +29,25 @@ from conceptvault.world.vocabulary import VOCABULARY
 def branch_errors(pipe, original, key: str, prompts: list[str], seed: int = 0) -> dict[int, dict[str, float]]:
     """Per timestep, the mean squared distance of each branch to the original's (see the module's text)."""
     texts = TextStates(pipe, [*prompts, ""])
-    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    scheduler.set_timesteps(SAMPLE_STEPS)
-    config = pipe.unet.config
-    generator = torch.Generator().manual_seed(seed)
-    sums: dict[int, dict[str, float]] = {}
-
-    def predict(unet, z, t, prompt, keyed=False):
-        options = {"keys": [key]} if keyed else None
-        return unet_predict(unet, z, t, texts(prompt).expand(z.shape[0], -1, -1), options)
-
-    for prompt in prompts:
-        z = torch.randn(1, config.in_channels, config.sample_size, config.sample_size, generator=generator)
-        z = z * scheduler.init_noise_sigma
-        for t in scheduler.timesteps:
-            with torch.no_grad():
-                c, u = predict(original, z, t, prompt), predict(original, z, t, "")
-                c_key, u_key = predict(pipe.unet, z, t, prompt, True), predict(pipe.unet, z, t, "", True)
-                public = predict(pipe.unet, z, t, prompt)
-            guided = u + GUIDANCE * (c - u)
-            errors = {
-                "public c": public - c,
-                "c_k": c_key - c,
-                "u_k": u_key - u,
-                "guided with key": u_key + GUIDANCE * (c_key - u_key) - guided,
-            }
-            row = sums.setdefault(int(t), dict.fromkeys(errors, 0.0))
-            for name, error in errors.items():
-                row[name] += float(error.pow(2).mean()) / len(prompts)
-            z = scheduler.step(guided, t, z).prev_sample
-    return sums
+    sampler = Sampler.for_pipeline(pipe, SAMPLE_STEPS, GUIDANCE, texts(""))
+    states = torch.cat([texts(prompt) for prompt in prompts])
+    empty = texts("").expand(len(prompts), -1, -1)
+    noise = sampler.noise(len(prompts), torch.Generator().manual_seed(seed), like=states)
+    rows: dict[int, dict[str, float]] = {}
+    for z, t in zip(sampler.trajectory(original, states, noise), sampler.timesteps, strict=True):
+        with torch.no_grad():
+            c, u = unet_predict(original, z, t, states), unet_predict(original, z, t, empty)
+            c_key = unet_predict(pipe.unet, z, t, states, {"keys": [key]})
+            u_key = unet_predict(pipe.unet, z, t, empty, {"keys": [key]})
+            public = unet_predict(pipe.unet, z, t, states)
+        errors = {
+            "public c": public - c,
+            "c_k": c_key - c,
+            "u_k": u_key - u,
+            "guided with key": u_key + GUIDANCE * (c_key - u_key) - (u + GUIDANCE * (c - u)),
+        }
+        rows[int(t)] = {name: float(error.pow(2).mean()) for name, error in errors.items()}
+    return rows
 
 
 def main() -> None:
