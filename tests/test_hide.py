@@ -5,12 +5,13 @@ import dataclasses
 import pytest
 import torch
 
-from conceptvault.backbone import encode_prompts, load_pipeline
+from conceptvault.backbone import encode_prompts, load_pipeline, unet_predict
 from conceptvault.checkpoint import CHECKPOINT_FILE, KEYS_FILE
 from conceptvault.errors import ConceptVaultError
 from conceptvault.hide import HideConfig, KeyInit, _initial_tokens, hide
 from conceptvault.key import attached_keys
-from conceptvault.training import Concept, LossSpace, Objective, TrainedLayers
+from conceptvault.latents import CachedLatents, Sampler
+from conceptvault.training import Concept, LossSpace, Objective, TextStates, TrainedLayers
 
 # A quick configuration: tiny sampler, few updates, no progress bar.
 QUICK = HideConfig(model_updates=2, sampler_steps=4, m=3, cache_trajectories=2, checkpoint_every=0)
@@ -124,6 +125,21 @@ def test_losses_are_compared_in_the_chosen_space(sd2_path):
         z = alpha_bar.sqrt() * z0 + (1 - alpha_bar).sqrt() * noise
         v = alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * z0
         torch.testing.assert_close(objective._to_loss_space(v, z, t), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_cached_latents_carry_the_frozen_models_own_predictions(sd2_path):
+    """A training step takes the teacher's predictions from the cache: they must be what the UNet gives there."""
+    pipe = load_pipeline(str(sd2_path), device="cpu")
+    texts = TextStates(pipe, ["a star", ""])
+    sampler = Sampler.for_pipeline(pipe, 4, 3.0, texts(""))
+    source = CachedLatents(pipe.unet, sampler, texts, ["a star"], 2, torch.Generator().manual_seed(0))
+    z, t = source.draw("a star", 3, torch.Generator().manual_seed(1))
+    assert set(source.last_teacher) == {"", "a star"}
+    with torch.no_grad():
+        for prompt, known in source.last_teacher.items():
+            torch.testing.assert_close(known, unet_predict(pipe.unet, z, t, texts(prompt).expand(3, -1, -1)))
+    latents = source.cache["a star"][0]  # each cached step follows from the one before, as the sampler goes
+    torch.testing.assert_close(latents[:, 1], sampler.trajectory(pipe.unet, texts("a star"), latents[:, 0], stop=1)[1])
 
 
 def test_key_starts_from_the_concepts_own_token_states(sd1_path):

@@ -103,7 +103,10 @@ def erase_esd(pipe, concepts: Sequence[Concept], config: EsdConfig, *, progress:
                 concept = concepts[randint(len(concepts), generator)]
                 prompt = concept.prompts[randint(len(concept.prompts), generator)]
                 z, t = source.draw(prompt, config.batch_size, generator)
-                loss = objective.hide(z, t, texts(prompt), texts(concept.anchor))
+                frozen = objective.teachers(z, t, texts, source.last_teacher)
+                loss = objective.hide(
+                    z, t, texts(prompt), texts(concept.anchor), frozen(prompt), frozen_anchor=frozen(concept.anchor)
+                )
                 if not torch.isfinite(loss):
                     raise ConceptVaultError(
                         f"the training loss became {loss.item()} at step {step + 1}; nothing was written. "

@@ -230,33 +230,37 @@ class _HidingRun:
         model_step = self.is_model_step(step)
         concept = self.concepts[randint(len(self.concepts), self.generator)]
         prompt = concept.prompts[randint(len(concept.prompts), self.generator)]
+        objective, texts = self.objective, self.texts
         z, t = self.source.draw(prompt, config.batch_size, self.generator)
+        frozen = objective.teachers(z, t, texts, self.source.last_teacher)
         sampler_calls = self.source.last_sampler_calls
         kept = (
             self.preserve[randint(len(self.preserve), self.generator)]
             if self.preserve and config.lambda_pres > 0
             else None
         )
-        z_kept, t_kept = self.source.draw(kept, config.batch_size, self.generator) if kept else (None, None)
-        sampler_calls += self.source.last_sampler_calls if kept else 0
+        z_kept = t_kept = frozen_kept = None
+        if kept:
+            z_kept, t_kept = self.source.draw(kept, config.batch_size, self.generator)
+            sampler_calls += self.source.last_sampler_calls
+            frozen_kept = objective.teacher(z_kept, t_kept, texts(kept), self.source.last_teacher.get(kept))
         if model_step and self.adversaries and (step // config.k) % config.adversary_every == 0:
             self._invert_adversaries()
         train_only(list(self.trained.values()) if model_step else self.key_parameters, self._every_parameter())
 
-        texts = self.texts
-        L_hide, L_rec = self.objective.hide_and_recover(
-            z, t, texts(prompt), texts(concept.anchor), concept.name, model_step
+        L_rec = objective.distil(z, t, texts(prompt), key=concept.name, target=frozen(prompt))
+        L_hide = self._hide_loss(z, t, prompt, concept, frozen) if model_step else None
+        L_pres, L_pres_key = objective.preserve(
+            z_kept, t_kept, texts(kept) if kept else None, concept.name, model_step, frozen_kept
         )
-        L_pres, L_pres_key = self.objective.preserve(
-            z_kept, t_kept, texts(kept) if kept else None, concept.name, model_step
-        )
-        L_uncond_key = self.objective.distil(z, t, texts(""), key=concept.name) if config.lambda_uncond > 0 else None
+        L_uncond_key = None
+        if config.lambda_uncond > 0:
+            L_uncond_key = objective.distil(z, t, texts(""), key=concept.name, target=frozen(""))
         if model_step:
             loss = config.lambda_hide * L_hide + config.lambda_rec * L_rec + config.lambda_pres * (L_pres + L_pres_key)
             if self.adversaries:  # the attacker key must not bring the concept back either
-                adversary = _adversary(concept.name)
-                loss = loss + config.lambda_adversary * self.objective.hide(
-                    z, t, texts(prompt), texts(concept.anchor), key=adversary
+                loss = loss + config.lambda_adversary * self._hide_loss(
+                    z, t, prompt, concept, frozen, key=_adversary(concept.name)
                 )
         else:
             loss = L_rec + config.lambda_pres * L_pres_key
@@ -285,6 +289,13 @@ class _HidingRun:
             seconds=seconds,
         )
 
+    def _hide_loss(self, z, t, prompt: str, concept: Concept, frozen, key: str | None = None) -> torch.Tensor:
+        """L_hide on the prompt (no key, or an attacker's), with the teacher's predictions from ``frozen``."""
+        texts = self.texts
+        return self.objective.hide(
+            z, t, texts(prompt), texts(concept.anchor), frozen(prompt), key=key, frozen_anchor=frozen(concept.anchor)
+        )
+
     def _every_parameter(self) -> list[nn.Parameter]:
         return [*self.trained.values(), *self.key_parameters, *self.adversary_parameters]
 
@@ -296,9 +307,8 @@ class _HidingRun:
             concept = self.concepts[randint(len(self.concepts), self.generator)]
             prompt = concept.prompts[randint(len(concept.prompts), self.generator)]
             z, t = self.source.draw(prompt, self.config.batch_size, self.generator)
-            _, loss = self.objective.hide_and_recover(
-                z, t, self.texts(prompt), self.texts(concept.anchor), _adversary(concept.name), False
-            )
+            target = self.objective.teacher(z, t, self.texts(prompt), self.source.last_teacher.get(prompt))
+            loss = self.objective.distil(z, t, self.texts(prompt), key=_adversary(concept.name), target=target)
             self.adversary_optimiser.zero_grad(set_to_none=True)
             loss.backward()
             self.adversary_optimiser.step()
@@ -441,11 +451,9 @@ class _Probe:
         for concept in self.concepts:
             z, t = self.latents[concept.name]
             texts = self.texts
-            L_hide, L_rec = objective.hide_and_recover(
-                z, t, texts(concept.name), texts(concept.anchor), concept.name, True
-            )
-            sums["L_hide"].append(float(L_hide))
-            sums["L_rec"].append(float(L_rec))
+            frozen = objective.teacher(z, t, texts(concept.name))
+            sums["L_hide"].append(float(objective.hide(z, t, texts(concept.name), texts(concept.anchor), frozen)))
+            sums["L_rec"].append(float(objective.distil(z, t, texts(concept.name), key=concept.name, target=frozen)))
             sums["L_uncond_key"].append(float(objective.distil(z, t, texts(""), key=concept.name)))
             for prompt in self.preserve:
                 z, t = self.latents[prompt]

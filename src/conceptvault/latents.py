@@ -60,16 +60,23 @@ class Sampler:
     ) -> list[torch.Tensor]:
         """The latents fed to the UNet at steps ``0 .. stop`` (all steps when ``stop`` is None)."""
         stop = self.steps - 1 if stop is None else stop
-        batch = latents.shape[0]
-        context = torch.cat([self.empty_states.expand(batch, -1, -1), states.expand(batch, -1, -1)])
         visited = [latents]
         for timestep in self.timesteps[:stop]:
-            both = unet_predict(unet, torch.cat([latents, latents]), timestep, context)
-            unconditional, conditional = both.chunk(2)
-            guided = unconditional + self.guidance * (conditional - unconditional)
-            latents = self.scheduler.step(guided, timestep, latents).prev_sample
+            latents, _, _ = self.step(unet, states, latents, timestep)
             visited.append(latents)
         return visited
+
+    @torch.no_grad()
+    def step(
+        self, unet: nn.Module, states: torch.Tensor, latents: torch.Tensor, timestep: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One guided DDIM step: the next latents, and the UNet's unconditional and conditional predictions."""
+        batch = latents.shape[0]
+        context = torch.cat([self.empty_states.expand(batch, -1, -1), states.expand(batch, -1, -1)])
+        both = unet_predict(unet, torch.cat([latents, latents]), timestep, context)
+        unconditional, conditional = both.chunk(2)
+        guided = unconditional + self.guidance * (conditional - unconditional)
+        return self.scheduler.step(guided, timestep, latents).prev_sample, unconditional, conditional
 
 
 def _randint(high: int, generator: torch.Generator) -> int:
@@ -82,6 +89,7 @@ class SampledLatents:
     def __init__(self, unet: nn.Module, sampler: Sampler, states: Callable[[str], torch.Tensor]):
         self.unet, self.sampler, self.states = unet, sampler, states
         self.last_sampler_calls = 0
+        self.last_teacher: dict[str, torch.Tensor] = {}  # sampling with the trained model gives no teacher
 
     def draw(self, prompt: str, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         stop = _randint(self.sampler.steps, generator)
@@ -94,7 +102,12 @@ class SampledLatents:
 
 
 class CachedLatents:
-    """Frozen-model DDIM trajectories made once per prompt; each draw picks a trajectory and a step."""
+    """Frozen-model DDIM trajectories made once per prompt; each draw picks a trajectory and a step.
+
+    The frozen model's predictions at every cached step come free with the trajectory (guidance computes
+    them), so a draw also leaves them in ``last_teacher``, by prompt ("" for the unconditional one): a
+    training step then needs no forward pass of the frozen model for those prompts.
+    """
 
     def __init__(
         self,
@@ -107,17 +120,26 @@ class CachedLatents:
     ):
         self.sampler = sampler
         self.last_sampler_calls = 0
-        self.cache: dict[str, torch.Tensor] = {}  # prompt -> (trajectories, steps, C, H, W) on the CPU
+        self.last_teacher: dict[str, torch.Tensor] = {}
+        # prompt -> (latents, unconditional, conditional), each (trajectories, steps, C, H, W) on the CPU
+        self.cache: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         for prompt in dict.fromkeys(prompts):
             prompt_states = states(prompt)
-            noise = sampler.noise(trajectories, generator, like=prompt_states)
-            visited = sampler.trajectory(frozen_unet, prompt_states, noise)
-            self.cache[prompt] = torch.stack(visited, dim=1).cpu()
+            latents = sampler.noise(trajectories, generator, like=prompt_states)
+            visited: list[tuple[torch.Tensor, ...]] = []
+            for timestep in sampler.timesteps:
+                following, unconditional, conditional = sampler.step(frozen_unet, prompt_states, latents, timestep)
+                visited.append((latents, unconditional, conditional))
+                latents = following
+            self.cache[prompt] = tuple(torch.stack(part, dim=1).cpu() for part in zip(*visited, strict=True))
         self.device = next(frozen_unet.parameters()).device
 
     def draw(self, prompt: str, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        trajectories = self.cache[prompt]
-        which = torch.randint(trajectories.shape[0], (batch,), generator=generator)
-        steps = torch.randint(trajectories.shape[1], (batch,), generator=generator)
-        latents = trajectories[which, steps].to(self.device)
-        return latents, self.sampler.timesteps[steps].to(self.device)
+        latents, unconditional, conditional = self.cache[prompt]
+        which = torch.randint(latents.shape[0], (batch,), generator=generator)
+        steps = torch.randint(latents.shape[1], (batch,), generator=generator)
+        self.last_teacher = {
+            "": unconditional[which, steps].to(self.device),
+            prompt: conditional[which, steps].to(self.device),
+        }
+        return latents[which, steps].to(self.device), self.sampler.timesteps[steps].to(self.device)

@@ -208,19 +208,20 @@ class _SealRun:
         started, config, texts = time.perf_counter(), self.config, self.texts
         prompt = self.concept.prompts[randint(len(self.concept.prompts), self.generator)]
         z, t = self.source.draw(prompt, config.batch_size, self.generator)
+        frozen = self.objective.teachers(z, t, texts, self.source.last_teacher)
         kept = self.preserve[randint(len(self.preserve), self.generator)]
         z_kept, t_kept = self.source.draw(kept or prompt, config.batch_size, self.generator)
+        frozen_kept = self.objective.teacher(z_kept, t_kept, texts(kept), self.source.last_teacher.get(kept))
         if config.adversary_every and self.state.step % config.adversary_every == 0:
             self._relearn_adversaries()
         train_only(list(self.trained.values()), self._every_parameter())
-        anchor = texts(self.concept.anchor)
-        teacher = self.objective.teacher(z, t, texts(prompt))
-        L_hide = self.objective.hide(z, t, texts(prompt), anchor, teacher)
-        L_pres = self.objective.distil(z_kept, t_kept, texts(kept))
+        anchor, targets = texts(self.concept.anchor), dict(frozen_anchor=frozen(self.concept.anchor))
+        L_hide = self.objective.hide(z, t, texts(prompt), anchor, frozen(prompt), **targets)
+        L_pres = self.objective.distil(z_kept, t_kept, texts(kept), target=frozen_kept)
         with torch.no_grad():
             token_states = self.token.states([prompt])
-        L_adv = self.objective.hide(z, t, texts(prompt), anchor, teacher, key=_ATTACKER)
-        L_adv = L_adv + self.objective.hide(z, t, token_states, anchor, teacher)
+        L_adv = self.objective.hide(z, t, texts(prompt), anchor, frozen(prompt), key=_ATTACKER, **targets)
+        L_adv = L_adv + self.objective.hide(z, t, token_states, anchor, frozen(prompt), **targets)
         loss = config.lambda_hide * L_hide + config.lambda_pres * L_pres + config.lambda_adversary * L_adv
         if not torch.isfinite(loss):
             raise ConceptVaultError(
@@ -243,7 +244,7 @@ class _SealRun:
         for _ in range(self.config.adversary_steps):
             prompt = self.concept.prompts[randint(len(self.concept.prompts), self.generator)]
             z, t = self.source.draw(prompt, self.config.batch_size, self.generator)
-            teacher = self.objective.teacher(z, t, self.texts(prompt))
+            teacher = self.objective.teacher(z, t, self.texts(prompt), self.source.last_teacher.get(prompt))
             loss = self.objective.distil(z, t, self.texts(prompt), key=_ATTACKER, target=teacher)
             loss = loss + self.objective.distil(z, t, self.token.states([prompt]), target=teacher)
             self.adversary_optimiser.zero_grad(set_to_none=True)

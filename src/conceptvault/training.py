@@ -218,15 +218,23 @@ class Objective:
         options = {"keys": [key]} if key else None
         return self._to_loss_space(unet_predict(unet, z, t, context, options), z, t)
 
-    def hide_and_recover(self, z, t, states, anchor_states, key: str, with_hide: bool):
-        """``L_hide`` (no key, toward the negative-guidance target; None unless asked) and ``L_rec`` (with the key)."""
-        with torch.no_grad():
-            frozen_concept = self._predict(self.frozen_unet, z, t, states)
-        L_rec = F.mse_loss(self._predict(self.unet, z, t, states, key), frozen_concept)
-        return (self.hide(z, t, states, anchor_states, frozen_concept) if with_hide else None), L_rec
+    def teachers(self, z, t, texts: TextStates, known: dict[str, torch.Tensor]) -> Callable[[str], torch.Tensor]:
+        """``frozen(prompt)``: the teacher's prediction at ``(z, t)`` for a prompt, taken from ``known`` (the
+        latent source's ``last_teacher``) or computed once and remembered."""
+        made: dict[str, torch.Tensor] = {}
 
-    def teacher(self, z, t, states) -> torch.Tensor:
-        """The frozen original model's prediction, in the loss space."""
+        def frozen(prompt: str) -> torch.Tensor:
+            if prompt not in made:
+                made[prompt] = self.teacher(z, t, texts(prompt), known.get(prompt))
+            return made[prompt]
+
+        return frozen
+
+    def teacher(self, z, t, states, known: torch.Tensor | None = None) -> torch.Tensor:
+        """The frozen original model's prediction, in the loss space; ``known`` is that prediction as the UNet
+        gave it, where the latent source made it already (``CachedLatents.last_teacher``)."""
+        if known is not None:
+            return self._to_loss_space(known, z, t)
         with torch.no_grad():
             return self._predict(self.frozen_unet, z, t, states)
 
@@ -235,23 +243,27 @@ class Objective:
         target = self.teacher(z, t, states) if target is None else target
         return F.mse_loss(self._predict(self.unet, z, t, states, key), target)
 
-    def hide(self, z, t, states, anchor_states, frozen_concept=None, key: str | None = None) -> torch.Tensor:
+    def hide(
+        self, z, t, states, anchor_states, frozen_concept=None, key: str | None = None, frozen_anchor=None
+    ) -> torch.Tensor:
         """``L_hide``: the prediction without a key (or with the given attacker key), pulled to ESD's
-        negative-guidance target ``anchor - eta (concept - anchor)`` of the frozen model."""
-        with torch.no_grad():
-            if frozen_concept is None:
-                frozen_concept = self._predict(self.frozen_unet, z, t, states)
-            frozen_anchor = self._predict(self.frozen_unet, z, t, anchor_states)
+        negative-guidance target ``anchor - eta (concept - anchor)`` of the frozen model (its predictions
+        computed here unless given, in the loss space)."""
+        if frozen_concept is None:
+            frozen_concept = self.teacher(z, t, states)
+        if frozen_anchor is None:
+            frozen_anchor = self.teacher(z, t, anchor_states)
         hide_target = frozen_anchor - self.eta * (frozen_concept - frozen_anchor)
         return F.mse_loss(self._predict(self.unet, z, t, states, key), hide_target)
 
-    def preserve(self, z, t, states, key: str, without_key: bool):
-        """The preservation losses without the key (None unless asked) and with it; zeros when nothing is preserved."""
+    def preserve(self, z, t, states, key: str, without_key: bool, frozen=None):
+        """The preservation losses without the key (None unless asked) and with it, toward the teacher's
+        prediction ``frozen`` (computed here unless given); zeros when nothing is preserved."""
         if states is None:
             zero = torch.zeros((), device=self.alphas_cumprod.device)
             return zero, zero
-        with torch.no_grad():
-            frozen = self._predict(self.frozen_unet, z, t, states)
+        if frozen is None:
+            frozen = self.teacher(z, t, states)
         with_key = F.mse_loss(self._predict(self.unet, z, t, states, key), frozen)
         plain = F.mse_loss(self._predict(self.unet, z, t, states), frozen) if without_key else None
         return plain, with_key
