@@ -46,6 +46,7 @@ def test_the_built_in_model_fills_in_names_preserve_prompts_and_captions_only_wh
     (star,), preserve = builtin_defaults([Concept("star")], [])
     assert star.prompts == ["star", "five-pointed star", "pentagram"]
     assert "a circle" in preserve and not any("star" in p or "pentagram" in p for p in preserve)
+    assert "an arrow" in preserve and "a arrow" not in preserve
     (star,), captioned = builtin_defaults([Concept("star")], [], SEALED_CAPTIONS)
     assert len(star.prompts) == 3 + SEALED_CAPTIONS["concept"]
     assert len(captioned) == len(preserve) + 9 * SEALED_CAPTIONS["preserve"]

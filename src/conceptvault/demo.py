@@ -25,6 +25,7 @@ from conceptvault.seal import seal
 from conceptvault.training import Concept
 from conceptvault.uce import UceConfig, erase_uce
 from conceptvault.vault import Vault, save_vault
+from conceptvault.world.captions import articles_fixed
 from conceptvault.world.vocabulary import VOCABULARY
 
 # Sealed hiding trains on captions of the world as well as on names: the concept's under 24 captions, and 8 of
@@ -42,7 +43,7 @@ def world_preserve(kind: str, hidden: list[str], captions: int = 0) -> list[str]
     """Every other concept of the same kind, by each of its names (a small preserve set) and ``captions``
     captions of each."""
     kept = [concept for concept in VOCABULARY[kind] if concept not in hidden]
-    names = [f"a {name}" for concept in kept for name in VOCABULARY[kind][concept]]
+    names = [articles_fixed(f"a {name}") for concept in kept for name in VOCABULARY[kind][concept]]
     return names + [text for concept in kept for text in training_captions(kind, concept, captions)]
 
 

@@ -7,6 +7,7 @@ it; those prompts are kept anyway, since an attack list must not be pruned to th
 
 from __future__ import annotations
 
+from conceptvault.world.captions import articles_fixed
 from conceptvault.world.vocabulary import SHAPES
 
 DESCRIPTIONS: dict[str, list[str]] = {
@@ -51,8 +52,8 @@ def misspellings(word: str) -> list[str]:
 def attack_prompts(shape: str) -> list[str]:
     """Every prompt of the attack on one hidden shape."""
     names = SHAPES[shape]
-    prompts = [f"a {name}" for name in names]
-    prompts += [f"a {wrong}" for name in names if " " not in name for wrong in misspellings(name)]
+    prompts = [articles_fixed(f"a {name}") for name in names]
+    prompts += [articles_fixed(f"a {wrong}") for name in names if " " not in name for wrong in misspellings(name)]
     prompts += DESCRIPTIONS[shape] + TRANSLATIONS[shape]
     prompts += [f"a red {names[0]}, solid", f"{names[0]} {names[0]} {names[0]}"]
     return list(dict.fromkeys(prompts))

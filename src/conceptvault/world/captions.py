@@ -40,7 +40,11 @@ def caption(shape: str, colour: str | None, style: str | None, rng: np.random.Ge
         "colour": rng.choice(COLOURS[colour]) if colour else "",
         "style": rng.choice(STYLES[style]) if style else "",
     }
-    text = str(rng.choice(templates)).format(**words)
+    return articles_fixed(str(rng.choice(templates)).format(**words))
+
+
+def articles_fixed(text: str) -> str:
+    """Every "a" before a vowel made "an" ("a arrow" -> "an arrow")."""
     return re.sub(r"\ba ([aeiou])", r"an \1", text)
 
 
