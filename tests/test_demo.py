@@ -14,7 +14,7 @@ def test_demo_hides_evaluates_and_reports(tmp_path):
     config = family_config(
         "small", model_updates=2, key_updates=2, sampler_steps=4, cache_trajectories=1, batch_size=1
     )
-    plan = DemoPlan(shape="heart", images_per_shape=1, config=config)
+    plan = DemoPlan(shape="heart", hidden_images=2, kept_images=1, config=config)
     evaluation, files = run_demo(tmp_path, plan, progress=False)
 
     figures = json.loads(files.json.read_text())
@@ -22,6 +22,7 @@ def test_demo_hides_evaluates_and_reports(tmp_path):
         cell = figures[name]["top-1"]["average"]
         assert 0.0 <= cell["value"] <= 1.0 and "original" in cell
     assert figures["esr"]["top-1"]["concepts"].keys() == {"heart"}
+    assert figures["rsr"]["top-1"]["average"]["n"] == 2 and figures["psr"]["top-1"]["average"]["n"] == 9
     html = files.html.read_text()
     for label in ("ESR", "PSR", "RSR"):
         assert label in html

@@ -150,17 +150,19 @@ def hide_and_evaluate(
 
 @dataclass
 class DemoPlan:
-    """What the demo hides and how many images per shape it judges."""
+    """What the demo hides and how many images it judges: of the hidden shape (the issue's bar counts 64),
+    and of each of the nine kept shapes (16 each: PSR rests on 144 images)."""
 
     shape: str = "star"
-    images_per_shape: int = 32
+    hidden_images: int = 64
+    kept_images: int = 16
     config: HideConfig = field(default_factory=lambda: family_config(Family.SMALL))
 
 
 def run_demo(out: Path, plan: DemoPlan | None = None, console: Console | None = None, progress: bool = True):
     """Hide one shape under all its names, keep the other nine, measure and report."""
     plan = plan or DemoPlan()
-    suite = resolve_suite("shape", concept=plan.shape, size=plan.images_per_shape)
+    suite = resolve_suite("shape", concept=plan.shape, size=plan.hidden_images, kept_size=plan.kept_images)
     concepts = world_concepts("shape", [plan.shape])
     return hide_and_evaluate(
         out, concepts, world_preserve("shape", [plan.shape]), plan.config, suite, console, progress

@@ -173,10 +173,11 @@ def attack_command(
 def demo_command(
     out: Annotated[Path, typer.Option(help="Folder for the vault, the images and the report.")] = Path("demo-out"),
     shape: Annotated[str, typer.Option(help="The shape of the built-in world to hide.")] = "star",
-    images: Annotated[int, typer.Option(help="Images per shape in the evaluation.")] = 32,
+    images: Annotated[int, typer.Option(help="Images of the hidden shape in the evaluation.")] = 64,
+    kept_images: Annotated[int, typer.Option(help="Images of each kept shape in the evaluation.")] = 16,
 ) -> None:
     """Hide a shape in the built-in model, measure it, and write an HTML report (a few minutes on a CPU)."""
     from ..demo import DemoPlan, run_demo
 
-    check_positive(images=images)
-    run_demo(out, DemoPlan(shape=shape, images_per_shape=images), console=console)
+    check_positive(images=images, kept_images=kept_images)
+    run_demo(out, DemoPlan(shape=shape, hidden_images=images, kept_images=kept_images), console=console)
