@@ -1,14 +1,15 @@
 """Recovery sweep: hide one concept of the built-in world under many settings, measure each vault, compare.
 
-    python bench/recovery.py                          # the default grid, star, 32 images of the star
-    python bench/recovery.py --grid keys --concept arrow --size 64 --kept-size 16
-    python bench/recovery.py --only base,key-500      # some points of the grid
+    python bench/recovery.py                          # the default grid, star, 64 images of the star
+    python bench/recovery.py --grid keys --concept arrow --kept-size 16
+    python bench/recovery.py --only base,key-300      # some points of the grid
 
 Every point hides with the small-model defaults (``conceptvault.defaults``) changed by the point's
-settings, then evaluates on the same prompts and seeds (the original model's images are made once and
-shared). A finished point is kept in ``OUT/<point>/point.json`` and skipped when the sweep runs again,
-so an interrupted sweep continues where it stopped. After each point the sweep rewrites
-``OUT/recovery.csv``, ``OUT/recovery.md`` and ``OUT/recovery.png`` (RSR against ESR, PSR as colour,
+settings (``captions``: how many world captions are trained on beside the names; the CLI's by default), then
+evaluates on the same prompts and seeds (the original model's images are made once and shared). A
+finished point is kept in ``OUT/<point>/point.json`` and skipped when the sweep runs again, so an
+interrupted sweep continues where it stopped. After each point the sweep rewrites ``OUT/recovery.csv``,
+``OUT/recovery.md`` and ``OUT/recovery.png`` (RSR against ESR with their 95 % intervals, PSR as colour,
 the original model marked).
 """
 
@@ -23,41 +24,62 @@ from pathlib import Path
 import torch
 
 from conceptvault.defaults import Family, family_config
-from conceptvault.demo import hide_and_evaluate, world_concepts, world_preserve
+from conceptvault.demo import WORLD_CAPTIONS, hide_and_evaluate, world_concepts, world_preserve
 from conceptvault.evaluate import resolve_suite
 from conceptvault.vault import Vault
 
+NAMES_ONLY = {"concept": 0, "preserve": 0}
+# The built-in family's defaults before world captions and the larger key; points named "prev-..." change these.
+PREVIOUS = dict(captions=NAMES_ONLY, key_lr=1e-2, m=10, key_updates=300)
+
+
+def _previous(**changes) -> dict:
+    return {**PREVIOUS, **changes}
+
+
 GRIDS: dict[str, dict[str, dict]] = {
     "default": {
-        "paper": dict(key_updates=0, lambda_rec=0.1, key_lr=1e-3, lambda_uncond=0.0, loss_space="epsilon"),
         "base": {},
-        "no-uncond": dict(lambda_uncond=0.0),
-        "epsilon": dict(loss_space="epsilon"),
-        "epsilon-no-uncond": dict(loss_space="epsilon", lambda_uncond=0.0),
-        "epsilon-u400": dict(loss_space="epsilon", model_updates=400),
-        "epsilon-rec-3-u400": dict(loss_space="epsilon", lambda_rec=3.0, model_updates=400),
-        "epsilon-eta-2": dict(loss_space="epsilon", eta=2.0),
+        "previous": PREVIOUS,
+        "key-300": dict(key_updates=300),
+        "key-300-rec-2": dict(key_updates=300, lambda_rec=2.0),
+        "captions-24-8-key-300": dict(captions=WORLD_CAPTIONS["sealed"], key_updates=300),
+        "names-only": dict(captions=NAMES_ONLY),
+        "c2": dict(cache_trajectories=2),
         "v": dict(loss_space="v"),
-        "hide-1.5": dict(lambda_hide=1.5),
-        "hide-2": dict(lambda_hide=2.0),
-        "hide-2-key-lr-3e-2": dict(lambda_hide=2.0, key_lr=3e-2),
-        "hide-3": dict(lambda_hide=3.0),
-        "hide-3-rec-3": dict(lambda_hide=3.0, lambda_rec=3.0),
-        "lr-2e-3": dict(lr=2e-3),
-        "no-key-phase": dict(key_updates=0),
-        "key-800": dict(key_updates=800),
         "rec-3": dict(lambda_rec=3.0),
         "k-3": dict(k=3),
-        "key-lr-3e-2": dict(key_lr=3e-2),
-        "m-40": dict(m=40),
         "mid+up": dict(placement="mid+up"),
         "random-init": dict(key_init="random"),
         "sample": dict(latents="sample"),
+        "paper": _previous(key_updates=0, lambda_rec=0.1, key_lr=1e-3, lambda_uncond=0.0, loss_space="epsilon"),
+        "prev-no-uncond": _previous(lambda_uncond=0.0),
+        "prev-epsilon": _previous(loss_space="epsilon"),
+        "prev-epsilon-no-uncond": _previous(loss_space="epsilon", lambda_uncond=0.0),
+        "prev-epsilon-u400": _previous(loss_space="epsilon", model_updates=400),
+        "prev-epsilon-rec-3-u400": _previous(loss_space="epsilon", lambda_rec=3.0, model_updates=400),
+        "prev-epsilon-eta-2": _previous(loss_space="epsilon", eta=2.0),
+        "prev-hide-1.5": _previous(lambda_hide=1.5),
+        "prev-hide-1.5-key-lr-3e-2": _previous(lambda_hide=1.5, key_lr=3e-2),
+        "prev-hide-1.5-key-lr-3e-2-m-40": _previous(lambda_hide=1.5, key_lr=3e-2, m=40),
+        "prev-hide-2": _previous(lambda_hide=2.0),
+        "prev-hide-2-key-lr-3e-2": _previous(lambda_hide=2.0, key_lr=3e-2),
+        "prev-hide-2-key-lr-1e-1": _previous(lambda_hide=2.0, key_lr=1e-1),
+        "prev-hide-2-key-lr-3e-2-key-800": _previous(lambda_hide=2.0, key_lr=3e-2, key_updates=800),
+        "prev-hide-2-key-lr-3e-2-m-40": _previous(lambda_hide=2.0, key_lr=3e-2, m=40),
+        "prev-hide-2-key-lr-3e-2-m-80": _previous(lambda_hide=2.0, key_lr=3e-2, m=80),
+        "prev-hide-3": _previous(lambda_hide=3.0),
+        "prev-hide-3-rec-3": _previous(lambda_hide=3.0, lambda_rec=3.0),
+        "prev-captions-24-8": _previous(captions=WORLD_CAPTIONS["sealed"]),
+        "prev-captions-24-8-c2": _previous(captions=WORLD_CAPTIONS["sealed"], cache_trajectories=2),
+        "prev-lr-2e-3": _previous(lr=2e-3),
+        "prev-no-key-phase": _previous(key_updates=0),
+        "prev-key-800": _previous(key_updates=800),
     },
     "keys": {
         "base": {},
-        "key-800": dict(key_updates=800),
-        "m-40-key-800": dict(m=40, key_updates=800),
+        "key-300": dict(key_updates=300),
+        "key-1000": dict(key_updates=1000),
     },
 }
 COLUMNS = [
@@ -82,13 +104,15 @@ def measure(point: str, overrides: dict, args, suite, out: Path) -> dict:
     done = folder / "point.json"
     if done.is_file():
         return json.loads(done.read_text())
-    config = family_config(Family.SMALL, **overrides)
+    settings = dict(overrides)
+    captions = settings.pop("captions", WORLD_CAPTIONS["kpop"])  # world captions beside the names, as the CLI
+    config = family_config(Family.SMALL, **settings)
     hidden = [c.name for c in suite.hidden]
     started = time.perf_counter()
     evaluation, _ = hide_and_evaluate(
         folder,
-        world_concepts("shape", hidden),
-        world_preserve("shape", hidden),
+        world_concepts("shape", hidden, captions.get("concept", 0)),
+        world_preserve("shape", hidden, captions.get("preserve", 0)),
         config,
         suite,
         progress=args.progress,
@@ -143,42 +167,55 @@ def _pct(value) -> str:
 
 
 def plot(rows: list[dict], out: Path, title: str) -> None:
+    """RSR against ESR with their 95 % intervals, PSR as colour; points are numbered, the names listed beside."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(7.5, 5.5))
-    points = axes.scatter(
-        [r["esr"] for r in rows],
-        [r["rsr"] for r in rows],
-        c=[r["psr"] for r in rows],
-        cmap="viridis",
-        vmin=0.5,
-        vmax=1.0,
-        s=60,
-        edgecolors="black",
-        zorder=3,
+    figure, (axes, names) = plt.subplots(1, 2, figsize=(11, 5.5), gridspec_kw={"width_ratios": [3, 1.3]})
+    esr, rsr = [r["esr"] for r in rows], [r["rsr"] for r in rows]
+    axes.errorbar(
+        esr,
+        rsr,
+        xerr=_interval(rows, "esr"),
+        yerr=_interval(rows, "rsr"),
+        fmt="none",
+        ecolor="grey",
+        elinewidth=0.6,
+        alpha=0.6,
+        zorder=2,
     )
-    names_at: dict[tuple[float, float], list[str]] = {}  # points that land on one spot share a label
-    for row in rows:
-        names_at.setdefault((row["esr"], row["rsr"]), []).append(row["point"])
-    for spot, names in names_at.items():
-        axes.annotate(", ".join(names), spot, textcoords="offset points", xytext=(5, 4), fontsize=8)
+    points = axes.scatter(
+        esr, rsr, c=[r["psr"] for r in rows], cmap="viridis", vmin=0.5, vmax=1.0, s=60, edgecolors="black", zorder=3
+    )
+    numbers_at: dict[tuple[float, float], list[str]] = {}  # points that land on one spot share a label
+    for number, row in enumerate(rows, 1):
+        numbers_at.setdefault((row["esr"], row["rsr"]), []).append(str(number))
+    for spot, numbers in numbers_at.items():
+        axes.annotate(",".join(numbers), spot, textcoords="offset points", xytext=(5, 4), fontsize=8)
     original = rows[0]["original"]
-    axes.scatter([original["esr"]], [original["rsr"]], marker="*", s=220, c="red", zorder=4, label="original model")
-    axes.axhline(original["rsr"], color="red", lw=0.8, ls="--")
-    axes.set_xlabel("ESR-1 (hidden without the key)")
+    axes.axhline(original["rsr"], color="red", lw=0.8, ls="--", label=f"original model's RSR ({original['rsr']:.0%})")
+    axes.axvline(0.95, color="grey", lw=0.8, ls=":", label="the aim: ESR 95 %")
+    axes.set_xlabel(f"ESR-1 (hidden without the key; the original model: {original['esr']:.0%})")
     axes.set_ylabel("RSR-1 (recovered with the key)")
-    axes.set_xlim(-0.02, 1.25)  # room for the labels of points at ESR 100 %
-    axes.set_ylim(-0.02, 1.02)
+    axes.set_xlim(max(0.0, min(esr) - 0.1), 1.02)
+    axes.set_ylim(max(0.0, min(rsr) - 0.1), 1.02)
     axes.grid(alpha=0.3)
-    axes.legend(loc="lower left")
-    figure.colorbar(points, label="PSR-1 (other shapes kept, no key)")
-    axes.set_title(title)
+    axes.legend(loc="lower left", fontsize=8)
+    figure.colorbar(points, ax=axes, label="PSR-1 (other shapes kept, no key)")
+    axes.set_title(title, fontsize=10)
+    names.axis("off")
+    listing = "\n".join(f"{number}  {row['point']}" for number, row in enumerate(rows, 1))
+    names.text(0, 1, listing, va="top", family="monospace", fontsize=8, transform=names.transAxes)
     figure.tight_layout()
     figure.savefig(out / "recovery.png", dpi=120)
     plt.close(figure)
+
+
+def _interval(rows: list[dict], name: str) -> list[list[float]]:
+    """Distances from each point down and up to its 95 % interval, as matplotlib's error bars take them."""
+    return [[r[name] - r["ci"][name][0] for r in rows], [r["ci"][name][1] - r[name] for r in rows]]
 
 
 def main() -> None:
@@ -186,7 +223,7 @@ def main() -> None:
     parser.add_argument("--grid", choices=list(GRIDS), default="default")
     parser.add_argument("--only", help="comma-separated points of the grid")
     parser.add_argument("--concept", default="star")
-    parser.add_argument("--size", type=int, default=32, help="images of the hidden shape")
+    parser.add_argument("--size", type=int, default=64, help="images of the hidden shape")
     parser.add_argument("--kept-size", type=int, default=8, help="images of each kept shape")
     parser.add_argument("--out", type=Path, default=Path("runs/recovery"))
     parser.add_argument("--threads", type=int, default=2)

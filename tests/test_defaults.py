@@ -9,6 +9,7 @@ import pytest
 from conceptvault.backbone import load_pipeline
 from conceptvault.cli import main
 from conceptvault.defaults import FAMILY_SETTINGS, Family, family_config, model_family
+from conceptvault.demo import WORLD_CAPTIONS
 from conceptvault.hide import HideConfig
 
 
@@ -39,10 +40,11 @@ def test_the_manifest_records_the_family_and_every_setting_used(sd1_path, tmp_pa
     given = dict(model_updates=1, key_updates=1, sampler_steps=2, cache_trajectories=1, key_lr=0.02)
     expected = family_config(family, **given)
     assert manifest["config"] == expected.to_dict()
-    # the built-in model also fills in the world's other names of the star and the shapes to keep
+    # the built-in model also fills in the world's other names of the star, world captions, and the shapes to keep
     builtin = model == "builtin"
     names = ["star", "five-pointed star", "pentagram"] if builtin else ["star"]
-    assert manifest["concepts"][0]["prompts"] == names
+    prompts = manifest["concepts"][0]["prompts"]
+    assert prompts[:3] == names and len(prompts) == len(names) + builtin * WORLD_CAPTIONS["kpop"]["concept"]
     assert ("a circle" in manifest["preserve"]) is builtin
     assert not any("star" in prompt for prompt in manifest["preserve"])
     capsys.readouterr()

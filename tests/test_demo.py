@@ -5,7 +5,7 @@ import json
 import pytest
 
 from conceptvault.defaults import family_config
-from conceptvault.demo import SEALED_CAPTIONS, DemoPlan, builtin_defaults, make_world_vault, run_demo
+from conceptvault.demo import WORLD_CAPTIONS, DemoPlan, builtin_defaults, make_world_vault, run_demo
 from conceptvault.errors import ConceptVaultError
 from conceptvault.training import Concept
 
@@ -48,11 +48,12 @@ def test_the_built_in_model_fills_in_names_preserve_prompts_and_captions_only_wh
     assert star.prompts == ["star", "five-pointed star", "pentagram"]
     assert "a circle" in preserve and not any("star" in p or "pentagram" in p for p in preserve)
     assert "an arrow" in preserve and "a arrow" not in preserve
-    (star,), captioned = builtin_defaults([Concept("star")], [], SEALED_CAPTIONS)
-    assert len(star.prompts) == 3 + SEALED_CAPTIONS["concept"]
-    assert len(captioned) == len(preserve) + 9 * SEALED_CAPTIONS["preserve"]
+    sealed = WORLD_CAPTIONS["sealed"]
+    (star,), captioned = builtin_defaults([Concept("star")], [], sealed)
+    assert len(star.prompts) == 3 + sealed["concept"]
+    assert len(captioned) == len(preserve) + 9 * sealed["preserve"]
     given = [Concept.parse("star|pentagram")]
-    assert builtin_defaults(given, ["a box"], SEALED_CAPTIONS) == (given, ["a box"])
+    assert builtin_defaults(given, ["a box"], sealed) == (given, ["a box"])
     assert builtin_defaults([Concept("dog")], []) == ([Concept("dog")], [])  # not a world concept
     (anchored,), _ = builtin_defaults([Concept("star", anchor="a circle")], [])  # an explicit --anchor is kept
     assert anchored.prompts == ["star", "five-pointed star", "pentagram"] and anchored.anchor == "a circle"

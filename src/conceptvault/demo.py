@@ -28,10 +28,12 @@ from conceptvault.vault import Vault, save_vault
 from conceptvault.world.captions import articles_fixed
 from conceptvault.world.vocabulary import VOCABULARY
 
-# Sealed hiding trains on captions of the world as well as on names: the concept's under 24 captions, and 8 of
-# each kept concept beside their names. On the star (64 images per shape) ESR went from 93.8 % with names alone
-# to 100 %; the other shapes stayed at 90-91 % of the original's rate.
-SEALED_CAPTIONS = {"concept": 24, "preserve": 8}
+# On the built-in model both ways of hiding train on world captions as well as on names: the concept under
+# n captions, and m of each kept concept beside their names. Sealed hiding, 24 and 8: on the star (64 images
+# per shape) ESR went from 93.8 % with names alone to 100 %, the other shapes at 90-91 % of the original's
+# rate. kpop, 12 and 4: on the arrow ESR went from 60.9 % to 95.3 % and PSR from 91 % to 99 % of the
+# original's (bench/recovery.py; 24 and 8 cost the key more than 12 and 4 did on the star).
+WORLD_CAPTIONS = {"kpop": {"concept": 12, "preserve": 4}, "sealed": {"concept": 24, "preserve": 8}}
 
 
 def world_concepts(kind: str, names: list[str], captions: int = 0) -> list[Concept]:
@@ -53,7 +55,7 @@ def builtin_defaults(
     """What the command line gives the built-in model when a flag is left out: a concept named by its world
     name alone is hidden under every name it has ("star" also as "five-pointed star" and "pentagram"), and
     with no preserve prompt the other concepts of that kind are kept (as the demo and the benches do);
-    ``captions`` ({"concept": n, "preserve": m}, as :data:`SEALED_CAPTIONS`) adds world captions to both."""
+    ``captions`` ({"concept": n, "preserve": m}, as in :data:`WORLD_CAPTIONS`) adds world captions to both."""
     captions = captions or {}
     kinds = {name: kind for kind, names in VOCABULARY.items() for name in names}
     concepts = [
@@ -81,7 +83,7 @@ def make_world_vault(method: str, folder: Path, hidden: list[str], adversary_eve
         raise ConceptVaultError(f"unknown method {method!r}; one of {', '.join(WORLD_METHODS)}.")
     if folder.exists():
         return folder
-    captions = SEALED_CAPTIONS if method == "sealed" else {}
+    captions = WORLD_CAPTIONS.get("kpop" if method == "hardened" else method, {})
     concepts = world_concepts("shape", hidden, captions.get("concept", 0))
     preserve = world_preserve("shape", hidden, captions.get("preserve", 0))
     pipe = load_pipeline(BUILTIN)
@@ -163,7 +165,7 @@ def run_demo(out: Path, plan: DemoPlan | None = None, console: Console | None = 
     """Hide one shape under all its names, keep the other nine, measure and report."""
     plan = plan or DemoPlan()
     suite = resolve_suite("shape", concept=plan.shape, size=plan.hidden_images, kept_size=plan.kept_images)
-    concepts = world_concepts("shape", [plan.shape])
-    return hide_and_evaluate(
-        out, concepts, world_preserve("shape", [plan.shape]), plan.config, suite, console, progress
-    )
+    captions = WORLD_CAPTIONS["kpop"]
+    concepts = world_concepts("shape", [plan.shape], captions["concept"])
+    preserve = world_preserve("shape", [plan.shape], captions["preserve"])
+    return hide_and_evaluate(out, concepts, preserve, plan.config, suite, console, progress)

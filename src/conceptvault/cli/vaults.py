@@ -15,7 +15,7 @@ from rich.table import Table
 from ..backbone import BUILTIN, load_pipeline
 from ..checkpoint import output_lock
 from ..defaults import esd_family_config, family_config, model_family, seal_family_config
-from ..demo import SEALED_CAPTIONS, builtin_defaults
+from ..demo import WORLD_CAPTIONS, builtin_defaults
 from ..errors import ConceptVaultError
 from ..generate import generate_images, image_grid
 from ..hide import HideConfig, KeyInit, hide
@@ -75,7 +75,7 @@ def hide_command(
         list[str],
         typer.Option(
             help="A concept to hide: 'star', or phrasings 'star|five-pointed star' (the first names the key). "
-            "On the built-in model a world name brings its other names along. Repeatable."
+            "On the built-in model a world name brings its other names and some world captions along. Repeatable."
         ),
     ],
     out: Annotated[Path, typer.Option(help="Folder to write the vault to; it must not exist yet.")],
@@ -83,7 +83,7 @@ def hide_command(
         list[str] | None,
         typer.Option(
             help="A prompt the model must keep rendering as before. Repeatable. Built-in model, none given: "
-            "the other concepts of the hidden one's kind."
+            "the other concepts of the hidden one's kind, by name and some world captions."
         ),
     ] = None,
     anchor: Annotated[
@@ -138,8 +138,7 @@ def hide_command(
     checked(lambda: (SealConfig if method == HideMethod.SEALED else HideConfig)(**explicit))  # before any loading
     concepts, preserve = parse_concepts(concept, anchor or []), preserve or []
     if model == BUILTIN:
-        captions = SEALED_CAPTIONS if method == HideMethod.SEALED else None
-        concepts, preserve = builtin_defaults(concepts, preserve, captions)
+        concepts, preserve = builtin_defaults(concepts, preserve, WORLD_CAPTIONS[method.value])
     passphrase = read_passphrase(passphrase_file)
     with output_lock(out, resume) as checkpoint_dir:
         pipe = load_pipeline(model, device=device)
