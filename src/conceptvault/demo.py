@@ -152,8 +152,8 @@ def hide_and_evaluate(
 
 @dataclass
 class DemoPlan:
-    """What the demo hides and how many images it judges: of the hidden shape (the issue's bar counts 64),
-    and of each of the nine kept shapes (16 each: PSR rests on 144 images)."""
+    """What the demo hides and how many images it judges: of the hidden shape (64, so that ESR and RSR
+    move by 1.6 points an image), and of each of the nine kept shapes (16 each: PSR rests on 144)."""
 
     shape: str = "star"
     hidden_images: int = 64
