@@ -3,6 +3,7 @@
     python bench/recovery.py                          # the default grid, star, 64 images of the star
     python bench/recovery.py --grid keys --concept arrow --kept-size 16
     python bench/recovery.py --only base,key-300      # some points of the grid
+    python bench/recovery.py --suite colour --concept red --only base
 
 Every point hides with the small-model defaults (``conceptvault.defaults``) changed by the point's
 settings (``captions``: how many world captions are trained on beside the names; the CLI's by default), then
@@ -111,8 +112,8 @@ def measure(point: str, overrides: dict, args, suite, out: Path) -> dict:
     started = time.perf_counter()
     evaluation, _ = hide_and_evaluate(
         folder,
-        world_concepts("shape", hidden, captions.get("concept", 0)),
-        world_preserve("shape", hidden, captions.get("preserve", 0)),
+        world_concepts(args.kind, hidden, captions.get("concept", 0)),
+        world_preserve(args.kind, hidden, captions.get("preserve", 0)),
         config,
         suite,
         progress=args.progress,
@@ -222,7 +223,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grid", choices=list(GRIDS), default="default")
     parser.add_argument("--only", help="comma-separated points of the grid")
-    parser.add_argument("--concept", default="star")
+    parser.add_argument(
+        "--suite",
+        choices=["shape", "colour", "style", "five-shapes-a", "five-shapes-b"],
+        default="shape",
+        help="what kind of concept is hidden (five-shapes-*: five shapes at once, --concept unused)",
+    )
+    parser.add_argument("--concept", default="star", help="the shape, colour or style hidden")
     parser.add_argument("--size", type=int, default=64, help="images of the hidden shape")
     parser.add_argument("--kept-size", type=int, default=8, help="images of each kept shape")
     parser.add_argument("--out", type=Path, default=Path("runs/recovery"))
@@ -233,8 +240,12 @@ def main() -> None:
     points = GRIDS[args.grid]
     if args.only:
         points = {name: points[name] for name in args.only.split(",")}
-    suite = resolve_suite("shape", concept=args.concept, size=args.size, kept_size=args.kept_size)
-    out = args.out / args.concept
+    five_shapes = args.suite.startswith("five-shapes")
+    args.kind = "shape" if five_shapes else args.suite
+    concept = None if five_shapes else args.concept
+    suite = resolve_suite(args.suite, concept=concept, size=args.size, kept_size=args.kept_size)
+    name = args.suite if five_shapes else args.concept
+    out = args.out / name
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for point, overrides in points.items():
@@ -246,7 +257,7 @@ def main() -> None:
             flush=True,
         )
         write_tables(rows, out)
-        plot(rows, out, f"hiding '{args.concept}' in the built-in model: {args.size} images, same seeds")
+        plot(rows, out, f"hiding '{name}' in the built-in model: {args.size} images, same seeds")
 
 
 if __name__ == "__main__":
