@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from conceptvault.defaults import Family, family_config
-from conceptvault.demo import WORLD_CAPTIONS, hide_and_evaluate, world_concepts, world_preserve
+from conceptvault.demo import WORLD_CAPTIONS, hide_and_evaluate, world_prompts
 from conceptvault.evaluate import resolve_suite
 from conceptvault.vault import Vault
 
@@ -112,8 +112,7 @@ def measure(point: str, overrides: dict, args, suite, out: Path) -> dict:
     started = time.perf_counter()
     evaluation, _ = hide_and_evaluate(
         folder,
-        world_concepts(args.kind, hidden, captions.get("concept", 0)),
-        world_preserve(args.kind, hidden, captions.get("preserve", 0)),
+        *world_prompts(args.kind, hidden, captions),
         config,
         suite,
         progress=args.progress,

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from conceptvault.defaults import family_config
-from conceptvault.demo import hide_and_evaluate, world_concepts, world_preserve
+from conceptvault.demo import WORLD_CAPTIONS, hide_and_evaluate, world_prompts
 from conceptvault.evaluate import resolve_suite
 
 _KIND = {"shape": "shape", "colour": "colour", "style": "style", "five-shapes-a": "shape", "five-shapes-b": "shape"}
@@ -42,9 +42,8 @@ def main() -> None:
     }
     config = family_config("small", **overrides)
     out = args.out or Path("runs") / f"hiding-{suite.name}"
-    evaluation, files = hide_and_evaluate(
-        out, world_concepts(_KIND[args.suite], hidden), world_preserve(_KIND[args.suite], hidden), config, suite
-    )
+    concepts, preserve = world_prompts(_KIND[args.suite], hidden, WORLD_CAPTIONS["kpop"])  # as the CLI does
+    evaluation, files = hide_and_evaluate(out, concepts, preserve, config, suite)
     print(json.dumps({name: evaluation.cell(name)["value"] for name in ("esr", "psr", "rsr", "key_psr")}))
 
 

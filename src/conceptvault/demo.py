@@ -49,6 +49,13 @@ def world_preserve(kind: str, hidden: list[str], captions: int = 0) -> list[str]
     return names + [text for concept in kept for text in training_captions(kind, concept, captions)]
 
 
+def world_prompts(kind: str, hidden: list[str], captions: dict) -> tuple[list[Concept], list[str]]:
+    """The concepts to hide and the prompts to keep, by name and with ``captions`` world captions of each
+    ({"concept": n, "preserve": m}, as in :data:`WORLD_CAPTIONS`; missing counts are 0)."""
+    concepts = world_concepts(kind, hidden, captions.get("concept", 0))
+    return concepts, world_preserve(kind, hidden, captions.get("preserve", 0))
+
+
 def builtin_defaults(
     concepts: list[Concept], preserve: list[str], captions: dict | None = None
 ) -> tuple[list[Concept], list[str]]:
@@ -83,9 +90,8 @@ def make_world_vault(method: str, folder: Path, hidden: list[str], adversary_eve
         raise ConceptVaultError(f"unknown method {method!r}; one of {', '.join(WORLD_METHODS)}.")
     if folder.exists():
         return folder
-    captions = WORLD_CAPTIONS.get("kpop" if method == "hardened" else method, {})
-    concepts = world_concepts("shape", hidden, captions.get("concept", 0))
-    preserve = world_preserve("shape", hidden, captions.get("preserve", 0))
+    captions = WORLD_CAPTIONS.get("kpop" if method == "hardened" else method, {})  # erasure: names only
+    concepts, preserve = world_prompts("shape", hidden, captions)
     pipe = load_pipeline(BUILTIN)
     if method in ("kpop", "hardened"):
         hardening = {"adversary_every": adversary_every} if method == "hardened" else {}
@@ -165,7 +171,5 @@ def run_demo(out: Path, plan: DemoPlan | None = None, console: Console | None = 
     """Hide one shape under all its names, keep the other nine, measure and report."""
     plan = plan or DemoPlan()
     suite = resolve_suite("shape", concept=plan.shape, size=plan.hidden_images, kept_size=plan.kept_images)
-    captions = WORLD_CAPTIONS["kpop"]
-    concepts = world_concepts("shape", [plan.shape], captions["concept"])
-    preserve = world_preserve("shape", [plan.shape], captions["preserve"])
+    concepts, preserve = world_prompts("shape", [plan.shape], WORLD_CAPTIONS["kpop"])
     return hide_and_evaluate(out, concepts, preserve, plan.config, suite, console, progress)
