@@ -1,6 +1,6 @@
 """Where a key falls short: per sampler step, how far each guidance branch with the key is from the original's.
 
-    python bench/key_branches.py VAULT [--concept star] [--prompts 8]
+    python bench/key_branches.py VAULT [--kind shape] [--concept star] [--prompts 8]
 
 Classifier-free guidance gives the key to both branches, so a key holder's step is
 ``u_k + g (c_k - u_k)``: the conditional prediction with the key (``c_k``) and the unconditional one
@@ -53,14 +53,17 @@ def branch_errors(pipe, original, key: str, prompts: list[str], seed: int = 0) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("vault")
-    parser.add_argument("--concept", default="star", choices=list(VOCABULARY["shape"]))
+    parser.add_argument("--kind", default="shape", choices=list(VOCABULARY), help="what kind of concept is hidden")
+    parser.add_argument("--concept", default="star", help="the shape, colour or style hidden (its key's name)")
     parser.add_argument("--prompts", type=int, default=8, help="suite prompts of the concept (seeds 0..)")
     args = parser.parse_args()
+    if args.concept not in VOCABULARY[args.kind]:
+        parser.error(f"{args.concept!r} is not a {args.kind}; one of {', '.join(VOCABULARY[args.kind])}")
     torch.set_num_threads(2)
     pipe = load_pipeline(BUILTIN, device="cpu")
     original = copy.deepcopy(pipe.unet).eval()
     Vault.load(args.vault, keys="all").apply(pipe)
-    prompts = world_concept("shape", args.concept, args.prompts).prompts
+    prompts = world_concept(args.kind, args.concept, args.prompts).prompts
     rows = branch_errors(pipe, original, args.concept, prompts)
     names = list(next(iter(rows.values())))
     print("| t | " + " | ".join(names) + " |")
