@@ -295,5 +295,6 @@ def main() -> None:
             write_tables(rows, out)
             plot(rows, out, f"hiding '{name}' in the built-in model: {args.size} images, same seeds")
 
+
 if __name__ == "__main__":
     main()
