@@ -50,7 +50,8 @@ GRIDS: dict[str, dict[str, dict]] = {
         "captions-24-8-key-300": dict(captions=WORLD_CAPTIONS["sealed"], key_updates=300),
         "names-only": dict(captions=NAMES_ONLY),
         "key-1200": dict(key_updates=1200),
-        "updates-x5": dict(model_updates=1000, key_updates=3000),  # five concepts: each one's share of the defaults
+        "updates-300": dict(model_updates=300),
+        "updates-per-five": dict(model_updates=200, key_updates=600),  # five concepts sharing one concept's updates
         "captions-36-4": dict(captions={"concept": 36, "preserve": 4}),
         "captions-36-4-key-1200": dict(captions={"concept": 36, "preserve": 4}, key_updates=1200),
         "c2": dict(cache_trajectories=2),
@@ -115,8 +116,8 @@ def measure(point: str, overrides: dict, args, suite, out: Path) -> dict:
         return json.loads(done.read_text())
     settings = dict(overrides)
     captions = settings.pop("captions", WORLD_CAPTIONS["kpop"])  # world captions beside the names, as the CLI
-    config = family_config(Family.SMALL, **settings)
     hidden = [c.name for c in suite.hidden]
+    config = family_config(Family.SMALL, len(hidden), **settings)
     started = time.perf_counter()
     evaluation, _ = hide_and_evaluate(
         folder,

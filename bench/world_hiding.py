@@ -40,7 +40,7 @@ def main() -> None:
         name: json.loads(value) if value[:1].isdigit() or value[:1] == "-" else value
         for name, value in (item.split("=", 1) for item in args.set)
     }
-    config = family_config("small", **overrides)
+    config = family_config("small", len(hidden), **overrides)
     out = args.out or Path("runs") / f"hiding-{suite.name}"
     concepts, preserve = world_prompts(_KIND[args.suite], hidden, WORLD_CAPTIONS["kpop"])  # as the CLI does
     evaluation, files = hide_and_evaluate(out, concepts, preserve, config, suite)

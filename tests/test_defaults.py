@@ -7,9 +7,10 @@ import json
 import pytest
 
 from conceptvault.backbone import load_pipeline
-from conceptvault.cli import main
+from conceptvault.cli import main, vaults
 from conceptvault.defaults import FAMILY_SETTINGS, Family, family_config, model_family
 from conceptvault.demo import WORLD_CAPTIONS
+from conceptvault.errors import ConceptVaultError
 from conceptvault.hide import HideConfig
 
 
@@ -25,6 +26,33 @@ def test_each_family_has_its_defaults_and_explicit_settings_win():
     assert sd1 == HideConfig()  # Stable Diffusion: the method paper's settings
     assert small.lr == FAMILY_SETTINGS[Family.SMALL]["lr"] != sd1.lr
     assert family_config(Family.SMALL, lr=0.5).lr == 0.5
+
+
+def test_small_models_give_each_concept_its_own_updates():
+    one, five = family_config(Family.SMALL), family_config(Family.SMALL, concepts=5)
+    assert (five.model_updates, five.key_updates) == (5 * one.model_updates, 5 * one.key_updates)
+    assert five.lr == one.lr and five.m == one.m  # only the update counts scale
+    assert family_config(Family.SMALL, concepts=5, model_updates=7).model_updates == 7  # explicit wins
+    assert family_config(Family.SD1, concepts=5) == HideConfig()  # Stable Diffusion: the paper's, unscaled
+
+
+def test_the_command_line_scales_the_updates_by_the_concepts_hidden(tmp_path, capsys, monkeypatch):
+    used = []
+
+    def record_and_stop(pipe, concepts, config, **options):
+        used.append((len(concepts), config))
+        raise ConceptVaultError("stopped before training")
+
+    monkeypatch.setattr(vaults, "hide", record_and_stop)
+    for given in ([], ["--model-updates", "7"]):
+        with pytest.raises(SystemExit):
+            main(["hide", "builtin", "--concept", "star", "--concept", "heart", "--out", str(tmp_path / "v"), *given])
+        assert "stopped before training" in capsys.readouterr().err
+    (concepts, scaled), (_, explicit) = used
+    assert concepts == 2 and scaled.model_updates == 2 * FAMILY_SETTINGS[Family.SMALL]["model_updates"]
+    assert scaled.key_updates == 2 * FAMILY_SETTINGS[Family.SMALL]["key_updates"]
+    assert explicit.model_updates == 7
+    assert not (tmp_path / "v").exists()  # nothing half-written
 
 
 @pytest.mark.parametrize("model", ["sd1", "builtin"])

@@ -95,7 +95,7 @@ def make_world_vault(method: str, folder: Path, hidden: list[str], adversary_eve
     pipe = load_pipeline(BUILTIN)
     if method in ("kpop", "hardened"):
         hardening = {"adversary_every": adversary_every} if method == "hardened" else {}
-        result = hide(pipe, concepts, family_config(Family.SMALL, **hardening), preserve=preserve)
+        result = hide(pipe, concepts, family_config(Family.SMALL, len(hidden), **hardening), preserve=preserve)
     elif method == "sealed":
         result = seal(pipe, concepts, seal_family_config(Family.SMALL), preserve=preserve)
     elif method == "uce":

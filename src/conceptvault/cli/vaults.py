@@ -147,7 +147,7 @@ def hide_command(
         if method == HideMethod.SEALED:
             result = seal(pipe, concepts, checked(lambda: seal_family_config(family, **explicit)), **options)
         else:
-            config = checked(lambda: family_config(family, **explicit))
+            config = checked(lambda: family_config(family, len(concepts), **explicit))
             result = hide(pipe, concepts, config, passphrase=passphrase, **options)
         save_vault(out, pipe, result, passphrase=passphrase)
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
