@@ -250,6 +250,10 @@ def _interval(rows: list[dict], name: str) -> list[list[float]]:
     return [[r[name] - r["ci"][name][0] for r in rows], [r["ci"][name][1] - r[name] for r in rows]]
 
 
+def seed_list(text: str) -> list[int]:
+    return [int(seed) for seed in text.split(",")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grid", choices=list(GRIDS), default="default")
@@ -266,9 +270,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/recovery"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--progress", action="store_true")
-    parser.add_argument(
-        "--seeds", default="0", type=lambda text: [int(x) for x in text.split(",")], help="hiding seeds, as 0,1,2"
-    )
+    parser.add_argument("--seeds", default="0", type=seed_list, help="hiding seeds, as 0,1,2")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     points = GRIDS[args.grid]

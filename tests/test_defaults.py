@@ -80,3 +80,11 @@ def test_the_manifest_records_the_family_and_every_setting_used(sd1_path, tmp_pa
         main(["inspect", str(tmp_path / "v")])
     shown = capsys.readouterr().out
     assert "model family" in shown and family.value in shown and "key_lr" in shown
+
+
+def test_the_help_says_where_a_setting_left_out_comes_from(capsys):
+    with pytest.raises(SystemExit):
+        main(["hide", "--help"])
+    shown = " ".join(capsys.readouterr().out.replace("│", " ").split())
+    assert "[default: per model family]" in shown
+    assert "times the concepts hidden on small models]" in shown

@@ -14,7 +14,14 @@ from rich.table import Table
 
 from ..backbone import BUILTIN, load_pipeline
 from ..checkpoint import output_lock
-from ..defaults import esd_family_config, family_config, model_family, seal_family_config
+from ..defaults import (
+    PER_CONCEPT_SETTINGS,
+    Family,
+    esd_family_config,
+    family_config,
+    model_family,
+    seal_family_config,
+)
 from ..demo import WORLD_CAPTIONS, builtin_defaults
 from ..errors import ConceptVaultError
 from ..generate import generate_images, image_grid
@@ -49,7 +56,10 @@ _HELP = {f.name: f.metadata["help"] for f in fields(HideConfig)}
 def _setting(name: str) -> typer.models.OptionInfo:
     """A command-line option for a HideConfig field, with the field's help text; unset, the model family's
     default applies (see ``conceptvault.defaults``)."""
-    return typer.Option(help=f"{_HELP[name]} [default: per model family]", rich_help_panel="Hiding settings")
+    scaled = name in PER_CONCEPT_SETTINGS[Family.SMALL]
+    default = "per model family" + (", times the concepts hidden on small models" if scaled else "")
+    # escaped: Rich reads an unescaped "[default: ...]" as markup and drops it
+    return typer.Option(help=f"{_HELP[name]} \\[default: {default}]", rich_help_panel="Hiding settings")
 
 
 class HideMethod(str, Enum):
