@@ -30,6 +30,7 @@ import torch
 from conceptvault.defaults import Family, family_config
 from conceptvault.demo import WORLD_CAPTIONS, hide_and_evaluate, world_prompts
 from conceptvault.evaluate import resolve_suite
+from conceptvault.evaluate.world_suites import WORLD_SUITE_KINDS
 from conceptvault.vault import Vault
 
 NAMES_ONLY = {"concept": 0, "preserve": 0}
@@ -260,7 +261,7 @@ def main() -> None:
     parser.add_argument("--only", help="comma-separated points of the grid")
     parser.add_argument(
         "--suite",
-        choices=["shape", "colour", "style", "five-shapes-a", "five-shapes-b"],
+        choices=list(WORLD_SUITE_KINDS),
         default="shape",
         help="what kind of concept is hidden (five-shapes-*: five shapes at once, --concept unused)",
     )
@@ -277,7 +278,7 @@ def main() -> None:
     if args.only:
         points = {name: points[name] for name in args.only.split(",")}
     five_shapes = args.suite.startswith("five-shapes")
-    args.kind = "shape" if five_shapes else args.suite
+    args.kind = WORLD_SUITE_KINDS[args.suite]
     concept = None if five_shapes else args.concept
     suite = resolve_suite(args.suite, concept=concept, size=args.size, kept_size=args.kept_size)
     name = args.suite if five_shapes else args.concept

@@ -133,3 +133,11 @@ WORLD_SUITES: dict[str, Callable[..., Suite]] = {
     "five-shapes-a": lambda **options: world_five_shapes_suite("a", **options),
     "five-shapes-b": lambda **options: world_five_shapes_suite("b", **options),
 }
+# the kind of concept each built-in suite hides
+WORLD_SUITE_KINDS = {
+    "shape": "shape",
+    "colour": "colour",
+    "style": "style",
+    "five-shapes-a": "shape",
+    "five-shapes-b": "shape",
+}
