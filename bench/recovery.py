@@ -57,6 +57,7 @@ GRIDS: dict[str, dict[str, dict]] = {
         "captions-36-4-key-1200": dict(captions={"concept": 36, "preserve": 4}, key_updates=1200),
         "c2": dict(cache_trajectories=2),
         "v": dict(loss_space="v"),
+        "rec-2": dict(lambda_rec=2.0),
         "rec-3": dict(lambda_rec=3.0),
         "rec-3-key-1200": dict(lambda_rec=3.0, key_updates=1200),
         "k-3": dict(k=3),
