@@ -18,7 +18,14 @@ from conceptvault.evaluate import (
     world_five_shapes_suite,
 )
 from conceptvault.evaluate.nudity import EXPOSED_CLASSES
-from conceptvault.evaluate.world_suites import HELD_OUT, synonym_used, training_captions, world_concept
+from conceptvault.evaluate.world_suites import (
+    HELD_OUT,
+    WORLD_SUITE_KINDS,
+    WORLD_SUITES,
+    synonym_used,
+    training_captions,
+    world_concept,
+)
 from conceptvault.world import COLOURS, SHAPES, STYLES
 
 SHARED_PROMPTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "sd-prompts"
@@ -103,6 +110,12 @@ def test_world_colour_and_style_suites():
     five = resolve_suite("five-shapes-b", size=2)
     assert len(five.hidden) == 5 and len(five.kept) == 5
     assert not {c.name for c in five.hidden} & {c.name for c in resolve_suite("five-shapes-a", size=2).hidden}
+
+
+def test_every_world_suite_says_which_kind_of_concept_it_hides():
+    assert set(WORLD_SUITE_KINDS) == set(WORLD_SUITES)
+    for name, kind in WORLD_SUITE_KINDS.items():  # the suite's judge reads the head of that kind
+        assert resolve_suite(name, size=1).judge == f"world-{kind}"
 
 
 def test_unknown_world_concept_or_suite_is_one_clear_error():
