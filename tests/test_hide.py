@@ -9,7 +9,7 @@ from conceptvault.backbone import encode_prompts, load_pipeline, unet_predict
 from conceptvault.checkpoint import CHECKPOINT_FILE, KEYS_FILE
 from conceptvault.errors import ConceptVaultError
 from conceptvault.hide import HideConfig, KeyInit, _initial_tokens, hide
-from conceptvault.key import attached_keys
+from conceptvault.key import Key, Placement, attach_keys, attached_keys
 from conceptvault.latents import CachedLatents, Sampler
 from conceptvault.training import Concept, LossSpace, Objective, TextStates, TrainedLayers
 
@@ -127,6 +127,28 @@ def test_losses_are_compared_in_the_chosen_space(sd2_path):
         torch.testing.assert_close(objective._to_loss_space(v, z, t), expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_predictions_made_together_are_each_parts_own(family, sd1_path, sdxl_path):
+    """One UNet call for the loss terms that share a key: each part's prediction is what it gets alone."""
+    pipe = load_pipeline(str(sd1_path if family == "sd1" else sdxl_path), device="cpu")
+    texts = TextStates(pipe, ["a star", "a circle", ""])
+    attach_keys(pipe.unet, {"star": Key(3, texts.width, init=torch.randn(3, texts.width))}, Placement.ALL)
+    objective = Objective(pipe.unet, pipe.unet, pipe.scheduler.config, HideConfig(loss_space="x0"))
+    size = pipe.unet.config.sample_size
+    z_star, z_circle = torch.randn(2, 4, size, size), torch.randn(3, 4, size, size)
+    parts = [(z_star, torch.tensor([10, 700]), texts("a star")), (z_circle, torch.tensor(400), texts("a circle"))]
+    parts.append((z_star, torch.tensor([10, 700]), texts("")))
+    for key in ("star", None):
+        with torch.no_grad():
+            together = objective.predict_together(parts, key=key)
+            alone = [objective._predict(pipe.unet, z, t, states, key) for z, t, states in parts]
+        assert [p.shape[0] for p in together] == [2, 3, 2]
+        for made_together, made_alone in zip(together, alone, strict=True):
+            torch.testing.assert_close(made_together, made_alone, rtol=1e-4, atol=1e-5)
+    differs = objective.predict_together(parts[:1], key="star")[0] - objective.predict_together(parts[:1])[0]
+    assert differs.abs().max() > 1e-4  # the key is on in the joint call
+
+
 def test_cached_latents_carry_the_frozen_models_own_predictions(sd2_path):
     """A training step takes the teacher's predictions from the cache: they must be what the UNet gives there."""
     pipe = load_pipeline(str(sd2_path), device="cpu")
@@ -140,6 +162,22 @@ def test_cached_latents_carry_the_frozen_models_own_predictions(sd2_path):
             torch.testing.assert_close(known, unet_predict(pipe.unet, z, t, texts(prompt).expand(3, -1, -1)))
     latents = source.cache["a star"][0]  # each cached step follows from the one before, as the sampler goes
     torch.testing.assert_close(latents[:, 1], sampler.trajectory(pipe.unet, texts("a star"), latents[:, 0], stop=1)[1])
+
+
+def test_trajectories_cached_together_are_each_prompts_own(sd1_path, monkeypatch):
+    pipe = load_pipeline(str(sd1_path), device="cpu")
+    prompts = ["a star", "a circle", "a red square"]
+    texts = TextStates(pipe, [*prompts, ""])
+    sampler = Sampler.for_pipeline(pipe, 4, 3.0, texts(""))
+    together = CachedLatents(pipe.unet, sampler, texts, prompts, 2, torch.Generator().manual_seed(0))
+    monkeypatch.setattr(CachedLatents, "TRAJECTORIES_PER_CALL", 2)  # one prompt per sampler batch
+    alone = CachedLatents(pipe.unet, sampler, texts, prompts, 2, torch.Generator().manual_seed(0))
+    assert list(together.cache) == prompts
+    for prompt in prompts:
+        for made_together, made_alone in zip(together.cache[prompt], alone.cache[prompt], strict=True):
+            assert made_together.shape == (2, 4, 4, *made_together.shape[-2:])
+            torch.testing.assert_close(made_together, made_alone, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(together.cache["a star"][2], together.cache["a circle"][2])
 
 
 def test_key_starts_from_the_concepts_own_token_states(sd1_path):

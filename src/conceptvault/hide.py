@@ -17,6 +17,7 @@ from enum import Enum
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .backbone import encode_prompts, unet_fingerprint
@@ -171,6 +172,23 @@ def hide(
     return run.result()
 
 
+@dataclass
+class _Draw:
+    """One training step's data: latents of a concept prompt and of a preserve prompt (``kept``, None when
+    nothing is preserved), with ``frozen(prompt)`` and ``frozen_kept`` the frozen model's predictions there."""
+
+    concept: Concept
+    prompt: str
+    z: torch.Tensor
+    t: torch.Tensor
+    frozen: Callable[[str], torch.Tensor]
+    sampler_calls: int = 0
+    kept: str | None = None
+    z_kept: torch.Tensor | None = None
+    t_kept: torch.Tensor | None = None
+    frozen_kept: torch.Tensor | None = None
+
+
 class _HidingRun:
     """One hiding run: the frozen teacher, the trained weights, the keys, their optimisers and the data.
 
@@ -228,40 +246,18 @@ class _HidingRun:
         started, config, step = time.perf_counter(), self.config, self.state.step
         self.rng_at_step_start = self.generator.get_state()
         model_step = self.is_model_step(step)
-        concept = self.concepts[randint(len(self.concepts), self.generator)]
-        prompt = concept.prompts[randint(len(concept.prompts), self.generator)]
-        objective, texts = self.objective, self.texts
-        z, t = self.source.draw(prompt, config.batch_size, self.generator)
-        frozen = objective.teachers(z, t, texts, self.source.last_teacher)
-        sampler_calls = self.source.last_sampler_calls
-        kept = (
-            self.preserve[randint(len(self.preserve), self.generator)]
-            if self.preserve and config.lambda_pres > 0
-            else None
-        )
-        z_kept = t_kept = frozen_kept = None
-        if kept:
-            z_kept, t_kept = self.source.draw(kept, config.batch_size, self.generator)
-            sampler_calls += self.source.last_sampler_calls
-            frozen_kept = objective.teacher(z_kept, t_kept, texts(kept), self.source.last_teacher.get(kept))
+        draw = self._draw()
         if model_step and self.adversaries and (step // config.k) % config.adversary_every == 0:
             self._invert_adversaries()
         train_only(list(self.trained.values()) if model_step else self.key_parameters, self._every_parameter())
 
-        L_rec = objective.distil(z, t, texts(prompt), key=concept.name, target=frozen(prompt))
-        L_hide = self._hide_loss(z, t, prompt, concept, frozen) if model_step else None
-        L_pres, L_pres_key = objective.preserve(
-            z_kept, t_kept, texts(kept) if kept else None, concept.name, model_step, frozen_kept
-        )
-        L_uncond_key = None
-        if config.lambda_uncond > 0:
-            L_uncond_key = objective.distil(z, t, texts(""), key=concept.name, target=frozen(""))
+        L_rec, L_pres_key, L_uncond_key = self._key_losses(draw)
+        L_hide = L_pres = None
         if model_step:
+            L_hide, L_pres = self._public_losses(draw)
             loss = config.lambda_hide * L_hide + config.lambda_rec * L_rec + config.lambda_pres * (L_pres + L_pres_key)
             if self.adversaries:  # the attacker key must not bring the concept back either
-                loss = loss + config.lambda_adversary * self._hide_loss(
-                    z, t, prompt, concept, frozen, key=_adversary(concept.name)
-                )
+                loss = loss + config.lambda_adversary * self._hide_loss(draw, key=_adversary(draw.concept.name))
         else:
             loss = L_rec + config.lambda_pres * L_pres_key
         if L_uncond_key is not None:
@@ -278,22 +274,71 @@ class _HidingRun:
         self.state.step = step + 1
         self.rng_at_step_start = self.generator.get_state()
         seconds = time.perf_counter() - started
-        measured = _measured(L_hide, L_rec, L_pres, L_pres_key, L_uncond_key, preserved=kept is not None)
+        measured = _measured(L_hide, L_rec, L_pres, L_pres_key, L_uncond_key, preserved=draw.kept is not None)
         self.state.record(measured, seconds)
         return dict(
             self.state.latest,
             step=self.state.step,
             total=self.state.total,
             model_step=model_step,
-            sampler_calls=sampler_calls,
+            sampler_calls=draw.sampler_calls,
             seconds=seconds,
         )
 
-    def _hide_loss(self, z, t, prompt: str, concept: Concept, frozen, key: str | None = None) -> torch.Tensor:
-        """L_hide on the prompt (no key, or an attacker's), with the teacher's predictions from ``frozen``."""
+    def _draw(self) -> _Draw:
+        """This step's concept prompt and preserve prompt, their latents and the frozen model's predictions."""
+        config, objective, texts, source = self.config, self.objective, self.texts, self.source
+        concept = self.concepts[randint(len(self.concepts), self.generator)]
+        prompt = concept.prompts[randint(len(concept.prompts), self.generator)]
+        z, t = source.draw(prompt, config.batch_size, self.generator)
+        draw = _Draw(concept, prompt, z, t, objective.teachers(z, t, texts, source.last_teacher))
+        draw.sampler_calls = source.last_sampler_calls
+        if self.preserve and config.lambda_pres > 0:
+            draw.kept = self.preserve[randint(len(self.preserve), self.generator)]
+            draw.z_kept, draw.t_kept = source.draw(draw.kept, config.batch_size, self.generator)
+            draw.sampler_calls += source.last_sampler_calls
+            known = source.last_teacher.get(draw.kept)
+            draw.frozen_kept = objective.teacher(draw.z_kept, draw.t_kept, texts(draw.kept), known)
+        return draw
+
+    def _key_losses(self, draw: _Draw):
+        """L_rec, L_pres_key (zero when nothing is preserved) and L_uncond_key (None when its weight is 0): the
+        model with the key on, held to the original, in one UNet call."""
+        texts, uncond = self.texts, self.config.lambda_uncond > 0
+        parts = [(draw.z, draw.t, texts(draw.prompt))]
+        if draw.kept:
+            parts.append((draw.z_kept, draw.t_kept, texts(draw.kept)))
+        if uncond:
+            parts.append((draw.z, draw.t, texts("")))
+        predictions = iter(self.objective.predict_together(parts, key=draw.concept.name))
+        L_rec = F.mse_loss(next(predictions), draw.frozen(draw.prompt))
+        L_pres_key = F.mse_loss(next(predictions), draw.frozen_kept) if draw.kept else draw.z.new_zeros(())
+        L_uncond_key = F.mse_loss(next(predictions), draw.frozen("")) if uncond else None
+        return L_rec, L_pres_key, L_uncond_key
+
+    def _public_losses(self, draw: _Draw):
+        """L_hide and L_pres (zero when nothing is preserved): the model without a key, in one UNet call."""
         texts = self.texts
+        parts = [(draw.z, draw.t, texts(draw.prompt))]
+        if draw.kept:
+            parts.append((draw.z_kept, draw.t_kept, texts(draw.kept)))
+        predictions = self.objective.predict_together(parts)
+        target = self.objective.hide_target(draw.frozen(draw.prompt), draw.frozen(draw.concept.anchor))
+        L_hide = F.mse_loss(predictions[0], target)
+        L_pres = F.mse_loss(predictions[1], draw.frozen_kept) if draw.kept else draw.z.new_zeros(())
+        return L_hide, L_pres
+
+    def _hide_loss(self, draw: _Draw, key: str) -> torch.Tensor:
+        """L_hide on the concept prompt with an attacker's key on (hardened hiding)."""
+        texts, concept = self.texts, draw.concept
         return self.objective.hide(
-            z, t, texts(prompt), texts(concept.anchor), frozen(prompt), key=key, frozen_anchor=frozen(concept.anchor)
+            draw.z,
+            draw.t,
+            texts(draw.prompt),
+            texts(concept.anchor),
+            draw.frozen(draw.prompt),
+            key=key,
+            frozen_anchor=draw.frozen(concept.anchor),
         )
 
     def _every_parameter(self) -> list[nn.Parameter]:
@@ -457,7 +502,8 @@ class _Probe:
             sums["L_uncond_key"].append(float(objective.distil(z, t, texts(""), key=concept.name)))
             for prompt in self.preserve:
                 z, t = self.latents[prompt]
-                L_pres, L_pres_key = objective.preserve(z, t, texts(prompt), concept.name, True)
-                sums["L_pres"].append(float(L_pres))
-                sums["L_pres_key"].append(float(L_pres_key))
+                states = texts(prompt)
+                frozen = objective.teacher(z, t, states)
+                sums["L_pres"].append(float(objective.distil(z, t, states, target=frozen)))
+                sums["L_pres_key"].append(float(objective.distil(z, t, states, key=concept.name, target=frozen)))
         return {name: sum(values) / len(values) for name, values in sums.items() if values}

@@ -106,8 +106,11 @@ class CachedLatents:
 
     The frozen model's predictions at every cached step come free with the trajectory (guidance computes
     them), so a draw also leaves them in ``last_teacher``, by prompt ("" for the unconditional one): a
-    training step then needs no forward pass of the frozen model for those prompts.
+    training step then needs no forward pass of the frozen model for those prompts. Several prompts'
+    trajectories run in one sampler batch; each is the trajectory it would be alone.
     """
+
+    TRAJECTORIES_PER_CALL = 16  # a guided call on 32 latents: cheaper per latent than 8 on a CPU, small on a GPU
 
     def __init__(
         self,
@@ -123,15 +126,20 @@ class CachedLatents:
         self.last_teacher: dict[str, torch.Tensor] = {}
         # prompt -> (latents, unconditional, conditional), each (trajectories, steps, C, H, W) on the CPU
         self.cache: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-        for prompt in dict.fromkeys(prompts):
-            prompt_states = states(prompt)
-            latents = sampler.noise(trajectories, generator, like=prompt_states)
+        unique = list(dict.fromkeys(prompts))
+        noise = {prompt: sampler.noise(trajectories, generator, like=states(prompt)) for prompt in unique}
+        together = max(1, self.TRAJECTORIES_PER_CALL // trajectories)
+        for start in range(0, len(unique), together):
+            chunk = unique[start : start + together]
+            chunk_states = torch.cat([states(prompt).expand(trajectories, -1, -1) for prompt in chunk])
+            latents = torch.cat([noise[prompt] for prompt in chunk])
             visited: list[tuple[torch.Tensor, ...]] = []
             for timestep in sampler.timesteps:
-                following, unconditional, conditional = sampler.step(frozen_unet, prompt_states, latents, timestep)
+                following, unconditional, conditional = sampler.step(frozen_unet, chunk_states, latents, timestep)
                 visited.append((latents, unconditional, conditional))
                 latents = following
-            self.cache[prompt] = tuple(torch.stack(part, dim=1).cpu() for part in zip(*visited, strict=True))
+            parts = [torch.stack(part, dim=1).cpu().split(trajectories) for part in zip(*visited, strict=True)]
+            self.cache.update(zip(chunk, zip(*parts, strict=True), strict=True))
         self.device = next(frozen_unet.parameters()).device
 
     def draw(self, prompt: str, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
