@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from .attacks import LearnedToken, name_the_token
 from .backbone import is_sdxl, unet_fingerprint
@@ -215,13 +216,16 @@ class _SealRun:
         if config.adversary_every and self.state.step % config.adversary_every == 0:
             self._relearn_adversaries()
         train_only(list(self.trained.values()), self._every_parameter())
-        anchor, targets = texts(self.concept.anchor), dict(frozen_anchor=frozen(self.concept.anchor))
-        L_hide = self.objective.hide(z, t, texts(prompt), anchor, frozen(prompt), **targets)
-        L_pres = self.objective.distil(z_kept, t_kept, texts(kept), target=frozen_kept)
         with torch.no_grad():
             token_states = self.token.states([prompt])
-        L_adv = self.objective.hide(z, t, texts(prompt), anchor, frozen(prompt), key=_ATTACKER, **targets)
-        L_adv = L_adv + self.objective.hide(z, t, token_states, anchor, frozen(prompt), **targets)
+        # the three predictions without a key in one UNet call: the prompt, the kept prompt, the attacker token
+        parts = [(z, t, texts(prompt)), (z_kept, t_kept, texts(kept)), (z, t, token_states)]
+        plain, kept_plain, with_token = self.objective.predict_together(parts)
+        target = self.objective.hide_target(frozen(prompt), frozen(self.concept.anchor))
+        L_hide = F.mse_loss(plain, target)
+        L_pres = F.mse_loss(kept_plain, frozen_kept)
+        with_attacker_key = self.objective.predict_together(parts[:1], key=_ATTACKER)[0]
+        L_adv = F.mse_loss(with_attacker_key, target) + F.mse_loss(with_token, target)
         loss = config.lambda_hide * L_hide + config.lambda_pres * L_pres + config.lambda_adversary * L_adv
         if not torch.isfinite(loss):
             raise ConceptVaultError(
