@@ -60,6 +60,7 @@ GRIDS: dict[str, dict[str, dict]] = {
         "rec-2": dict(lambda_rec=2.0),
         "rec-3": dict(lambda_rec=3.0),
         "rec-3-key-1200": dict(lambda_rec=3.0, key_updates=1200),
+        "rank-8": dict(key_rank=8),  # the key also changes each reached layer's projections, rank 8
         "k-3": dict(k=3),
         "mid+up": dict(placement="mid+up"),
         "random-init": dict(key_init="random"),

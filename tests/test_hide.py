@@ -12,6 +12,7 @@ from conceptvault.hide import HideConfig, KeyInit, _initial_tokens, hide
 from conceptvault.key import Key, Placement, attach_keys, attached_keys
 from conceptvault.latents import CachedLatents, Sampler
 from conceptvault.training import Concept, LossSpace, Objective, TextStates, TrainedLayers
+from conceptvault.vault import Vault, save_vault
 
 # A quick configuration: tiny sampler, few updates, no progress bar.
 QUICK = HideConfig(model_updates=2, sampler_steps=4, m=3, cache_trajectories=2, checkpoint_every=0)
@@ -191,8 +192,9 @@ def test_key_starts_from_the_concepts_own_token_states(sd1_path):
     assert noise.shape == (4, 768) and not torch.equal(noise[0], noise[1])
 
 
-def test_interrupted_and_resumed_equals_straight(sd1_path, tmp_path):
-    config = quick(model_updates=4, checkpoint_every=3, lr=1e-3, key_lr=1e-3, latents="sample")
+@pytest.mark.parametrize("key_rank", [0, 2])
+def test_interrupted_and_resumed_equals_straight(key_rank, sd1_path, tmp_path):
+    config = quick(model_updates=4, checkpoint_every=3, lr=1e-3, key_lr=1e-3, latents="sample", key_rank=key_rank)
     concepts, preserve = [Concept("star"), Concept("heart")], ["a circle", "a square"]
     straight = hide(load_pipeline(str(sd1_path), device="cpu"), concepts, config, preserve=preserve, progress=False)
 
@@ -224,8 +226,9 @@ def test_interrupted_and_resumed_equals_straight(sd1_path, tmp_path):
     assert straight.public.keys() == resumed.public.keys()
     assert all(torch.equal(straight.public[n], resumed.public[n]) for n in straight.public)
     for name in ("star", "heart"):
-        assert torch.equal(straight.keys[name].p_k, resumed.keys[name].p_k)
-        assert torch.equal(straight.keys[name].p_v, resumed.keys[name].p_v)
+        state, resumed_state = straight.keys[name].state_dict(), resumed.keys[name].state_dict()
+        assert state.keys() == resumed_state.keys() and (len(state) > 2) == (key_rank > 0)
+        assert all(torch.equal(state[n], resumed_state[n]) for n in state)
     assert straight.stats["final"] == resumed.stats["final"]
     assert straight.stats["probe"] == resumed.stats["probe"]
 
@@ -293,3 +296,22 @@ def test_the_key_only_phase_leaves_every_public_tensor_bit_identical(sd1_path):
         load_pipeline(str(sd1_path), device="cpu"), [Concept("star")], QUICK, progress=False, measure=False
     ).keys["star"]
     assert not torch.equal(key_before_phase.p_k, result.keys["star"].p_k)  # the keys kept learning
+
+
+def test_a_ranked_key_is_trained_and_unlocks_the_saved_vault_as_it_did_the_run(sd1_path, tmp_path):
+    pipe = text_sensitive(load_pipeline(str(sd1_path), device="cpu"))
+    config = quick(key_rank=2, key_change_lr=1e-2, key_lr=1e-2, key_updates=3, placement="all")
+    result = hide(pipe, [Concept("star")], config, progress=False)
+    ups = [p for n, p in result.keys["star"].changes.named_parameters() if n.endswith("_up")]
+    assert result.keys["star"].rank == 2 and all(p.abs().max() > 0 for p in ups)  # trained from zero
+    z, t = torch.randn(1, 4, 16, 16), torch.tensor([500])
+    states = encode_prompts(pipe, ["star"])
+    with torch.no_grad():
+        in_the_run = unet_predict(pipe.unet, z, t, states, {"keys": ["star"]})
+    save_vault(tmp_path / "vault", pipe, result)
+    loaded = Vault.load(tmp_path / "vault", keys="all")
+    assert loaded.manifest.config["key_rank"] == 2 and loaded.keys["star"].rank == 2
+    fresh = text_sensitive(load_pipeline(str(sd1_path), device="cpu"))
+    loaded.apply(fresh)
+    with torch.no_grad():
+        torch.testing.assert_close(unet_predict(fresh.unet, z, t, states, {"keys": ["star"]}), in_the_run)

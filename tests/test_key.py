@@ -15,6 +15,7 @@ from conceptvault.key import (
     detach_keys,
     keys_attached,
     placement_layers,
+    projection_shapes,
 )
 
 
@@ -206,3 +207,57 @@ def test_key_gradients_reach_both_token_sets(sd1_path):
     with keys_attached(unet, {"star": key}, Placement.MID):
         unet(z, t, states, cross_attention_kwargs={"keys": "star"}).sample.square().mean().backward()
     assert key.p_k.grad.abs().sum() > 0 and key.p_v.grad.abs().sum() > 0
+
+
+def ranked_key(unet, placement=Placement.ALL, rank: int = 2, seed: int = 1) -> Key:
+    """A key with projection changes, its ``up`` factors made non-zero as training would."""
+    g = torch.Generator().manual_seed(seed)
+    width = unet.config.cross_attention_dim
+    key = Key(3, width, init=torch.randn(3, width, generator=g), layers=projection_shapes(unet, placement), rank=rank)
+    with torch.no_grad():
+        for name, parameter in key.changes.named_parameters():
+            if name.endswith("_up"):
+                parameter.copy_(0.5 * torch.randn(parameter.shape, generator=g))
+    return key
+
+
+@torch.no_grad()
+def test_a_ranked_key_changes_the_projections_only_while_it_is_on(tiny_path):
+    unet = load(tiny_path).unet
+    z, t, states = unet_inputs(unet)
+    plain = unet(z, t, states).sample
+    key = ranked_key(unet)
+    tokens_only = Key(key.m, key.dim, init=key.p_k)
+    tokens_only.p_v.copy_(key.p_v)
+    with keys_attached(unet, {"tokens": tokens_only}, Placement.ALL):
+        with_tokens = unet(z, t, states, cross_attention_kwargs={"keys": ["tokens"]}).sample
+    with keys_attached(unet, {"star": key}, Placement.ALL):
+        torch.testing.assert_close(unet(z, t, states).sample, plain)  # attached, off: the model as it was
+        with_changes = unet(z, t, states, cross_attention_kwargs={"keys": ["star"]}).sample
+        for name, parameter in key.changes.named_parameters():  # changes of zero, as a new key's: tokens alone
+            if name.endswith("_up"):
+                parameter.zero_()
+        torch.testing.assert_close(unet(z, t, states, cross_attention_kwargs={"keys": ["star"]}).sample, with_tokens)
+    assert key.rank == 2 and len(key.changes) == len(placement_layers(unet, Placement.ALL))
+    assert (with_changes - with_tokens).abs().max() > 1e-3
+
+
+def test_a_ranked_key_refuses_a_unet_or_placement_it_was_not_made_for(tiny_path):
+    unet = load(tiny_path).unet
+    key = ranked_key(unet, Placement.MID)
+    with pytest.raises(ValueError, match="changes cross-attention layers that this UNet and placement do not have"):
+        attach_keys(unet, {"star": key}, Placement.ALL)
+    assert not attached_keys(unet)
+    attach_keys(unet, {"star": key}, Placement.MID)
+    assert attached_keys(unet) == ("star",)
+
+
+def test_a_ranked_key_is_rebuilt_from_its_tensors(tiny_path):
+    unet = load(tiny_path).unet
+    key = ranked_key(unet)
+    rebuilt = Key.from_tensors(key.state_dict())
+    assert rebuilt.rank == key.rank and set(rebuilt.state_dict()) == set(key.state_dict())
+    assert all(torch.equal(rebuilt.state_dict()[n], t) for n, t in key.state_dict().items())
+    broken = {n: t for n, t in key.state_dict().items() if not n.endswith("q_down")}
+    with pytest.raises(ValueError, match="incomplete"):
+        Key.from_tensors(broken)

@@ -43,6 +43,18 @@ def test_protected_round_trip_hides_the_tensors(tmp_path, key):
     assert concept == "star" and same(loaded, key)
 
 
+def test_a_key_with_projection_changes_round_trips(tmp_path):
+    layers = {"mid_block.attn2.processor": {"q": (6, 6), "k": (6, 8), "v": (6, 8), "out": (6, 6)}}
+    ranked = Key(3, 8, init=torch.randn(3, 8), layers=layers, rank=2, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ranked.changes["mid_block__attn2__processor"].v_up.add_(1.0)
+    for path, passphrase in ((tmp_path / "star.safetensors", None), (tmp_path / "star.key", "open sesame")):
+        write_key_file(path, ranked, concept="star", public_fingerprint=VAULT_PRINT, passphrase=passphrase)
+        _, loaded = read_key_file(path, public_fingerprint=VAULT_PRINT, passphrase=passphrase)
+        assert loaded.rank == 2 and key_fingerprint(loaded) == key_fingerprint(ranked)
+    assert key_fingerprint(ranked) != key_fingerprint(Key(3, 8, init=ranked.p_k))
+
+
 def test_wrong_passphrase_and_tampering_are_one_line_errors(tmp_path, key):
     path = tmp_path / "star.key"
     write_key_file(path, key, concept="star", public_fingerprint=VAULT_PRINT, passphrase="open sesame")

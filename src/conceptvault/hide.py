@@ -23,7 +23,7 @@ from torch import nn
 from .backbone import encode_prompts, unet_fingerprint
 from .checkpoint import CHECKPOINT_FILE, read_checkpoint, write_checkpoint
 from .errors import ConceptVaultError
-from .key import Key, Placement, attach_keys, detach_keys
+from .key import Key, Placement, attach_keys, detach_keys, projection_shapes
 from .latents import CachedLatents, LatentSource, SampledLatents, Sampler
 from .training import (
     Concept,
@@ -74,6 +74,12 @@ class HideConfig:
     )
     key_init: KeyInit = option(KeyInit.CONCEPT, "Start the key from the concept's text states or from noise.")
     m: int = option(10, "Tokens per key.")
+    key_rank: int = option(
+        0,
+        "Rank of the key's own changes of the query, key, value and output projections of every layer it "
+        "reaches, on only with the key (0: tokens only). Tokens reach only what the public weights still know.",
+    )
+    key_change_lr: float = option(1e-3, "Adam learning rate of the key's projection changes (key_rank > 0).")
     placement: Placement = option(Placement.MID, "Cross-attention layers that receive the key.")
     latents: LatentSource = option(
         LatentSource.SAMPLE, "Make z_t by sampling with the current model, or from a cache."
@@ -97,7 +103,17 @@ class HideConfig:
     def __post_init__(self):
         check_settings(
             self,
-            positive=("model_updates", "k", "lr", "key_lr", "m", "sampler_steps", "cache_trajectories", "batch_size"),
+            positive=(
+                "model_updates",
+                "k",
+                "lr",
+                "key_lr",
+                "key_change_lr",
+                "m",
+                "sampler_steps",
+                "cache_trajectories",
+                "batch_size",
+            ),
         )
 
     def to_dict(self) -> dict:
@@ -204,8 +220,16 @@ class _HidingRun:
         self.frozen_unet = copy.deepcopy(pipe.unet).requires_grad_(False).eval()
         prompts = [*(p for c in concepts for p in c.prompts), *(c.anchor for c in concepts), *preserve, ""]
         self.texts = TextStates(pipe, prompts)
+        layers = projection_shapes(pipe.unet, config.placement) if config.key_rank else None
         self.keys = {
-            c.name: Key(config.m, self.texts.width, init=_initial_tokens(pipe, c, config, self.generator))
+            c.name: Key(
+                config.m,
+                self.texts.width,
+                init=_initial_tokens(pipe, c, config, self.generator),
+                layers=layers,
+                rank=config.key_rank,
+                generator=self.generator,
+            )
             for c in concepts
         }
         # hardened hiding: one attacker key per concept, learned against the public weights as they train
@@ -219,7 +243,11 @@ class _HidingRun:
         self.key_parameters = [p for key in self.keys.values() for p in key.parameters()]
         self.adversary_parameters = [p for key in self.adversaries.values() for p in key.parameters()]
         self.model_optimiser = torch.optim.Adam(self.trained.values(), lr=config.lr)
-        self.key_optimiser = torch.optim.Adam(self.key_parameters, lr=config.key_lr)
+        groups = [{"params": [p for key in self.keys.values() for p in key.tokens()], "lr": config.key_lr}]
+        if config.key_rank:
+            changes = [p for key in self.keys.values() for p in key.changes.parameters()]
+            groups.append({"params": changes, "lr": config.key_change_lr})
+        self.key_optimiser = torch.optim.Adam(groups)
         self.adversary_optimiser = (
             torch.optim.Adam(self.adversary_parameters, lr=config.key_lr) if self.adversaries else None
         )

@@ -36,17 +36,17 @@ _FORMAT = "conceptvault-key"
 
 
 def key_tensors(key) -> dict[str, torch.Tensor]:
-    """What a key file stores: a prompt key's two token tensors, or a delta key's parts."""
-    if isinstance(key, DeltaKey):
-        return {name: t.detach().cpu().contiguous() for name, t in key.tensors().items()}
-    return {"p_k": key.p_k.detach().cpu().contiguous(), "p_v": key.p_v.detach().cpu().contiguous()}
+    """What a key file stores: a prompt key's two token tensors (and its projection changes, if it has a
+    rank), or a delta key's parts."""
+    parts = key.tensors() if isinstance(key, DeltaKey) else key.state_dict()
+    return {name: t.detach().cpu().contiguous() for name, t in parts.items()}
 
 
 def key_from_tensors(tensors: dict[str, torch.Tensor]):
-    """The key a file's tensors make: a prompt key (``p_k``, ``p_v``) or a delta key; raises on anything else."""
-    if set(tensors) == {"p_k", "p_v"}:
-        key = Key(*tensors["p_k"].shape, init=tensors["p_k"])
-        key.p_v.data.copy_(tensors["p_v"])
+    """The key a file's tensors make: a prompt key (``p_k``, ``p_v``, projection changes) or a delta key;
+    raises on anything else."""
+    if "p_k" in tensors:
+        key = Key.from_tensors(tensors)
     else:
         key = DeltaKey.from_tensors(tensors)
         if not key.names or len(key.tensors()) != len(tensors):

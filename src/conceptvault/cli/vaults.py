@@ -67,7 +67,7 @@ class HideMethod(str, Enum):
     SEALED = "sealed"
 
 
-def _sealed_settings(explicit: dict, key_rank: int | None) -> dict:
+def _sealed_settings(explicit: dict) -> dict:
     """The hide options given, as sealed-hiding settings; one that sealed hiding has not is refused."""
     from ..seal import SealConfig
 
@@ -75,7 +75,7 @@ def _sealed_settings(explicit: dict, key_rank: int | None) -> dict:
     foreign = sorted(set(explicit) - known)
     if foreign:
         raise ConceptVaultError(f"--{foreign[0].replace('_', '-')} is not a setting of sealed hiding; leave it out.")
-    return {**explicit, **({"key_rank": key_rank} if key_rank is not None else {})}
+    return explicit
 
 
 @app.command("hide")
@@ -111,9 +111,13 @@ def hide_command(
     key_rank: Annotated[
         int | None,
         typer.Option(
-            help="sealed: rank of each weight change in the key (0: whole).", rich_help_panel="Hiding settings"
+            help="Rank of the weight changes the key carries. kpop: changes of the cross-attention projections "
+            "the key reaches, on only with the key (0: tokens only) \\[default: 0]; sealed: each weight change "
+            "kept to this rank (0: whole) \\[default: per model family].",
+            rich_help_panel="Hiding settings",
         ),
     ] = None,
+    key_change_lr: Annotated[float | None, _setting("key_change_lr")] = None,
     model_updates: Annotated[int | None, _setting("model_updates")] = None,
     k: Annotated[int | None, _setting("k")] = None,
     lr: Annotated[float | None, _setting("lr")] = None,
@@ -144,7 +148,7 @@ def hide_command(
     settings = locals()
     explicit = {f.name: settings[f.name] for f in fields(HideConfig) if settings[f.name] is not None}
     if method == HideMethod.SEALED:
-        explicit = _sealed_settings(explicit, key_rank)
+        explicit = _sealed_settings(explicit)
     checked(lambda: (SealConfig if method == HideMethod.SEALED else HideConfig)(**explicit))  # before any loading
     concepts, preserve = parse_concepts(concept, anchor or []), preserve or []
     if model == BUILTIN:
