@@ -331,12 +331,11 @@ def _check_keys(unet: nn.Module, keys: dict[str, Key]) -> None:
 
 def _check_changes(unet: nn.Module, keys: dict[str, Key], placement: Placement | str) -> None:
     """A key's projection changes must fit the projections of exactly the layers its placement reaches."""
-    expected = {}
-    for name, key in keys.items():
-        if not key.changes:
-            continue
-        expected = expected or projection_shapes(unet, placement)
-        shapes = {_slot(layer): shapes for layer, shapes in expected.items()}
+    ranked = {name: key for name, key in keys.items() if key.changes}
+    if not ranked:
+        return
+    shapes = {_slot(layer): layer_shapes for layer, layer_shapes in projection_shapes(unet, placement).items()}
+    for name, key in ranked.items():
         fits = set(key.changes) == set(shapes) and all(
             tuple(getattr(change, f"{projection}_up").shape[1:]) == shapes[slot][projection][:1]
             and tuple(getattr(change, f"{projection}_down").shape[:1]) == shapes[slot][projection][1:]
