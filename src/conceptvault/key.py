@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .delta_key import _name, _slot  # a UNet name as a module name, and back
+
 
 class Placement(str, Enum):
     """Which cross-attention layers receive the key."""
@@ -116,7 +118,7 @@ class Key(nn.Module):
                 down = tensors.get(f"changes.{slot}.{projection}_down")
                 if down is None or tensor.ndim != 2 or down.ndim != 2:
                     raise ValueError(f"a projection change of the key is incomplete: {name}")
-                layers.setdefault(_layer(slot), {})[projection] = (tensor.shape[1], down.shape[0])
+                layers.setdefault(_name(slot), {})[projection] = (tensor.shape[1], down.shape[0])
                 ranks.add(tensor.shape[0])
         if len(ranks) > 1 or any(set(shapes) != set(PROJECTIONS) for shapes in layers.values()):
             raise ValueError("the key's projection changes do not fit together")
@@ -134,15 +136,6 @@ def projection_shapes(unet: nn.Module, placement: Placement | str) -> dict[str, 
         linear = {"q": attn.to_q, "k": attn.to_k, "v": attn.to_v, "out": attn.to_out[0]}
         shapes[layer] = {name: tuple(module.weight.shape) for name, module in linear.items()}
     return shapes
-
-
-def _slot(layer: str) -> str:
-    """Module names may not contain dots; UNet layer names never contain a double underscore."""
-    return layer.replace(".", "__")
-
-
-def _layer(slot: str) -> str:
-    return slot.replace("__", ".")
 
 
 def is_key_parameter(name: str) -> bool:

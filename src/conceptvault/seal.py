@@ -224,8 +224,8 @@ class _SealRun:
         target = self.objective.hide_target(frozen(prompt), frozen(self.concept.anchor))
         L_hide = F.mse_loss(plain, target)
         L_pres = F.mse_loss(kept_plain, frozen_kept)
-        with_attacker_key = self.objective.predict_together(parts[:1], key=_ATTACKER)[0]
-        L_adv = F.mse_loss(with_attacker_key, target) + F.mse_loss(with_token, target)
+        L_adv = self.objective.distil(z, t, texts(prompt), key=_ATTACKER, target=target)
+        L_adv = L_adv + F.mse_loss(with_token, target)
         loss = config.lambda_hide * L_hide + config.lambda_pres * L_pres + config.lambda_adversary * L_adv
         if not torch.isfinite(loss):
             raise ConceptVaultError(
