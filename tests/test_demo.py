@@ -5,7 +5,7 @@ import json
 import pytest
 
 from conceptvault.defaults import family_config
-from conceptvault.demo import WORLD_CAPTIONS, DemoPlan, builtin_defaults, make_world_vault, run_demo
+from conceptvault.demo import WORLD_CAPTIONS, DemoPlan, builtin_defaults, make_world_vault, run_demo, world_concepts
 from conceptvault.errors import ConceptVaultError
 from conceptvault.training import Concept
 
@@ -57,3 +57,19 @@ def test_the_built_in_model_fills_in_names_preserve_prompts_and_captions_only_wh
     assert builtin_defaults([Concept("dog")], []) == ([Concept("dog")], [])  # not a world concept
     (anchored,), _ = builtin_defaults([Concept("star", anchor="a circle")], [])  # an explicit --anchor is kept
     assert anchored.prompts == ["star", "five-pointed star", "pentagram"] and anchored.anchor == "a circle"
+    (red,), _ = builtin_defaults([Concept("red")], [], WORLD_CAPTIONS["kpop"])
+    assert len(red.anchors) == 12 and red.anchors == world_concepts("colour", ["red"], 12)[0].anchors
+    (red,), _ = builtin_defaults([Concept("red", anchor="a blue shape")], [], WORLD_CAPTIONS["kpop"])
+    assert red.anchors == {} and red.anchor_of(red.prompts[-1]) == "a blue shape"  # an explicit --anchor wins
+
+
+def test_colours_and_styles_are_hidden_toward_their_captions_without_them():
+    (red,) = world_concepts("colour", ["red"], 12)
+    assert red.anchors["a red love heart"] == "a love heart" and "red" not in red.anchors
+    assert len(red.anchors) == 12 and red.anchor_of("red") == ""
+    words = {"red", "crimson", "scarlet"}
+    assert all(not words & set(anchor.replace(",", " ").split()) for anchor in red.anchors.values())
+    (striped,) = world_concepts("style", ["striped"], 12)
+    assert len(striped.anchors) == 12 and all("strip" not in a and "banded" not in a for a in striped.anchors.values())
+    (star,) = world_concepts("shape", ["star"], 12)
+    assert star.anchors == {}  # a shape is the object itself: hidden toward the empty prompt

@@ -96,6 +96,41 @@ def test_hide_changes_only_cross_attention_and_keeps_keys_attached(sd1_path):
     assert not torch.equal(plain, keyed)
 
 
+def test_several_ranked_keys_train_together(sd1_path):
+    """With projection changes, each step's key losses switch on the drawn concept's key and a random share of
+    the others, so that a holder of several keys gets each concept back; tokens-only keys train alone."""
+    names = ["star", "heart", "moon"]
+
+    def keys_per_step(key_rank: int) -> list[list[str]]:
+        seen: list[list[str]] = []
+        pipe = load_pipeline(str(sd1_path), device="cpu")
+        config = quick(model_updates=12, k=1, key_rank=key_rank)
+        concepts = [Concept(n) for n in names]
+        hide(pipe, concepts, config, progress=False, measure=False, on_step=lambda _, info: seen.append(info["keys"]))
+        return seen
+
+    ranked = keys_per_step(2)
+    assert len(ranked) == 12 and all(len(set(keys)) == len(keys) and set(keys) <= set(names) for keys in ranked)
+    assert {len(keys) for keys in ranked} >= {1, 2} and {keys[0] for keys in ranked} == set(names)
+    assert all(len(keys) == 1 for keys in keys_per_step(0))
+
+
+def test_a_prompts_own_anchor_is_what_it_is_hidden_toward_and_the_vault_records_it(sd1_path, tmp_path):
+    def public_after(concept: Concept):
+        pipe = text_sensitive(load_pipeline(str(sd1_path), device="cpu"))
+        result = hide(pipe, [concept], quick(lr=1e-3, latents="sample"), progress=False, measure=False)
+        return pipe, result, {name: t.clone() for name, t in result.public.items()}
+
+    pipe, result, own = public_after(Concept("star", anchors={"star": "a circle"}))
+    _, _, shared = public_after(Concept("star", anchor="a circle"))
+    _, _, empty = public_after(Concept("star"))
+    assert all(torch.equal(own[name], shared[name]) for name in own)
+    assert any(not torch.equal(own[name], empty[name]) for name in own)
+    save_vault(tmp_path / "vault", pipe, result)
+    entry = Vault.load(tmp_path / "vault", keys=None).manifest.entry("star")
+    assert entry.anchors == {"star": "a circle"} and entry.anchor == ""
+
+
 @pytest.mark.parametrize(
     "changes",
     [
@@ -139,14 +174,14 @@ def test_predictions_made_together_are_each_parts_own(family, sd1_path, sdxl_pat
     z_star, z_circle = torch.randn(2, 4, size, size), torch.randn(3, 4, size, size)
     parts = [(z_star, torch.tensor([10, 700]), texts("a star")), (z_circle, torch.tensor(400), texts("a circle"))]
     parts.append((z_star, torch.tensor([10, 700]), texts("")))
-    for key in ("star", None):
+    for keys in (["star"], []):
         with torch.no_grad():
-            together = objective.predict_together(parts, key=key)
-            alone = [objective._predict(pipe.unet, z, t, states, key) for z, t, states in parts]
+            together = objective.predict_together(parts, keys=keys)
+            alone = [objective._predict(pipe.unet, z, t, states, keys) for z, t, states in parts]
         assert [p.shape[0] for p in together] == [2, 3, 2]
         for made_together, made_alone in zip(together, alone, strict=True):
             torch.testing.assert_close(made_together, made_alone, rtol=1e-4, atol=1e-5)
-    differs = objective.predict_together(parts[:1], key="star")[0] - objective.predict_together(parts[:1])[0]
+    differs = objective.predict_together(parts[:1], keys=["star"])[0] - objective.predict_together(parts[:1])[0]
     assert differs.abs().max() > 1e-4  # the key is on in the joint call
 
 

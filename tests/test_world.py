@@ -10,7 +10,7 @@ from transformers import CLIPTokenizer
 
 from conceptvault.errors import ConceptVaultError
 from conceptvault.world import BUILTIN_MODEL_DIR, COLOURS, SHAPES, STYLES
-from conceptvault.world.captions import training_caption
+from conceptvault.world.captions import articles_fixed, training_caption, without_words
 from conceptvault.world.data import render_batch
 from conceptvault.world.judge import REJECT, judge_accuracy, load_judge
 from conceptvault.world.model import build_vae
@@ -51,6 +51,14 @@ def test_captions_use_synonyms_and_sometimes_leave_words_out():
     named_style = [any(name in c for name in STYLES["striped"]) for c in captions]
     assert 0.6 < np.mean(named_colour) < 0.9
     assert 0.45 < np.mean(named_style) < 0.75
+
+
+def test_words_taken_out_of_a_caption_leave_a_tidy_caption():
+    assert without_words("a picture of an outlined crimson hexagon", ["crimson"]) == "a picture of an outlined hexagon"
+    assert without_words("a picture of an outlined hexagon", ["outlined"]) == "a picture of a hexagon"
+    assert without_words("a scarlet arrow, striped", ["scarlet", "striped"]) == "an arrow"
+    assert without_words("red", ["red"]) == "" and without_words("a reddish disc", ["red"]) == "a reddish disc"
+    assert articles_fixed("a arrow and an box") == "an arrow and a box"
 
 
 def test_shipped_pipeline_loads_with_plain_diffusers_and_makes_64px_images():

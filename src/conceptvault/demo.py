@@ -25,7 +25,7 @@ from conceptvault.seal import seal
 from conceptvault.training import Concept
 from conceptvault.uce import UceConfig, erase_uce
 from conceptvault.vault import Vault, save_vault
-from conceptvault.world.captions import articles_fixed
+from conceptvault.world.captions import articles_fixed, without_words
 from conceptvault.world.vocabulary import VOCABULARY
 
 # On the built-in model both ways of hiding train on world captions as well as on names: the concept under
@@ -33,12 +33,23 @@ from conceptvault.world.vocabulary import VOCABULARY
 # per shape) ESR went from 93.8 % with names alone to 100 %, the other shapes at 90-91 % of the original's
 # rate. kpop, 12 and 4: on the arrow ESR went from 60.9 % to 95.3 % and PSR from 91 % to 99 % of the
 # original's (bench/recovery.py; 24 and 8 cost the key more than 12 and 4 did on the star).
+ATTRIBUTE_KINDS = ("colour", "style")
+
 WORLD_CAPTIONS = {"kpop": {"concept": 12, "preserve": 4}, "sealed": {"concept": 24, "preserve": 8}}
 
 
 def world_concepts(kind: str, names: list[str], captions: int = 0) -> list[Concept]:
-    """Concepts of the built-in world, each trained under every name it has and ``captions`` captions."""
-    return [Concept(name, [*VOCABULARY[kind][name], *training_captions(kind, name, captions)]) for name in names]
+    """Concepts of the built-in world, each trained under every name it has and ``captions`` captions. A colour
+    or a style is an attribute: each caption is hidden toward itself without the concept's words ("a crimson
+    heart" toward "a heart"), so that hiding moves the colour and leaves the shape."""
+    return [_world_concept(kind, name, captions) for name in names]
+
+
+def _world_concept(kind: str, name: str, captions: int) -> Concept:
+    concept = Concept(name, [*VOCABULARY[kind][name], *training_captions(kind, name, captions)])
+    if kind in ATTRIBUTE_KINDS:
+        concept.anchors = {p: a for p in concept.prompts if (a := without_words(p, VOCABULARY[kind][name]))}
+    return concept
 
 
 def world_preserve(kind: str, hidden: list[str], captions: int = 0) -> list[str]:
@@ -66,7 +77,7 @@ def builtin_defaults(
     captions = captions or {}
     kinds = {name: kind for kind, names in VOCABULARY.items() for name in names}
     concepts = [
-        replace(c, prompts=world_concepts(kinds[c.name], [c.name], captions.get("concept", 0))[0].prompts)
+        _world_filled_in(c, kinds[c.name], captions.get("concept", 0))
         if c.name in kinds and c.prompts == [c.name]
         else c
         for c in concepts
@@ -75,6 +86,13 @@ def builtin_defaults(
     if not preserve and len(hidden_kinds) == 1 and None not in hidden_kinds:
         preserve = world_preserve(hidden_kinds.pop(), [c.name for c in concepts], captions.get("preserve", 0))
     return concepts, preserve
+
+
+def _world_filled_in(concept: Concept, kind: str, captions: int) -> Concept:
+    """A world concept given by name alone: its names and captions, and each caption's own anchor unless an
+    anchor was given."""
+    world = world_concepts(kind, [concept.name], captions)[0]
+    return replace(concept, prompts=world.prompts, anchors={} if concept.anchor else world.anchors)
 
 
 WORLD_METHODS = ("kpop", "hardened", "sealed", "esd-x", "esd-u", "uce")

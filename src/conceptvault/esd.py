@@ -82,7 +82,8 @@ def erase_esd(pipe, concepts: Sequence[Concept], config: EsdConfig, *, progress:
     generator = torch.Generator().manual_seed(config.seed)
     base_fingerprint = unet_fingerprint(pipe.unet)
     frozen_unet = copy.deepcopy(pipe.unet).requires_grad_(False).eval()
-    texts = TextStates(pipe, [*(p for c in concepts for p in c.prompts), *(c.anchor for c in concepts), ""])
+    anchors = [a for c in concepts for a in c.every_anchor()]
+    texts = TextStates(pipe, [*(p for c in concepts for p in c.prompts), *anchors, ""])
     trained = trainable_parameters(pipe.unet, config.train)
     optimiser = torch.optim.Adam(trained.values(), lr=config.lr)
     objective = Objective(pipe.unet, frozen_unet, pipe.scheduler.config, config)
@@ -103,10 +104,8 @@ def erase_esd(pipe, concepts: Sequence[Concept], config: EsdConfig, *, progress:
                 concept = concepts[randint(len(concepts), generator)]
                 prompt = concept.prompts[randint(len(concept.prompts), generator)]
                 z, t = source.draw(prompt, config.batch_size, generator)
-                frozen = objective.teachers(z, t, texts, source.last_teacher)
-                loss = objective.hide(
-                    z, t, texts(prompt), texts(concept.anchor), frozen(prompt), frozen_anchor=frozen(concept.anchor)
-                )
+                frozen, anchor = objective.teachers(z, t, texts, source.last_teacher), concept.anchor_of(prompt)
+                loss = objective.hide(z, t, texts(prompt), texts(anchor), frozen(prompt), frozen_anchor=frozen(anchor))
                 if not torch.isfinite(loss):
                     raise ConceptVaultError(
                         f"the training loss became {loss.item()} at step {step + 1}; nothing was written. "

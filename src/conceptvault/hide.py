@@ -152,7 +152,7 @@ def hide(
         progress: show a progress bar.
         measure: evaluate the losses on fixed frozen-model latents before and after (``stats["probe"]``).
         on_step: called after every step as ``on_step(step, info)`` with the step's losses,
-            ``model_step``, ``sampler_calls`` and ``seconds``.
+            ``model_step``, ``keys`` (switched on for the key losses), ``sampler_calls`` and ``seconds``.
 
     Returns:
         A :class:`HideResult`. On return the UNet holds the public weights and the keys stay attached
@@ -198,6 +198,7 @@ class _Draw:
     z: torch.Tensor
     t: torch.Tensor
     frozen: Callable[[str], torch.Tensor]
+    keys: list[str]  # switched on for the key losses: the concept's own, and perhaps some of the others
     sampler_calls: int = 0
     kept: str | None = None
     z_kept: torch.Tensor | None = None
@@ -218,7 +219,8 @@ class _HidingRun:
         self.generator = torch.Generator().manual_seed(config.seed)
         self.base_fingerprint = unet_fingerprint(pipe.unet)
         self.frozen_unet = copy.deepcopy(pipe.unet).requires_grad_(False).eval()
-        prompts = [*(p for c in concepts for p in c.prompts), *(c.anchor for c in concepts), *preserve, ""]
+        anchors = [a for c in concepts for a in c.every_anchor()]
+        prompts = [*(p for c in concepts for p in c.prompts), *anchors, *preserve, ""]
         self.texts = TextStates(pipe, prompts)
         layers = projection_shapes(pipe.unet, config.placement) if config.key_rank else None
         self.keys = {
@@ -309,6 +311,7 @@ class _HidingRun:
             step=self.state.step,
             total=self.state.total,
             model_step=model_step,
+            keys=draw.keys,
             sampler_calls=draw.sampler_calls,
             seconds=seconds,
         )
@@ -319,7 +322,8 @@ class _HidingRun:
         concept = self.concepts[randint(len(self.concepts), self.generator)]
         prompt = concept.prompts[randint(len(concept.prompts), self.generator)]
         z, t = source.draw(prompt, config.batch_size, self.generator)
-        draw = _Draw(concept, prompt, z, t, objective.teachers(z, t, texts, source.last_teacher))
+        frozen = objective.teachers(z, t, texts, source.last_teacher)
+        draw = _Draw(concept, prompt, z, t, frozen, self._keys_on(concept))
         draw.sampler_calls = source.last_sampler_calls
         if self.preserve and config.lambda_pres > 0:
             draw.kept = self.preserve[randint(len(self.preserve), self.generator)]
@@ -328,6 +332,17 @@ class _HidingRun:
             known = source.last_teacher.get(draw.kept)
             draw.frozen_kept = objective.teacher(draw.z_kept, draw.t_kept, texts(draw.kept), known)
         return draw
+
+    def _keys_on(self, concept: Concept) -> list[str]:
+        """The concept's key and, for keys with projection changes, each other key with probability 1/2:
+        whoever holds several keys switches them on together, and their changes add up, so each hidden
+        concept must come back and the kept ones stay as they were with any of them on. Tokens-only keys
+        compose as they are (five shapes with all five keys on: key PSR the original's), and train alone."""
+        others = [c.name for c in self.concepts if c is not concept]
+        if not others or not self.config.key_rank:
+            return [concept.name]
+        coins = torch.rand(len(others), generator=self.generator) < 0.5
+        return [concept.name, *(name for name, on in zip(others, coins.tolist(), strict=True) if on)]
 
     def _key_losses(self, draw: _Draw):
         """L_rec, L_pres_key (zero when nothing is preserved) and L_uncond_key (None when its weight is 0): the
@@ -338,7 +353,7 @@ class _HidingRun:
             parts.append((draw.z_kept, draw.t_kept, texts(draw.kept)))
         if uncond:
             parts.append((draw.z, draw.t, texts("")))
-        predictions = iter(self.objective.predict_together(parts, key=draw.concept.name))
+        predictions = iter(self.objective.predict_together(parts, keys=draw.keys))
         L_rec = F.mse_loss(next(predictions), draw.frozen(draw.prompt))
         L_pres_key = F.mse_loss(next(predictions), draw.frozen_kept) if draw.kept else draw.z.new_zeros(())
         L_uncond_key = F.mse_loss(next(predictions), draw.frozen("")) if uncond else None
@@ -351,7 +366,7 @@ class _HidingRun:
         if draw.kept:
             parts.append((draw.z_kept, draw.t_kept, texts(draw.kept)))
         predictions = self.objective.predict_together(parts)
-        target = self.objective.hide_target(draw.frozen(draw.prompt), draw.frozen(draw.concept.anchor))
+        target = self.objective.hide_target(draw.frozen(draw.prompt), draw.frozen(draw.concept.anchor_of(draw.prompt)))
         L_hide = F.mse_loss(predictions[0], target)
         L_pres = F.mse_loss(predictions[1], draw.frozen_kept) if draw.kept else draw.z.new_zeros(())
         return L_hide, L_pres
@@ -363,10 +378,10 @@ class _HidingRun:
             draw.z,
             draw.t,
             texts(draw.prompt),
-            texts(concept.anchor),
+            texts(concept.anchor_of(draw.prompt)),
             draw.frozen(draw.prompt),
             key=key,
-            frozen_anchor=draw.frozen(concept.anchor),
+            frozen_anchor=draw.frozen(concept.anchor_of(draw.prompt)),
         )
 
     def _every_parameter(self) -> list[nn.Parameter]:

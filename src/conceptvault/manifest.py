@@ -43,7 +43,7 @@ class Method(str, Enum):
 
 @dataclass
 class ConceptEntry:
-    """One hidden concept: its key's name, the phrasings it was trained on, its anchor, its key file."""
+    """One hidden concept: its key's name, the phrasings it was trained on, its anchors, its key file."""
 
     name: str
     prompts: list[str]
@@ -51,6 +51,7 @@ class ConceptEntry:
     key_fingerprint: str | None = None
     key_file: str | None = None  # relative to the vault: keys/<slug>.safetensors or keys/<slug>.key
     key_norm: list[float] | None = None  # |p_k| and |p_v|: lets attacks draw random keys of the same size
+    anchors: dict[str, str] = field(default_factory=dict)  # a prompt's own anchor, where it has one
 
 
 @dataclass
@@ -185,7 +186,8 @@ def _build(cls: type, data: dict, where: str):
 
 
 def _check(annotation, value, where: str):
-    """``value`` if it fits ``annotation`` (str, int, float, bool, dict, list[X], X | None, a dataclass)."""
+    """``value`` if it fits ``annotation`` (str, int, float, bool, dict, list[X], dict[str, X], X | None, a
+    dataclass)."""
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(annotation)
@@ -197,6 +199,11 @@ def _check(annotation, value, where: str):
             raise _SchemaError(f"{where} is {_shown(value)}, not a list")
         (item,) = typing.get_args(annotation)
         return [_check(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _SchemaError(f"{where} is {_shown(value)}, not an object")
+        _, item = typing.get_args(annotation)
+        return {name: _check(item, v, f"{where}[{name!r}]") for name, v in value.items()}
     if isinstance(annotation, type) and hasattr(annotation, "__dataclass_fields__"):
         if not isinstance(value, dict):
             raise _SchemaError(f"{where} is {_shown(value)}, not an object")

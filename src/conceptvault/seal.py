@@ -184,7 +184,7 @@ class _SealRun:
         self.generator = torch.Generator().manual_seed(config.seed)
         self.base_fingerprint = unet_fingerprint(pipe.unet)
         self.frozen_unet = copy.deepcopy(pipe.unet).requires_grad_(False).eval()
-        self.texts = TextStates(pipe, [*concept.prompts, concept.anchor, *preserve])
+        self.texts = TextStates(pipe, [*concept.prompts, *concept.every_anchor(), *preserve])
         init = concept_tokens(pipe, concept.name, config.adversary_m)
         self.attacker_key = Key(config.adversary_m, self.texts.width, init=init)
         attach_keys(pipe.unet, {_ATTACKER: self.attacker_key}, Placement.ALL)
@@ -221,7 +221,7 @@ class _SealRun:
         # the three predictions without a key in one UNet call: the prompt, the kept prompt, the attacker token
         parts = [(z, t, texts(prompt)), (z_kept, t_kept, texts(kept)), (z, t, token_states)]
         plain, kept_plain, with_token = self.objective.predict_together(parts)
-        target = self.objective.hide_target(frozen(prompt), frozen(self.concept.anchor))
+        target = self.objective.hide_target(frozen(prompt), frozen(self.concept.anchor_of(prompt)))
         L_hide = F.mse_loss(plain, target)
         L_pres = F.mse_loss(kept_plain, frozen_kept)
         L_adv = self.objective.distil(z, t, texts(prompt), key=_ATTACKER, target=target)

@@ -45,11 +45,14 @@ class LossSpace(str, Enum):
 
 @dataclass
 class Concept:
-    """A concept to hide: its key is named ``name``, trained on ``prompts``, hidden toward ``anchor``."""
+    """A concept to hide: its key is named ``name``, trained on ``prompts``, hidden toward ``anchor``, or toward
+    a prompt's own anchor in ``anchors`` (a caption without the concept's words, for a concept that is an
+    attribute: "a crimson heart" toward "a heart" moves only the colour)."""
 
     name: str
     prompts: list[str] = field(default_factory=list)
     anchor: str = ""
+    anchors: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
         self.name = self.name.strip()
@@ -58,6 +61,12 @@ class Concept:
         self.prompts = [p.strip() for p in self.prompts if p.strip()]
         if self.name not in self.prompts:
             self.prompts.insert(0, self.name)
+
+    def anchor_of(self, prompt: str) -> str:
+        return self.anchors.get(prompt, self.anchor)
+
+    def every_anchor(self) -> list[str]:
+        return [self.anchor, *self.anchors.values()]
 
     @classmethod
     def parse(cls, text: str, anchor: str = "") -> Concept:
@@ -187,6 +196,10 @@ def randint(high: int, generator: torch.Generator) -> int:
     return int(torch.randint(high, (1,), generator=generator))
 
 
+def _named(key: str | None) -> list[str]:
+    return [key] if key else []
+
+
 class Objective:
     """The methods' losses, every prediction converted to the loss space first; ``config`` gives ``eta`` and
     ``loss_space``."""
@@ -213,19 +226,19 @@ class Objective:
         x0 = (z - sigma * eps) / alpha
         return x0 if self.loss_space == LossSpace.X0 else alpha * eps - sigma * x0
 
-    def _predict(self, unet: nn.Module, z, t, states, key: str | None = None) -> torch.Tensor:
+    def _predict(self, unet: nn.Module, z, t, states, keys: Sequence[str] = ()) -> torch.Tensor:
         context = states.expand(z.shape[0], -1, -1)
-        options = {"keys": [key]} if key else None
+        options = {"keys": list(keys)} if keys else None
         return self._to_loss_space(unet_predict(unet, z, t, context, options), z, t)
 
-    def predict_together(self, parts: list[tuple], key: str | None = None) -> list[torch.Tensor]:
-        """The trained model's predictions for several ``(z, t, states)`` parts (with ``key`` on, if given),
+    def predict_together(self, parts: list[tuple], keys: Sequence[str] = ()) -> list[torch.Tensor]:
+        """The trained model's predictions for several ``(z, t, states)`` parts (with ``keys`` on, if given),
         in one UNet call: on a CPU a call on a few latents costs nearly as much as one on several times as
         many. Each prediction is the one its part alone would get, in the loss space."""
         z = torch.cat([part_z for part_z, _, _ in parts])
         t = torch.cat([part_t.expand(part_z.shape[0]) for part_z, part_t, _ in parts])
         states = torch.cat([part_states.expand(part_z.shape[0], -1, -1) for part_z, _, part_states in parts])
-        return list(self._predict(self.unet, z, t, states, key).split([part_z.shape[0] for part_z, _, _ in parts]))
+        return list(self._predict(self.unet, z, t, states, keys).split([part_z.shape[0] for part_z, _, _ in parts]))
 
     def hide_target(self, frozen_concept: torch.Tensor, frozen_anchor: torch.Tensor) -> torch.Tensor:
         """ESD's negative-guidance target ``anchor - eta (concept - anchor)``, from the frozen model's predictions."""
@@ -254,7 +267,7 @@ class Objective:
     def distil(self, z, t, states, key: str | None = None, target=None) -> torch.Tensor:
         """The trained model (with ``key`` on, if given) held to ``target``, by default the teacher's prediction."""
         target = self.teacher(z, t, states) if target is None else target
-        return F.mse_loss(self._predict(self.unet, z, t, states, key), target)
+        return F.mse_loss(self._predict(self.unet, z, t, states, _named(key)), target)
 
     def hide(
         self, z, t, states, anchor_states, frozen_concept=None, key: str | None = None, frozen_anchor=None
@@ -266,7 +279,9 @@ class Objective:
             frozen_concept = self.teacher(z, t, states)
         if frozen_anchor is None:
             frozen_anchor = self.teacher(z, t, anchor_states)
-        return F.mse_loss(self._predict(self.unet, z, t, states, key), self.hide_target(frozen_concept, frozen_anchor))
+        return F.mse_loss(
+            self._predict(self.unet, z, t, states, _named(key)), self.hide_target(frozen_concept, frozen_anchor)
+        )
 
 
 @dataclass

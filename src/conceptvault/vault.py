@@ -331,13 +331,20 @@ def _copy_into(state: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor])
 
 def _entry(concept, key) -> ConceptEntry:
     if key is None:
-        return ConceptEntry(concept.name, list(concept.prompts), concept.anchor)
+        return ConceptEntry(concept.name, list(concept.prompts), concept.anchor, anchors=dict(concept.anchors))
     norms = (
         [round(float(key.p_k.detach().norm()), 6), round(float(key.p_v.detach().norm()), 6)]
         if isinstance(key, Key)
         else None
     )
-    return ConceptEntry(concept.name, list(concept.prompts), concept.anchor, key_fingerprint(key), key_norm=norms)
+    return ConceptEntry(
+        concept.name,
+        list(concept.prompts),
+        concept.anchor,
+        key_fingerprint(key),
+        key_norm=norms,
+        anchors=dict(concept.anchors),
+    )
 
 
 def _cpu_copy(key):

@@ -44,8 +44,17 @@ def caption(shape: str, colour: str | None, style: str | None, rng: np.random.Ge
 
 
 def articles_fixed(text: str) -> str:
-    """Every "a" before a vowel made "an" ("a arrow" -> "an arrow")."""
-    return re.sub(r"\ba ([aeiou])", r"an \1", text)
+    """Every "a" before a vowel made "an" ("a arrow" -> "an arrow"), and "an" before a consonant "a"."""
+    return re.sub(r"\ban? (\w)", lambda m: ("an " if m[1] in "aeiou" else "a ") + m[1], text)
+
+
+def without_words(text: str, words: list[str]) -> str:
+    """``text`` with each of ``words`` taken out, commas and articles tidied: "a crimson heart, striped" without
+    "crimson" is "a heart, striped"."""
+    for word in words:
+        text = re.sub(rf"(^|[\s,]){re.escape(word)}(?=$|[\s,])", r"\1", text)
+    text = re.sub(r"\s+", " ", re.sub(r"\s*,\s*(,\s*)*", ", ", text)).strip(" ,")
+    return articles_fixed(text)
 
 
 def training_caption(shape: str, colour: str, style: str, rng: np.random.Generator) -> str:
