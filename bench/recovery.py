@@ -12,9 +12,11 @@ evaluates on the same prompts and seeds (the original model's images are made on
 finished point is kept in ``OUT/<point>/point.json`` and skipped when the sweep runs again, so an
 interrupted sweep continues where it stopped. After each point the sweep rewrites ``OUT/recovery.csv``,
 ``OUT/recovery.md`` and ``OUT/recovery.png`` (RSR against ESR with their 95 % intervals, PSR as colour,
-the original model marked). With ``--seeds`` each point is hidden once per seed (seed 0 in ``OUT/<point>``,
-seed s in ``OUT/<point>-seed-s``) and the Markdown table adds each point's mean over its seeds: one hiding
-seed moves ESR and RSR by several points on the built-in model, more than one image does.
+the original model marked), and each point's ``OUT/<point>/hidden.png`` (the first ten images of the hidden
+concept from the original model, the public model and the key holder, with the judge's labels). With
+``--seeds`` each point is hidden once per seed (seed 0 in ``OUT/<point>``, seed s in ``OUT/<point>-seed-s``)
+and the Markdown table adds each point's mean over its seeds: one hiding seed moves ESR and RSR by several
+points on the built-in model, more than one image does.
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ import time
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from conceptvault.defaults import Family, family_config
 from conceptvault.demo import WORLD_CAPTIONS, hide_and_evaluate, world_prompts
 from conceptvault.evaluate import resolve_suite
 from conceptvault.evaluate.world_suites import WORLD_SUITE_KINDS
+from conceptvault.generate import image_grid
 from conceptvault.vault import Vault
 
 NAMES_ONLY = {"concept": 0, "preserve": 0}
@@ -151,6 +155,27 @@ def measure(point: str, overrides: dict, args, suite, out: Path) -> dict:
     }
     done.write_text(json.dumps(row, indent=2) + "\n")
     return row
+
+
+def hidden_picture(folder: Path, count: int = 10) -> Path:
+    """``folder/hidden.png``: the first ``count`` images of the hidden concept, a row each for the original
+    model, the public model and the key holder (same prompts and seeds), the judge's label under each."""
+    picture = folder / "hidden.png"
+    if not picture.is_file():
+        records = json.loads((folder / "evaluation" / "images.json").read_text())
+        rows = [
+            [r for r in records if r["group"] == "hidden" and r["variant"] == variant][:count]
+            for variant in ("original", "public", "key")
+        ]
+        cells = [r for row in rows for r in row]
+        images = [Image.open(_image_path(folder / "evaluation", r["path"])) for r in cells]
+        labels = [f"{r['variant']}: {r['label']}" for r in cells]
+        image_grid(images, 3, count, labels).save(picture)
+    return picture
+
+
+def _image_path(evaluation: Path, path: str) -> Path:
+    return Path(path) if Path(path).is_absolute() else evaluation / path
 
 
 def write_tables(rows: list[dict], out: Path) -> None:
@@ -296,6 +321,7 @@ def main() -> None:
             name_seed = point if seed == 0 else f"{point}-seed-{seed}"
             settings = overrides if seed == 0 else {**overrides, "seed": seed}
             row = {**measure(name_seed, settings, args, suite, out), "group": point}
+            hidden_picture(out / name_seed)
             rows.append(row)
             print(
                 f"{name_seed:16} ESR {_pct(row['esr']):>8} PSR {_pct(row['psr']):>8} RSR {_pct(row['rsr']):>8} "

@@ -20,3 +20,27 @@ def test_the_projection_refuses_noisy_timings_and_is_positive_otherwise():
     text = hide_step.projection(0.5, [0.10, 0.11, 0.10])
     assert "projected" in text and "-" not in text.split("sample ")[1].split(" s/step")[0]
     assert "=" in text and float(text.split("= ")[1].split("x")[0]) > 1
+
+
+def test_the_recovery_picture_shows_the_hidden_concept_from_each_model_in_rows(tmp_path):
+    import json
+
+    from PIL import Image
+
+    recovery = load("recovery")
+    evaluation = tmp_path / "evaluation"
+    records, colours = [], {"original": "red", "public": "blue", "key": "red"}
+    for variant, colour in colours.items():
+        for group in ("hidden", "kept"):
+            for index in range(3):
+                path = f"images/{variant}-{group}-{index}.png"
+                (evaluation / "images").mkdir(parents=True, exist_ok=True)
+                Image.new("RGB", (64, 64), colour if group == "hidden" else "green").save(evaluation / path)
+                records.append(dict(variant=variant, group=group, path=path, label=colour))
+    (evaluation / "images.json").write_text(json.dumps(records))
+    picture = Image.open(recovery.hidden_picture(tmp_path, count=2)).convert("RGB")
+    assert picture.size == (2 * 128, 3 * (128 + 14))  # enlarged to 128 px, a label strip under each
+    for row, colour in enumerate(colours.values()):
+        for column in range(2):
+            expected = Image.new("RGB", (1, 1), colour).getpixel((0, 0))
+            assert picture.getpixel((column * 128 + 64, row * 142 + 64)) == expected
