@@ -65,9 +65,11 @@ GRIDS: dict[str, dict[str, dict]] = {
         "rec-3": dict(lambda_rec=3.0),
         "rec-3-key-1200": dict(lambda_rec=3.0, key_updates=1200),
         "rank-8": dict(key_rank=8),  # the key also changes each reached layer's projections, rank 8
+        "tokens-only": dict(key_rank=0),  # the defaults before rank-8 keys: the key's tokens alone
         "rank-8-pres-2": dict(key_rank=8, lambda_pres=2.0),
         "rank-8-pres-4": dict(key_rank=8, lambda_pres=4.0),
         "rank-8-updates-400": dict(key_rank=8, model_updates=400),
+        "rank-8-updates-600": dict(key_rank=8, model_updates=600),
         "rank-8-hide-2": dict(key_rank=8, lambda_hide=2.0),
         "k-3": dict(k=3),
         "mid+up": dict(placement="mid+up"),

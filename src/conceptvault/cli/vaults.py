@@ -112,8 +112,8 @@ def hide_command(
         int | None,
         typer.Option(
             help="Rank of the weight changes the key carries. kpop: changes of the cross-attention projections "
-            "the key reaches, on only with the key (0: tokens only) \\[default: 0]; sealed: each weight change "
-            "kept to this rank (0: whole) \\[default: per model family].",
+            "the key reaches, on only with the key (0: tokens only); sealed: each weight change kept to this rank "
+            "(0: whole) \\[default: per model family and method].",
             rich_help_panel="Hiding settings",
         ),
     ] = None,
