@@ -26,6 +26,8 @@ def test_each_family_has_its_defaults_and_explicit_settings_win():
     assert sd1 == HideConfig()  # Stable Diffusion: the method paper's settings
     assert small.lr == FAMILY_SETTINGS[Family.SMALL]["lr"] != sd1.lr
     assert family_config(Family.SMALL, lr=0.5).lr == 0.5
+    assert small.key_rank == 8 and sd1.key_rank == 0  # ranked keys on small models, tokens only on SD
+    assert family_config(Family.SMALL, key_rank=0).key_rank == 0
 
 
 def test_small_models_give_each_concept_its_own_updates():

@@ -540,7 +540,9 @@ class _Probe:
             z, t = self.latents[concept.name]
             texts = self.texts
             frozen = objective.teacher(z, t, texts(concept.name))
-            sums["L_hide"].append(float(objective.hide(z, t, texts(concept.name), texts(concept.anchor), frozen)))
+            sums["L_hide"].append(
+                float(objective.hide(z, t, texts(concept.name), texts(concept.anchor_of(concept.name)), frozen))
+            )
             sums["L_rec"].append(float(objective.distil(z, t, texts(concept.name), key=concept.name, target=frozen)))
             sums["L_uncond_key"].append(float(objective.distil(z, t, texts(""), key=concept.name)))
             for prompt in self.preserve:
