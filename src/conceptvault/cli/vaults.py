@@ -326,9 +326,7 @@ def _concepts_table(loaded: Vault) -> Table:
             if present
             else ("no key: erased" if not loaded.method.has_keys else "not here")
         )
-        anchor = (entry.anchor or "(empty)") + (
-            f"; own anchors for {len(entry.anchors)} prompts" if entry.anchors else ""
-        )
+        anchor = (entry.anchor or "(empty)") + (f"; per prompt: {len(entry.anchors)}" if entry.anchors else "")
         table.add_row(*map(as_text, (entry.name, "; ".join(entry.prompts), anchor, status)))
     return table
 
