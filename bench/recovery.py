@@ -72,6 +72,7 @@ GRIDS: dict[str, dict[str, dict]] = {
         "rank-8-updates-600": dict(key_rank=8, model_updates=600),
         "rank-8-captions-36-4": dict(key_rank=8, captions={"concept": 36, "preserve": 4}),
         "rank-8-hide-2": dict(key_rank=8, lambda_hide=2.0),
+        "rank-8-hide-2-updates-400": dict(key_rank=8, lambda_hide=2.0, model_updates=400),
         "k-3": dict(k=3),
         "mid+up": dict(placement="mid+up"),
         "random-init": dict(key_init="random"),
