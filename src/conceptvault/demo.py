@@ -28,13 +28,13 @@ from conceptvault.vault import Vault, save_vault
 from conceptvault.world.captions import articles_fixed, without_words
 from conceptvault.world.vocabulary import VOCABULARY
 
+ATTRIBUTE_KINDS = ("colour", "style")  # kinds whose concepts qualify a shape: hidden toward the caption without them
+
 # On the built-in model both ways of hiding train on world captions as well as on names: the concept under
 # n captions, and m of each kept concept beside their names. Sealed hiding, 24 and 8: on the star (64 images
 # per shape) ESR went from 93.8 % with names alone to 100 %, the other shapes at 90-91 % of the original's
 # rate. kpop, 12 and 4: on the arrow ESR went from 60.9 % to 95.3 % and PSR from 91 % to 99 % of the
 # original's (bench/recovery.py; 24 and 8 cost the key more than 12 and 4 did on the star).
-ATTRIBUTE_KINDS = ("colour", "style")
-
 WORLD_CAPTIONS = {"kpop": {"concept": 12, "preserve": 4}, "sealed": {"concept": 24, "preserve": 8}}
 
 
@@ -46,10 +46,10 @@ def world_concepts(kind: str, names: list[str], captions: int = 0) -> list[Conce
 
 
 def _world_concept(kind: str, name: str, captions: int) -> Concept:
-    concept = Concept(name, [*VOCABULARY[kind][name], *training_captions(kind, name, captions)])
-    if kind in ATTRIBUTE_KINDS:
-        concept.anchors = {p: a for p in concept.prompts if (a := without_words(p, VOCABULARY[kind][name]))}
-    return concept
+    words = VOCABULARY[kind][name]
+    prompts = [*words, *training_captions(kind, name, captions)]
+    anchors = {p: a for p in prompts if (a := without_words(p, words))} if kind in ATTRIBUTE_KINDS else {}
+    return Concept(name, prompts, anchors=anchors)
 
 
 def world_preserve(kind: str, hidden: list[str], captions: int = 0) -> list[str]:

@@ -373,15 +373,15 @@ class _HidingRun:
 
     def _hide_loss(self, draw: _Draw, key: str) -> torch.Tensor:
         """L_hide on the concept prompt with an attacker's key on (hardened hiding)."""
-        texts, concept = self.texts, draw.concept
+        texts, anchor = self.texts, draw.concept.anchor_of(draw.prompt)
         return self.objective.hide(
             draw.z,
             draw.t,
             texts(draw.prompt),
-            texts(concept.anchor_of(draw.prompt)),
+            texts(anchor),
             draw.frozen(draw.prompt),
             key=key,
-            frozen_anchor=draw.frozen(concept.anchor_of(draw.prompt)),
+            frozen_anchor=draw.frozen(anchor),
         )
 
     def _every_parameter(self) -> list[nn.Parameter]:
