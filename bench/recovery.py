@@ -120,6 +120,7 @@ COLUMNS = [
     "psnr",
     "hide_seconds",
     "n_hidden",
+    "never_learned_esr",
 ]
 
 
@@ -157,6 +158,8 @@ def measure(point: str, overrides: dict, args, suite, out: Path) -> dict:
         "wall_seconds": round(time.perf_counter() - started, 1),
         "n_hidden": cells["rsr"]["n"],
     }
+    if "never_learned_esr" in evaluation.figures:  # colours and styles: the original model, words removed
+        row["never_learned_esr"] = evaluation.cell("never_learned_esr")["value"]
     done.write_text(json.dumps(row, indent=2) + "\n")
     return row
 
@@ -212,6 +215,10 @@ def write_tables(rows: list[dict], out: Path) -> None:
         f"| original model | | {_pct(original['esr'])} | {_pct(original['psr'])} | {_pct(original['rsr'])} | "
         f"{_pct(original['key_psr'])} | | | | |"
     )
+    if "never_learned_esr" in rows[0]:
+        lines.append(
+            f"| original model, words removed (never learned) | | {_pct(rows[0]['never_learned_esr'])} | | | | | | | |"
+        )
     (out / "recovery.md").write_text("\n".join(lines) + "\n")
 
 
@@ -265,6 +272,11 @@ def plot(rows: list[dict], out: Path, title: str) -> None:
     original = rows[0]["original"]
     axes.axhline(original["rsr"], color="red", lw=0.8, ls="--", label=f"original model's RSR ({original['rsr']:.0%})")
     axes.axvline(0.95, color="grey", lw=0.8, ls=":", label="the aim: ESR 95 %")
+    if "never_learned_esr" in rows[0]:
+        never = rows[0]["never_learned_esr"]
+        axes.axvline(
+            never, color="orange", lw=0.8, ls="--", label=f"a model that never learned the words ({never:.0%})"
+        )
     axes.set_xlabel(f"ESR-1 (hidden without the key; the original model: {original['esr']:.0%})")
     axes.set_ylabel("RSR-1 (recovered with the key)")
     axes.set_xlim(max(0.0, min(esr) - 0.1), 1.02)

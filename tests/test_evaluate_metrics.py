@@ -95,6 +95,23 @@ def test_figures_without_kept_concepts_or_key_images_are_left_out():
     assert figures["esr"]["top-1"]["average"]["value"] == 1.0
 
 
+def test_never_learned_esr_counts_the_original_models_images_without_the_concepts_words():
+    hits = {
+        ("original", "red"): _hits([1, 1, 1, 1]),
+        ("public", "red"): _hits([0, 1, 0, 0]),
+        ("unnamed", "red"): _hits([0, 1, 0, 1]),  # the original drew red on two prompts that did not ask for it
+        ("original", "blue"): _hits([1, 1]),
+        ("public", "blue"): _hits([0, 0]),
+    }
+    figures = rate_figures(hits, ["red", "blue"], [], ["top-1"])
+    assert list(figures) == ["esr", "never_learned_esr"]
+    never = figures["never_learned_esr"]["top-1"]
+    assert list(never["concepts"]) == ["red"]  # only the concepts with unnamed images
+    assert never["average"]["value"] == 0.5 and never["average"]["n"] == 4
+    assert never["average"]["original"]["value"] == 0.0  # beside it, the original's ESR on the prompts as asked
+    assert figures["esr"]["top-1"]["average"]["n"] == 6
+
+
 def test_score_figures_are_means_with_normal_intervals():
     scores = {
         (variant, concept): {"clip-score": np.array(values, dtype=float)}

@@ -94,6 +94,25 @@ def test_suite_runs_end_to_end_and_writes_every_report(sd1_path, vault, tmp_path
     assert markdown == markdown_report(result) and rich_table(result).row_count == 4
 
 
+def test_unnamed_prompts_are_made_by_the_original_model_and_give_the_never_learned_esr(sd1_path, vault, tmp_path):
+    suite = toy_suite()
+    suite.hidden[0].unnamed = ["a shape", "a shape", "a red star"]  # the last had nothing to take out
+    result = run_suite(fresh_pipeline(sd1_path), vault, suite, tmp_path, batch_size=4, progress=False)
+
+    unnamed = [r for r in result.records if r.variant == "unnamed"]
+    original = {r.index: r for r in result.records if r.variant == "original" and r.concept == "star"}
+    assert [r.prompt for r in unnamed] == ["a shape", "a shape", "a red star"] and all(not r.keys for r in unnamed)
+    assert unnamed[2].path == original[2].path  # the same prompt and seed: the same image, made once
+    assert unnamed[0].path.parent == original[0].path.parent  # the original model's folder
+    assert len(_images(tmp_path)) == 3 * 5 + 2 and result.meta["images"]["generated"] == 17
+    hits = [r.hits["top-1"] for r in unnamed]
+    assert result.cell("never_learned_esr")["value"] == pytest.approx(1 - sum(hits) / 3)
+    assert result.cell("never_learned_esr")["n"] == 3
+    assert "never-learned ESR-1" in markdown_report(result)
+    with pytest.raises(ValueError, match="2 unnamed prompts for 3 prompts"):
+        SuiteConcept("star", ["a", "b", "c"], [0, 1, 2], unnamed=["a", "b"])
+
+
 def test_resume_reuses_images_and_makes_only_the_missing_ones(sd1_path, vault, tmp_path):
     pipe = fresh_pipeline(sd1_path)
     first = run_suite(pipe, vault, toy_suite(), tmp_path, batch_size=4, progress=False)

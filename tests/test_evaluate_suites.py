@@ -112,6 +112,18 @@ def test_world_colour_and_style_suites():
     assert not {c.name for c in five.hidden} & {c.name for c in resolve_suite("five-shapes-a", size=2).hidden}
 
 
+def test_a_hidden_colour_or_style_is_also_asked_for_without_its_words():
+    colour = resolve_suite("colour", concept="red", size=8)
+    red = colour.hidden[0]
+    assert len(red.unnamed) == 8 and all(synonym_used(p, COLOURS["red"]) is None for p in red.unnamed)
+    for prompt, unnamed in zip(red.prompts, red.unnamed, strict=True):
+        shape = synonym_used(prompt, [w for names in SHAPES.values() for w in names])
+        assert synonym_used(unnamed, [shape]) == shape  # the shape is still asked for
+    assert resolve_suite("style", concept="striped", size=2).hidden[0].unnamed is not None
+    assert all(c.unnamed is None for c in colour.kept)  # only hidden concepts are measured so
+    assert resolve_suite("shape", concept="star", size=2).hidden[0].unnamed is None  # no caption without a shape
+
+
 def test_every_world_suite_says_which_kind_of_concept_it_hides():
     assert set(WORLD_SUITE_KINDS) == set(WORLD_SUITES)
     for name, kind in WORLD_SUITE_KINDS.items():  # the suite's judge reads the head of that kind

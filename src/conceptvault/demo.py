@@ -26,9 +26,7 @@ from conceptvault.training import Concept
 from conceptvault.uce import UceConfig, erase_uce
 from conceptvault.vault import Vault, save_vault
 from conceptvault.world.captions import articles_fixed, without_words
-from conceptvault.world.vocabulary import VOCABULARY
-
-ATTRIBUTE_KINDS = ("colour", "style")  # kinds whose concepts qualify a shape: hidden toward the caption without them
+from conceptvault.world.vocabulary import ATTRIBUTE_KINDS, VOCABULARY
 
 # On the built-in model both ways of hiding train on world captions as well as on names: the concept under
 # n captions, and m of each kept concept beside their names. Sealed hiding, 24 and 8: on the star (64 images

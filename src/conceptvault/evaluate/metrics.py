@@ -10,6 +10,9 @@ model's figure on the same prompts and seeds.
 - RSR (recovery success rate): share of images of a hidden concept, made *with* the key, that the judge
   labels as that concept.
 - key PSR: PSR of the model with the key on, since the key must not damage the rest.
+- never-learned ESR: ESR of the original model on the hidden prompts with the concept's words taken out,
+  where a suite gives them: what a model that never learned those words would score. A colour the
+  model draws unasked (red, for "a disc") is drawn that often by such a model too.
 
 For judges that give a score rather than a label (CLIP score), the same four cells are mean scores:
 ``hidden_score``, ``kept_score``, ``key_score`` and ``key_kept_score``.
@@ -27,10 +30,12 @@ Z_95 = 1.959963984540054  # two-sided 95 % normal quantile
 
 ORIGINAL, PUBLIC, KEY = "original", "public", "key"
 VARIANTS = (ORIGINAL, PUBLIC, KEY)  # the three models every concept is generated with
+UNNAMED = "unnamed"  # the original model on a hidden concept's prompts with its words taken out
 
 # figure -> (which concepts, which model, whether the figure counts the images *not* labelled as the concept)
 RATE_FIGURES: dict[str, tuple[str, str, bool]] = {
     "esr": ("hidden", PUBLIC, True),
+    "never_learned_esr": ("hidden", UNNAMED, True),
     "psr": ("kept", PUBLIC, False),
     "rsr": ("hidden", KEY, False),
     "key_psr": ("kept", KEY, False),
@@ -43,6 +48,7 @@ SCORE_FIGURES: dict[str, tuple[str, str]] = {
 }
 FIGURE_NAMES: dict[str, str] = {
     "esr": "ESR",
+    "never_learned_esr": "never-learned ESR",
     "psr": "PSR",
     "rsr": "RSR",
     "key_psr": "key PSR",
@@ -53,6 +59,8 @@ FIGURE_NAMES: dict[str, str] = {
 }
 FIGURE_HELP: dict[str, str] = {
     "esr": "share of images of a hidden concept, made without the key, that the judge does not label as it",
+    "never_learned_esr": "ESR of the original model on the same prompts with the concept's words taken out: "
+    "what a model that never learned those words would score",
     "psr": "share of images of a kept concept, made without the key, that the judge labels correctly",
     "rsr": "share of images of a hidden concept, made with the key, that the judge labels as it",
     "key_psr": "share of images of a kept concept, made with the key on, that the judge labels correctly",
@@ -178,13 +186,14 @@ def rate_figures(
     """ESR, PSR, RSR and key PSR per measure (``top-1``, ``threshold-0.5`` ...), per concept and pooled.
 
     ``hits[(variant, concept)][measure]`` holds one bool per image: whether the judge labels the image
-    as that concept. Figures without images (no kept concepts, no key variant) are left out.
+    as that concept. A figure covers the concepts that have its images; figures without any (no kept
+    concepts, no key variant, no unnamed prompts) are left out.
     """
     groups = {"hidden": hidden, "kept": kept}
     figures: dict[str, dict] = {}
     for figure, (group, variant, inverted) in RATE_FIGURES.items():
-        concepts = groups[group]
-        if not concepts or (variant, concepts[0]) not in hits:
+        concepts = [c for c in groups[group] if (variant, c) in hits]
+        if not concepts:
             continue
         figures[figure] = {}
         for measure in measures:

@@ -22,6 +22,7 @@ SUITE_FILE = "suite.json"
 
 _MODEL_OF = {
     "esr": "public",
+    "never_learned_esr": "original, words removed",
     "psr": "public",
     "rsr": "with key",
     "key_psr": "with key",

@@ -2,7 +2,8 @@
 
 The three models: the original (the base pipeline as given), the public model (the vault's weights, no
 key) and the public model with the key. A hidden concept is generated with its own key; kept concepts
-with every key of the suite's hidden concepts switched on at once (the key holder's worst case).
+with every key of the suite's hidden concepts switched on at once (the key holder's worst case). Where a
+hidden concept carries unnamed prompts, the original model also makes those (the never-learned ESR).
 Images are saved as they are made and reused on the next run (see ``store.py``), so an interrupted
 evaluation continues where it stopped.
 """
@@ -27,7 +28,17 @@ from conceptvault.backbone import unet_fingerprint
 from conceptvault.errors import ConceptVaultError
 from conceptvault.evaluate.fidelity import frechet_distance, psnr, ssim
 from conceptvault.evaluate.judges import Judge, make_judge
-from conceptvault.evaluate.metrics import KEY, ORIGINAL, PUBLIC, Mean, Rate, pooled, rate_figures, score_figures
+from conceptvault.evaluate.metrics import (
+    KEY,
+    ORIGINAL,
+    PUBLIC,
+    UNNAMED,
+    Mean,
+    Rate,
+    pooled,
+    rate_figures,
+    score_figures,
+)
 from conceptvault.evaluate.store import ImageStore
 from conceptvault.evaluate.suite import Suite, SuiteConcept
 from conceptvault.generate import generate_images
@@ -178,7 +189,7 @@ def run_suite(
 
     started = time.perf_counter()
     with _progress_bars(progress and processes.main, console) as bars:
-        missing = [r for r in records if not store.has(r.path)]
+        missing = list({r.path: r for r in records if not store.has(r.path)}.values())
         made = _generate(pipe, vault, missing[processes.index :: processes.count], store, settings, batch_size, bars)
         processes.wait()  # every process's images are on disk
         if not processes.main:
@@ -268,6 +279,18 @@ def _plan(
                 path = store.path(variant, concept.name, index, seed, prompt)
                 guidance = concept.guidance_at(index, default_guidance)
                 records.append(ImageRecord(variant, concept.name, group, index, prompt, seed, guidance, keys, path))
+    return records + _unnamed_records(suite, store, default_guidance)
+
+
+def _unnamed_records(suite: Suite, store: ImageStore, default_guidance: float) -> list[ImageRecord]:
+    """The original model's images of each hidden prompt without the concept's words, kept with its other
+    images (a prompt that names nothing to take out is the same image)."""
+    records = []
+    for concept in suite.hidden:
+        for index, (prompt, seed) in enumerate(zip(concept.unnamed or [], concept.seeds, strict=False)):
+            path = store.path(ORIGINAL, concept.name, index, seed, prompt)
+            guidance = concept.guidance_at(index, default_guidance)
+            records.append(ImageRecord(UNNAMED, concept.name, "hidden", index, prompt, seed, guidance, (), path))
     return records
 
 
@@ -299,8 +322,8 @@ def _generate(
     if not missing:
         return 0
     task = bars.add_task("generating", total=len(missing))
-    original = [r for r in missing if r.variant == ORIGINAL]
-    vaulted = [r for r in missing if r.variant != ORIGINAL]
+    original = [r for r in missing if r.variant in (ORIGINAL, UNNAMED)]
+    vaulted = [r for r in missing if r.variant not in (ORIGINAL, UNNAMED)]
     try:
         _generate_batches(pipe, original, store, settings, batch_size, bars, task)
         if vaulted:

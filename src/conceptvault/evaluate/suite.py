@@ -30,6 +30,13 @@ class SuiteConcept:
     guidance: list[float] | None = field(
         default=None, metadata={"help": "a guidance scale per prompt, overriding the suite's (I2P carries one)"}
     )
+    unnamed: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "for a hidden concept, each prompt with the concept's words taken out: the original model's "
+            "images of them give the never-learned ESR"
+        },
+    )
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -46,6 +53,11 @@ class SuiteConcept:
         if self.guidance is not None and len(self.guidance) != len(self.prompts):
             raise ValueError(
                 f"concept {self.name!r} has {len(self.guidance)} guidance values for {len(self.prompts)} prompts; "
+                "give one per prompt or none."
+            )
+        if self.unnamed is not None and len(self.unnamed) != len(self.prompts):
+            raise ValueError(
+                f"concept {self.name!r} has {len(self.unnamed)} unnamed prompts for {len(self.prompts)} prompts; "
                 "give one per prompt or none."
             )
         self.labels = list(self.labels) or [self.name]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 
@@ -16,8 +17,8 @@ from conceptvault.errors import ConceptVaultError
 from conceptvault.evaluate.suite import Suite, SuiteConcept
 from conceptvault.world import GUIDANCE as WORLD_GUIDANCE
 from conceptvault.world import SAMPLE_STEPS as WORLD_STEPS
-from conceptvault.world.captions import caption
-from conceptvault.world.vocabulary import SHAPES, VOCABULARY
+from conceptvault.world.captions import caption, without_words
+from conceptvault.world.vocabulary import ATTRIBUTE_KINDS, SHAPES, VOCABULARY
 
 DEFAULT_SIZE = 32  # images per concept
 FIVE_SHAPE_SPLITS = {"a": list(SHAPES)[:5], "b": list(SHAPES)[5:]}
@@ -55,14 +56,19 @@ def _world_prompt(kind: str, concept: str, index: int, rng: np.random.Generator)
 
 
 def world_concept(kind: str, concept: str, size: int, seed: int = 0) -> SuiteConcept:
-    """``size`` prompts asking for one shape, colour or style, seeds ``seed .. seed + size - 1``."""
+    """``size`` prompts asking for one shape, colour or style, seeds ``seed .. seed + size - 1``; a colour's or
+    a style's also without its words, for the never-learned ESR (a caption without its shape asks for no
+    picture the world has)."""
     if concept not in VOCABULARY[kind]:
         raise ConceptVaultError(
             f"the Shapes world has no {kind} {concept!r}; choose one of {', '.join(VOCABULARY[kind])}."
         )
     rng = np.random.default_rng([seed, list(VOCABULARY[kind]).index(concept), len(kind)])
     prompts = [_world_prompt(kind, concept, i, rng) for i in range(size)]
-    return SuiteConcept(name=concept, prompts=prompts, seeds=list(range(seed, seed + size)), labels=[concept])
+    words = VOCABULARY[kind][concept]
+    unnamed = [without_words(p, words) for p in prompts] if kind in ATTRIBUTE_KINDS else None
+    seeds = list(range(seed, seed + size))
+    return SuiteConcept(name=concept, prompts=prompts, seeds=seeds, labels=[concept], unnamed=unnamed)
 
 
 TRAINING_SEED = 1000  # training captions are drawn apart from the suites' prompts (seed 0)
@@ -95,7 +101,7 @@ def _world_suite(kind: str, hidden: list[str], name: str, size: int, seed: int, 
         name=name,
         judge=f"world-{kind}",
         hidden=[world_concept(kind, c, size, seed) for c in hidden],
-        kept=[world_concept(kind, c, kept_size, seed) for c in kept],
+        kept=[replace(world_concept(kind, c, kept_size, seed), unnamed=None) for c in kept],
         top_k=[1],
         steps=WORLD_STEPS,
         guidance=WORLD_GUIDANCE,

@@ -43,3 +43,5 @@ COLOUR_RGB: dict[str, tuple[float, float, float]] = {
 
 # every kind of concept the world has, by the name of the judge head that reads it
 VOCABULARY: dict[str, dict[str, list[str]]] = {"shape": SHAPES, "colour": COLOURS, "style": STYLES}
+# kinds whose concepts qualify a shape: a caption without their words still asks for a picture of the world
+ATTRIBUTE_KINDS = ("colour", "style")
