@@ -109,6 +109,8 @@ def test_unnamed_prompts_are_made_by_the_original_model_and_give_the_never_learn
     assert result.cell("never_learned_esr")["value"] == pytest.approx(1 - sum(hits) / 3)
     assert result.cell("never_learned_esr")["n"] == 3
     assert "never-learned ESR-1" in markdown_report(result)
+    html = write_report(result).html.read_text()  # the hidden concept's grid gains a column, the kept one not
+    assert "original, words removed" in html and len(re.findall(r"<img ", html)) == 3 * 4 + 2 * 3
     with pytest.raises(ValueError, match="2 unnamed prompts for 3 prompts"):
         SuiteConcept("star", ["a", "b", "c"], [0, 1, 2], unnamed=["a", "b"])
 

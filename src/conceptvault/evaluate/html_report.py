@@ -8,7 +8,7 @@ from html import escape
 
 from PIL import Image
 
-from conceptvault.evaluate.metrics import FIGURE_HELP, FIGURE_NAMES, KEY, ORIGINAL, PUBLIC
+from conceptvault.evaluate.metrics import FIGURE_HELP, FIGURE_NAMES, KEY, ORIGINAL, PUBLIC, UNNAMED
 from conceptvault.evaluate.report import (
     FID_HEADER,
     FID_HELP,
@@ -39,7 +39,12 @@ img.small { image-rendering: pixelated; }
 code { background: #f6f6f6; padding: 0 3px; }
 """.replace("THUMBNAIL", str(THUMBNAIL))
 
-_VARIANT_TITLES = {ORIGINAL: "original", PUBLIC: "public (no key)", KEY: "public + key"}
+_VARIANT_TITLES = {
+    ORIGINAL: "original",
+    PUBLIC: "public (no key)",
+    KEY: "public + key",
+    UNNAMED: "original, words removed",
+}
 
 
 def _figures_table(result: EvaluationResult) -> str:
@@ -102,11 +107,11 @@ def _image_cell(record: ImageRecord | None, first_measure: str, kind: str) -> st
 
 def _grids(result: EvaluationResult, images_per_concept: int) -> str:
     by_key = {(r.variant, r.concept, r.index): r for r in result.records}
-    variants = [v for v in (ORIGINAL, PUBLIC, KEY) if any(r.variant == v for r in result.records)]
     first = result.measures[0]
     parts = []
     for group, concepts in (("hidden", result.suite.hidden), ("kept", result.suite.kept)):
         for concept in concepts:
+            variants = [v for v in _VARIANT_TITLES if (v, concept.name, 0) in by_key]
             header = (
                 "<tr><th>prompt (seed)</th>" + "".join(f"<th>{_VARIANT_TITLES[v]}</th>" for v in variants) + "</tr>"
             )
