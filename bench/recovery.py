@@ -283,7 +283,7 @@ def plot(rows: list[dict], out: Path, title: str) -> None:
     axes.set_ylim(max(0.0, min(rsr) - 0.1), 1.02)
     axes.grid(alpha=0.3)
     axes.legend(loc="lower left", fontsize=8)
-    figure.colorbar(points, ax=axes, label="PSR-1 (other shapes kept, no key)")
+    figure.colorbar(points, ax=axes, label="PSR-1 (kept concepts, no key)")
     axes.set_title(title, fontsize=10)
     names.axis("off")
     listing = "\n".join(f"{number}  {row['point']}" for number, row in enumerate(rows, 1))
