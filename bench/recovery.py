@@ -73,6 +73,8 @@ GRIDS: dict[str, dict[str, dict]] = {
         "rank-8-captions-36-4": dict(key_rank=8, captions={"concept": 36, "preserve": 4}),
         "rank-8-hide-2": dict(key_rank=8, lambda_hide=2.0),
         "rank-8-hide-2-updates-400": dict(key_rank=8, lambda_hide=2.0, model_updates=400),
+        "rank-8-key-300": dict(key_rank=8, key_updates=300),  # cheaper hiding: half the key-only phase
+        "rank-8-c2-key-300": dict(key_rank=8, cache_trajectories=2, key_updates=300),  # and half the cache
         "k-3": dict(k=3),
         "mid+up": dict(placement="mid+up"),
         "random-init": dict(key_init="random"),
