@@ -114,6 +114,25 @@ def test_key_inversion_lowers_its_own_loss_on_fixed_data(sd1_path):
     assert after < before
 
 
+def test_key_inversion_of_a_ranked_key_learns_projection_changes_of_that_rank(sd1_path):
+    pipe = load_pipeline(str(sd1_path), device="cpu")
+    concept = SuiteConcept("star", ["a star"], [0], labels=["bright"])
+    trainer = _KeyInversion(pipe, concept, AttackConfig(lr=5e-2), KeySpec(4, "all", rank=2, change_lr=1e-2))
+    ups = [p for name, p in trainer.key.changes.named_parameters() if name.endswith("_up")]
+    assert ups and all(p.shape[0] == 2 and not p.any() for p in ups)  # rank 2, starting as no change
+    latents = encode_images(pipe, pictures(4))
+    with trainer.attached():
+        for step in range(2):
+            value = denoising_loss(
+                pipe, latents, trainer.states(["a star"] * 4), torch.Generator().manual_seed(step), trainer.options
+            )
+            trainer.optimiser.zero_grad()
+            value.backward()
+            trainer.optimiser.step()
+    assert any(p.any() for p in ups)  # the attacker's changes were learned
+    assert [g["lr"] for g in trainer.optimiser.param_groups] == [5e-2, 1e-2]
+
+
 def test_the_attack_command_never_reads_keys(sd1_path, vault_path, tmp_path, capsys):
     public_only = tmp_path / "public-only"
     shutil.copytree(vault_path, public_only)

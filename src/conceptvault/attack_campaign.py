@@ -40,7 +40,9 @@ def _attacker_key_spec(manifest, entry) -> KeySpec:
     if manifest.placement is None:
         shape = family_config(manifest.family) if manifest.family else HideConfig()
         return KeySpec(shape.m, shape.placement)
-    return KeySpec(manifest.m, Placement(manifest.placement), tuple(entry.key_norm) if entry.key_norm else None)
+    norms = tuple(entry.key_norm) if entry.key_norm else None
+    rank, change_lr = manifest.config.get("key_rank", 0), manifest.config.get("key_change_lr", 1e-3)
+    return KeySpec(manifest.m, Placement(manifest.placement), norms, rank, change_lr)
 
 
 @dataclass

@@ -7,8 +7,8 @@ prompts and seeds of the hidden concept, that the suite's judge labels as the co
 
 - ``prompt``: paraphrases, synonyms, misspellings, descriptions, translations (no training);
 - ``random-key``: keys of the real key's shape and norm (recorded in the manifest), and keys of other vaults;
-- ``key-inversion``: an attacker key of the manifest's shape and placement, learned by the plain denoising
-  loss on N images of the concept;
+- ``key-inversion``: an attacker key of the manifest's shape and placement (tokens, and projection changes of
+  the real key's rank), learned by the plain denoising loss on N images of the concept;
 - ``token-inversion``: a new input token of the text encoder, learned the same way;
 - ``finetune``: the public UNet's cross-attention fine-tuned on the same images.
 Trained attacks are measured along the way, giving recovery against attack steps.
@@ -32,7 +32,7 @@ from .errors import ConceptVaultError
 from .evaluate.metrics import Rate
 from .evaluate.suite import SuiteConcept
 from .generate import generate_images
-from .key import Key, Placement, attach_keys, attached_keys, detach_keys
+from .key import Key, Placement, attach_keys, attached_keys, detach_keys, projection_shapes
 from .training import concept_tokens
 
 PLACEHOLDER = "sks"  # one CLIP token that carries no meaning of its own: the learned token's slot
@@ -79,6 +79,8 @@ class KeySpec:
     m: int
     placement: Placement
     norms: tuple[float, float] | None = None  # |p_k|, |p_v| of the real key, if recorded
+    rank: int = 0  # the rank of the real key's projection changes (0: tokens only)
+    change_lr: float = 1e-3  # the learning rate hiding gave those changes
 
 
 @dataclass
@@ -291,14 +293,21 @@ def _train(result, trainer, pipe, recovery: Recovery, config: AttackConfig, imag
 
 
 class _KeyInversion:
-    """An attacker key of the real key's shape and placement, started from the concept's own text states."""
+    """An attacker key of the real key's shape and placement, started from the concept's own text states; where
+    the real key changes the projections it reaches, the attacker's does too, at the same rank, learned at the
+    rate hiding used (its changes start at zero, as the owner's do)."""
 
     def __init__(self, pipe, concept: SuiteConcept, config: AttackConfig, spec: KeySpec | None):
         spec = _need(spec)
         self.pipe, self.spec = pipe, spec
         init = concept_tokens(pipe, concept.name, spec.m)
-        self.key = Key(spec.m, init.shape[-1], init=init)
-        self.optimiser = torch.optim.Adam(self.key.parameters(), lr=config.lr or DEFAULT_LR[Attack.KEY_INVERSION])
+        layers = projection_shapes(pipe.unet, spec.placement) if spec.rank else None
+        generator = torch.Generator().manual_seed(0)
+        self.key = Key(spec.m, init.shape[-1], init=init, layers=layers, rank=spec.rank, generator=generator)
+        groups = [{"params": self.key.tokens(), "lr": config.lr or DEFAULT_LR[Attack.KEY_INVERSION]}]
+        if spec.rank:
+            groups.append({"params": list(self.key.changes.parameters()), "lr": spec.change_lr})
+        self.optimiser = torch.optim.Adam(groups)
         self.keys, self.options = [ATTACKER], {"keys": [ATTACKER]}
 
     def attached(self):
