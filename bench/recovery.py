@@ -166,20 +166,25 @@ def measure(point: str, overrides: dict, args, suite, out: Path) -> dict:
     return row
 
 
+_ROW_NAMES = {"unnamed": "words removed"}
+
+
 def hidden_picture(folder: Path, count: int = 10) -> Path:
     """``folder/hidden.png``: the first ``count`` images of the hidden concept, a row each for the original
-    model, the public model and the key holder (same prompts and seeds), the judge's label under each."""
+    model, the original model asked without the concept's words (colours and styles), the public model and
+    the key holder (same seeds), the judge's label under each."""
     picture = folder / "hidden.png"
     if not picture.is_file():
         records = json.loads((folder / "evaluation" / "images.json").read_text())
         rows = [
             [r for r in records if r["group"] == "hidden" and r["variant"] == variant][:count]
-            for variant in ("original", "public", "key")
+            for variant in ("original", "unnamed", "public", "key")
         ]
+        rows = [row for row in rows if row]
         cells = [r for row in rows for r in row]
         images = [Image.open(_image_path(folder / "evaluation", r["path"])) for r in cells]
-        labels = [f"{r['variant']}: {r['label']}" for r in cells]
-        image_grid(images, 3, count, labels).save(picture)
+        labels = [f"{_ROW_NAMES.get(r['variant'], r['variant'])}: {r['label']}" for r in cells]
+        image_grid(images, len(rows), count, labels).save(picture)
     return picture
 
 

@@ -29,7 +29,7 @@ def test_the_recovery_picture_shows_the_hidden_concept_from_each_model_in_rows(t
 
     recovery = load("recovery")
     evaluation = tmp_path / "evaluation"
-    records, colours = [], {"original": "red", "public": "blue", "key": "red"}
+    records, colours = [], {"original": "red", "unnamed": "yellow", "public": "blue", "key": "red"}
     for variant, colour in colours.items():
         for group in ("hidden", "kept"):
             for index in range(3):
@@ -39,7 +39,7 @@ def test_the_recovery_picture_shows_the_hidden_concept_from_each_model_in_rows(t
                 records.append(dict(variant=variant, group=group, path=path, label=colour))
     (evaluation / "images.json").write_text(json.dumps(records))
     picture = Image.open(recovery.hidden_picture(tmp_path, count=2)).convert("RGB")
-    assert picture.size == (2 * 128, 3 * (128 + 14))  # enlarged to 128 px, a label strip under each
+    assert picture.size == (2 * 128, 4 * (128 + 14))  # enlarged to 128 px, a label strip under each
     for row, colour in enumerate(colours.values()):
         for column in range(2):
             expected = Image.new("RGB", (1, 1), colour).getpixel((0, 0))
