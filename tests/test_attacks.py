@@ -103,15 +103,24 @@ def test_key_inversion_lowers_its_own_loss_on_fixed_data(sd1_path):
 
     with trainer.attached():
         before = loss()
-        for step in range(30):
-            value = denoising_loss(
-                pipe, latents, trainer.states(["a star"] * 4), torch.Generator().manual_seed(step), trainer.options
-            )
-            trainer.optimiser.zero_grad()
-            value.backward()
-            trainer.optimiser.step()
+        _train(pipe, trainer, latents, 30)
         after = loss()
     assert after < before
+
+
+def _train(pipe, trainer, latents, steps: int) -> None:
+    """``steps`` steps of a trained attack on "a star" and the given latents, a seed per step."""
+    for step in range(steps):
+        value = denoising_loss(
+            pipe,
+            latents,
+            trainer.states(["a star"] * len(latents)),
+            torch.Generator().manual_seed(step),
+            trainer.options,
+        )
+        trainer.optimiser.zero_grad()
+        value.backward()
+        trainer.optimiser.step()
 
 
 def test_key_inversion_of_a_ranked_key_learns_projection_changes_of_that_rank(sd1_path):
@@ -122,13 +131,7 @@ def test_key_inversion_of_a_ranked_key_learns_projection_changes_of_that_rank(sd
     assert ups and all(p.shape[0] == 2 and not p.any() for p in ups)  # rank 2, starting as no change
     latents = encode_images(pipe, pictures(4))
     with trainer.attached():
-        for step in range(2):
-            value = denoising_loss(
-                pipe, latents, trainer.states(["a star"] * 4), torch.Generator().manual_seed(step), trainer.options
-            )
-            trainer.optimiser.zero_grad()
-            value.backward()
-            trainer.optimiser.step()
+        _train(pipe, trainer, latents, 2)
     assert any(p.any() for p in ups)  # the attacker's changes were learned
     assert [g["lr"] for g in trainer.optimiser.param_groups] == [5e-2, 1e-2]
 

@@ -41,7 +41,8 @@ def _attacker_key_spec(manifest, entry) -> KeySpec:
         shape = family_config(manifest.family) if manifest.family else HideConfig()
         return KeySpec(shape.m, shape.placement)
     norms = tuple(entry.key_norm) if entry.key_norm else None
-    rank, change_lr = manifest.config.get("key_rank", 0), manifest.config.get("key_change_lr", 1e-3)
+    rank = manifest.config.get("key_rank", 0)  # vaults from before ranked keys have tokens only
+    change_lr = manifest.config.get("key_change_lr", HideConfig().key_change_lr)
     return KeySpec(manifest.m, Placement(manifest.placement), norms, rank, change_lr)
 
 

@@ -322,8 +322,9 @@ def _generate(
     if not missing:
         return 0
     task = bars.add_task("generating", total=len(missing))
-    original = [r for r in missing if r.variant in (ORIGINAL, UNNAMED)]
-    vaulted = [r for r in missing if r.variant not in (ORIGINAL, UNNAMED)]
+    base_model = (ORIGINAL, UNNAMED)  # variants made by the pipeline as given, no vault applied
+    original = [r for r in missing if r.variant in base_model]
+    vaulted = [r for r in missing if r.variant not in base_model]
     try:
         _generate_batches(pipe, original, store, settings, batch_size, bars, task)
         if vaulted:
