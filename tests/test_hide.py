@@ -326,6 +326,7 @@ def test_the_key_only_phase_leaves_every_public_tensor_bit_identical(sd1_path):
         pipe, [Concept("star")], quick(key_updates=4, key_lr=1e-2), progress=False, measure=False, on_step=snapshot
     )
     assert result.stats["steps"] == QUICK.model_updates * QUICK.k + 4
+    assert result.stats["model_updates"] == QUICK.model_updates  # key-only steps are not model updates
     assert all(torch.equal(seen["public"][n], result.public[n]) for n in result.public)
     key_before_phase = hide(
         load_pipeline(str(sd1_path), device="cpu"), [Concept("star")], QUICK, progress=False, measure=False

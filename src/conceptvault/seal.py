@@ -301,7 +301,7 @@ class _SealRun:
         key = DeltaKey.between(public, original, rank=self.config.key_rank)
         public = {name: tensor for name, tensor in public.items() if name in key.names}  # only what changed
         attach_keys(self.pipe.unet, {self.concept.name: key}, None)
-        stats = dict(self.state.stats(1), key_numbers=key.size(), key_rank=self.config.key_rank)
+        stats = dict(self.state.stats(self.state.step), key_numbers=key.size(), key_rank=self.config.key_rank)
         return HideResult(
             public=public,
             keys={self.concept.name: key},

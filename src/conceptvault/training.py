@@ -314,10 +314,10 @@ class RunState:
             name: getattr(self, name) for name in ("step", "seconds", "initial", "moving", "latest", "probe_before")
         }
 
-    def stats(self, k: int) -> dict:
+    def stats(self, model_updates: int) -> dict:
         return {
             "steps": self.step,
-            "model_updates": self.step // k,
+            "model_updates": model_updates,
             "seconds": round(self.seconds, 3),
             "setup_seconds": round(self.setup_seconds, 3),
             "initial": self.initial,
