@@ -6,9 +6,10 @@
     python bench/recovery.py --suite colour --concept red --only base
     python bench/recovery.py --only base,c2 --seeds 0,1,2  # each point hidden with three seeds, and their mean
 
-Every point hides with the small-model defaults (``conceptvault.defaults``) changed by the point's
-settings (``captions``: how many world captions are trained on beside the names; the CLI's by default), then
-evaluates on the same prompts and seeds (the original model's images are made once and shared). A
+Every point hides with the small-model defaults (``conceptvault.defaults``, as they are when it runs: the
+README names the defaults each table was measured with) changed by the point's settings (``captions``: how
+many world captions are trained on beside the names; the CLI's by default), then evaluates on the same
+prompts and seeds (the original model's images are made once and shared). A
 finished point is kept in ``OUT/<point>/point.json`` and skipped when the sweep runs again, so an
 interrupted sweep continues where it stopped. After each point the sweep rewrites ``OUT/recovery.csv``,
 ``OUT/recovery.md`` and ``OUT/recovery.png`` (RSR against ESR with their 95 % intervals, PSR as colour,
@@ -75,6 +76,7 @@ GRIDS: dict[str, dict[str, dict]] = {
         "rank-8-hide-2-updates-400": dict(key_rank=8, lambda_hide=2.0, model_updates=400),
         "rank-8-key-300": dict(key_rank=8, key_updates=300),  # cheaper hiding: half the key-only phase
         "rank-8-c2-key-300": dict(key_rank=8, cache_trajectories=2, key_updates=300),  # and half the cache
+        "c4-key-600": dict(cache_trajectories=4, key_updates=600),  # the defaults before rank-8-c2-key-300
         "k-3": dict(k=3),
         "mid+up": dict(placement="mid+up"),
         "random-init": dict(key_init="random"),
