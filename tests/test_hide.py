@@ -207,8 +207,9 @@ def test_trajectories_cached_together_are_each_prompts_own(sd1_path, monkeypatch
     sampler = Sampler.for_pipeline(pipe, 4, 3.0, texts(""))
     together = CachedLatents(pipe.unet, sampler, texts, prompts, 2, torch.Generator().manual_seed(0))
     monkeypatch.setattr(CachedLatents, "TRAJECTORIES_PER_CALL", 2)  # one prompt per sampler batch
-    alone = CachedLatents(pipe.unet, sampler, texts, prompts, 2, torch.Generator().manual_seed(0))
-    assert list(together.cache) == prompts
+    done = []  # what the progress bar is told, batch by batch
+    alone = CachedLatents(pipe.unet, sampler, texts, prompts, 2, torch.Generator().manual_seed(0), done.append)
+    assert list(together.cache) == prompts and done == [1, 1, 1]
     for prompt in prompts:
         for made_together, made_alone in zip(together.cache[prompt], alone.cache[prompt], strict=True):
             assert made_together.shape == (2, 4, 4, *made_together.shape[-2:])

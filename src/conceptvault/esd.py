@@ -19,7 +19,7 @@ import torch
 
 from .backbone import unet_fingerprint
 from .errors import ConceptVaultError
-from .latents import CachedLatents, LatentSource, SampledLatents, Sampler
+from .latents import LatentSource, SampledLatents, Sampler
 from .manifest import Method
 from .training import (
     Concept,
@@ -28,6 +28,7 @@ from .training import (
     Objective,
     TextStates,
     TrainedLayers,
+    cached_latents,
     check_inputs,
     check_settings,
     option,
@@ -90,7 +91,7 @@ def erase_esd(pipe, concepts: Sequence[Concept], config: EsdConfig, *, progress:
     sampler = Sampler.for_pipeline(pipe, config.sampler_steps, config.guidance, texts(""))
     if config.latents == LatentSource.CACHE:
         prompts = [p for c in concepts for p in c.prompts]
-        source = CachedLatents(frozen_unet, sampler, texts, prompts, config.cache_trajectories, generator)
+        source = cached_latents(frozen_unet, sampler, texts, prompts, config.cache_trajectories, generator, progress)
     else:
         source = SampledLatents(pipe.unet, sampler, texts)
     requires_grad = {name: p.requires_grad for name, p in pipe.unet.named_parameters()}

@@ -24,7 +24,7 @@ from .backbone import encode_prompts, unet_fingerprint
 from .checkpoint import CHECKPOINT_FILE, read_checkpoint, write_checkpoint
 from .errors import ConceptVaultError
 from .key import Key, Placement, attach_keys, detach_keys, projection_shapes
-from .latents import CachedLatents, LatentSource, SampledLatents, Sampler
+from .latents import LatentSource, SampledLatents, Sampler
 from .training import (
     Concept,
     HideResult,
@@ -33,6 +33,7 @@ from .training import (
     RunState,
     TextStates,
     TrainedLayers,
+    cached_latents,
     check_inputs,
     check_settings,
     concept_tokens,
@@ -158,7 +159,7 @@ def hide(
         A :class:`HideResult`. On return the UNet holds the public weights and the keys stay attached
         (switch them on with ``cross_attention_kwargs={"keys": [name]}``).
     """
-    run = _HidingRun(pipe, *check_inputs(pipe, concepts, preserve), config)
+    run = _HidingRun(pipe, *check_inputs(pipe, concepts, preserve), config, progress)
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if resume:
         if folder is None or not (folder / CHECKPOINT_FILE).is_file():
@@ -213,7 +214,7 @@ class _HidingRun:
     then ``key_updates`` key-only steps follow against the final public weights.
     """
 
-    def __init__(self, pipe, concepts: list[Concept], preserve: list[str], config: HideConfig):
+    def __init__(self, pipe, concepts: list[Concept], preserve: list[str], config: HideConfig, progress: bool = False):
         started = time.perf_counter()
         self.pipe, self.concepts, self.preserve, self.config = pipe, concepts, preserve, config
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -257,8 +258,8 @@ class _HidingRun:
         sampler = Sampler.for_pipeline(pipe, config.sampler_steps, config.guidance, self.texts(""))
         if config.latents == LatentSource.CACHE:
             cached = [*(p for c in concepts for p in c.prompts), *preserve]
-            self.source = CachedLatents(
-                self.frozen_unet, sampler, self.texts, cached, config.cache_trajectories, self.generator
+            self.source = cached_latents(
+                self.frozen_unet, sampler, self.texts, cached, config.cache_trajectories, self.generator, progress
             )
         else:
             self.source = SampledLatents(pipe.unet, sampler, self.texts)

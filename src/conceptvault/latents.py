@@ -120,7 +120,9 @@ class CachedLatents:
         prompts: list[str],
         trajectories: int,
         generator: torch.Generator,
+        on_prompts: Callable[[int], None] | None = None,
     ):
+        """``on_prompts(n)`` is called as each batch of ``n`` prompts' trajectories is done."""
         self.sampler = sampler
         self.last_sampler_calls = 0
         self.last_teacher: dict[str, torch.Tensor] = {}
@@ -140,6 +142,8 @@ class CachedLatents:
                 latents = following
             parts = [torch.stack(part, dim=1).cpu().split(trajectories) for part in zip(*visited, strict=True)]
             self.cache.update(zip(chunk, zip(*parts, strict=True), strict=True))
+            if on_prompts is not None:
+                on_prompts(len(chunk))
         self.device = next(frozen_unet.parameters()).device
 
     def draw(self, prompt: str, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

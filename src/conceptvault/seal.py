@@ -29,7 +29,7 @@ from .checkpoint import CHECKPOINT_FILE, read_checkpoint, write_checkpoint
 from .delta_key import DeltaKey
 from .errors import ConceptVaultError
 from .key import Key, Placement, attach_keys, detach_keys
-from .latents import CachedLatents, LatentSource, SampledLatents, Sampler
+from .latents import LatentSource, SampledLatents, Sampler
 from .manifest import Method
 from .training import (
     Concept,
@@ -39,6 +39,7 @@ from .training import (
     RunState,
     TextStates,
     TrainedLayers,
+    cached_latents,
     check_inputs,
     check_settings,
     concept_tokens,
@@ -151,7 +152,7 @@ def _frozen_pipeline(pipe):
 
 
 def _seal(pipe, concept: Concept, preserve: list[str], config: SealConfig, checkpoint_dir, resume, progress):
-    run = _SealRun(pipe, concept, [*preserve, ""], config)
+    run = _SealRun(pipe, concept, [*preserve, ""], config, progress)
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if resume:
         if folder is None or not (folder / CHECKPOINT_FILE).is_file():
@@ -178,7 +179,7 @@ def _seal(pipe, concept: Concept, preserve: list[str], config: SealConfig, check
 
 
 class _SealRun:
-    def __init__(self, pipe, concept: Concept, preserve: list[str], config: SealConfig):
+    def __init__(self, pipe, concept: Concept, preserve: list[str], config: SealConfig, progress: bool = False):
         started = time.perf_counter()
         self.pipe, self.concept, self.preserve, self.config = pipe, concept, preserve, config
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -197,8 +198,8 @@ class _SealRun:
         sampler = Sampler.for_pipeline(pipe, config.sampler_steps, config.guidance, self.texts(""))
         if config.latents == LatentSource.CACHE:
             prompts = [*concept.prompts, *(p for p in preserve if p)]
-            self.source = CachedLatents(
-                self.frozen_unet, sampler, self.texts, prompts, config.cache_trajectories, self.generator
+            self.source = cached_latents(
+                self.frozen_unet, sampler, self.texts, prompts, config.cache_trajectories, self.generator, progress
             )
         else:
             self.source = SampledLatents(pipe.unet, sampler, self.texts)

@@ -22,6 +22,7 @@ from torch import nn
 from .backbone import encode_prompts, unet_predict
 from .errors import ConceptVaultError
 from .key import Key, attached_keys, is_key_parameter
+from .latents import CachedLatents, Sampler
 from .manifest import Method
 
 MOVING_AVERAGE_DECAY = 0.9
@@ -336,10 +337,11 @@ def peak_memory() -> dict:
 
 
 @contextmanager
-def progress_bar(enabled: bool, total: int, completed: int) -> Iterator[Callable[[str], None]]:
-    """A Rich progress bar over the training steps that shows the moving-average losses."""
+def progress_bar(enabled: bool, total: int, completed: int, label: str = "hiding") -> Iterator[Callable[..., None]]:
+    """A Rich progress bar over the training steps that shows the moving-average losses: ``advance(losses)``
+    after each step (``advance(steps=n)`` for n steps without losses)."""
     columns = (
-        TextColumn("hiding"),
+        TextColumn(label),
         BarColumn(bar_width=20),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -347,8 +349,15 @@ def progress_bar(enabled: bool, total: int, completed: int) -> Iterator[Callable
         TextColumn("{task.fields[losses]}"),
     )
     with Progress(*columns, disable=not enabled) as bar:
-        task = bar.add_task("hiding", total=total, completed=completed, losses="")
-        yield lambda losses: bar.update(task, advance=1, losses=losses)
+        task = bar.add_task(label, total=total, completed=completed, losses="")
+        yield lambda losses="", steps=1: bar.update(task, advance=steps, losses=losses)
+
+
+def cached_latents(frozen_unet, sampler: Sampler, texts, prompts: list[str], trajectories: int, generator, progress):
+    """The frozen model's trajectories of ``prompts`` (:class:`CachedLatents`), with a progress bar: on a CPU
+    they take a fifth of a short hiding run."""
+    with progress_bar(progress, len(dict.fromkeys(prompts)), 0, label="caching trajectories") as advance:
+        return CachedLatents(frozen_unet, sampler, texts, prompts, trajectories, generator, lambda n: advance(steps=n))
 
 
 def concept_tokens(pipe, name: str, m: int) -> torch.Tensor:
