@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import pytest
@@ -8,7 +9,7 @@ import torch
 from conceptvault.backbone import encode_prompts, load_pipeline, unet_predict
 from conceptvault.checkpoint import CHECKPOINT_FILE, KEYS_FILE
 from conceptvault.errors import ConceptVaultError
-from conceptvault.hide import HideConfig, KeyInit, _initial_tokens, hide
+from conceptvault.hide import HideConfig, KeyInit, _initial_tokens, _Probe, hide
 from conceptvault.key import Key, Placement, attach_keys, attached_keys
 from conceptvault.latents import CachedLatents, Sampler
 from conceptvault.training import Concept, LossSpace, Objective, TextStates, TrainedLayers
@@ -215,6 +216,20 @@ def test_trajectories_cached_together_are_each_prompts_own(sd1_path, monkeypatch
             assert made_together.shape == (2, 4, 4, *made_together.shape[-2:])
             torch.testing.assert_close(made_together, made_alone, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(together.cache["a star"][2], together.cache["a circle"][2])
+
+
+def test_the_probe_measures_a_spread_sample_of_the_preserve_prompts(sd1_path):
+    pipe = load_pipeline(str(sd1_path), device="cpu")
+    preserve = [f"a shape number {i}" for i in range(20)]
+    texts = TextStates(pipe, ["star", *preserve, ""])
+    sampler = Sampler.for_pipeline(pipe, 4, 3.0, texts(""))
+    probe = _Probe(pipe.unet, sampler, texts, [Concept("star")], preserve, seed=0)
+    assert probe.preserve == preserve[::3]  # 7 of 20, first to last
+    attach_keys(pipe.unet, {"star": Key(4, texts.width, init=torch.randn(4, texts.width))}, Placement.ALL)
+    objective = Objective(pipe.unet, copy.deepcopy(pipe.unet), pipe.scheduler.config, quick())
+    losses = probe.measure(objective)
+    assert set(losses) == {"L_hide", "L_rec", "L_uncond_key", "L_pres", "L_pres_key"}
+    assert losses["L_pres"] == 0.0 and losses["L_pres_key"] > 0  # the model is the original; the key changes it
 
 
 def test_key_starts_from_the_concepts_own_token_states(sd1_path):

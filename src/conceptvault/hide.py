@@ -543,17 +543,11 @@ class _Probe:
         latents = torch.stack([visited[i] for i in steps], dim=1)  # (prompts, steps, C, H, W)
         t = sampler.timesteps[steps].to(latents.device)
         self.latents = {prompt: (z, t) for prompt, z in zip(prompts, latents, strict=True)}
-        # the sampled preserve prompts as one batch: (z, t, text states)
-        count = len(steps)
-        self.kept = (
-            (
-                torch.cat([self.latents[prompt][0] for prompt in self.preserve]),
-                t.repeat(len(self.preserve)),
-                torch.cat([texts(prompt).expand(count, -1, -1) for prompt in self.preserve]),
-            )
-            if self.preserve
-            else None
-        )
+        self.kept = None  # the sampled preserve prompts as one batch: (z, t, text states)
+        if self.preserve:
+            z = torch.cat([self.latents[prompt][0] for prompt in self.preserve])
+            states = torch.cat([texts(prompt).expand(len(steps), -1, -1) for prompt in self.preserve])
+            self.kept = (z, t.repeat(len(self.preserve)), states)
 
     @torch.no_grad()
     def measure(self, objective: Objective) -> dict[str, float]:
