@@ -39,9 +39,9 @@ _WIDTHS = {768: Family.SD1, 1024: Family.SD2, 2048: Family.SDXL}
 # 98.4 %; tokens: 48.4 %) and five shapes at 99 % of it (tokens: 65 %). Two cached trajectories per prompt and
 # 300 key-only updates: with rank-8 keys the arrow kept every figure (ESR 96.9 %, RSR 96.9 %; with four and 600:
 # 96.9 % and 98.4 %) and `conceptvault hide builtin --concept arrow` took 2.97 minutes on 2 cores instead of 5.
-# The price, on one hiding seed: the star's public model was taught back faster (fine-tuning 148 steps to half
-# the seeds instead of 244; README, Security), and the key holder's images came a little further from the
-# original's (SSIM 0.94 instead of 0.97).
+# The price, on both hiding seeds measured: the star's public model was taught back faster (fine-tuning 148 and
+# 96 steps to half the seeds instead of 244 and 177; README, Security), and the key holder's images came a
+# little further from the original's (SSIM 0.94 instead of 0.97).
 _SMALL = dict(
     key_rank=8,
     loss_space="x0",
