@@ -542,12 +542,11 @@ class _Probe:
         )
         latents = torch.stack([visited[i] for i in steps], dim=1)  # (prompts, steps, C, H, W)
         t = sampler.timesteps[steps].to(latents.device)
-        self.latents = {prompt: (z, t) for prompt, z in zip(prompts, latents, strict=True)}
-        self.kept = None  # the sampled preserve prompts as one batch: (z, t, text states)
+        self.latents = {concept.name: (z, t) for concept, z in zip(concepts, latents[: len(concepts)], strict=True)}
+        self.kept = None  # the sampled preserve prompts as one batch: (z, t, text states), prompt by prompt
         if self.preserve:
-            z = torch.cat([self.latents[prompt][0] for prompt in self.preserve])
             states = torch.cat([texts(prompt).expand(len(steps), -1, -1) for prompt in self.preserve])
-            self.kept = (z, t.repeat(len(self.preserve)), states)
+            self.kept = (latents[len(concepts) :].flatten(0, 1), t.repeat(len(self.preserve)), states)
 
     @torch.no_grad()
     def measure(self, objective: Objective) -> dict[str, float]:
