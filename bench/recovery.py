@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 
 from conceptvault.defaults import Family, family_config
-from conceptvault.demo import WORLD_CAPTIONS, hide_and_evaluate, world_prompts
+from conceptvault.demo import WORLD_CAPTIONS, hide_and_evaluate, stood_in, world_prompts
 from conceptvault.evaluate import resolve_suite
 from conceptvault.evaluate.world_suites import WORLD_SUITE_KINDS
 from conceptvault.generate import image_grid
@@ -77,6 +77,11 @@ GRIDS: dict[str, dict[str, dict]] = {
         "rank-8-key-300": dict(key_rank=8, key_updates=300),  # cheaper hiding: half the key-only phase
         "rank-8-c2-key-300": dict(key_rank=8, cache_trajectories=2, key_updates=300),  # and half the cache
         "c4-key-600": dict(cache_trajectories=4, key_updates=600),  # the defaults before rank-8-c2-key-300
+        "stand-in-green": dict(stand_in="green"),  # each caption hidden toward itself with green in red's place
+        "stand-in-blue": dict(stand_in="blue"),
+        "stand-in-solid": dict(stand_in="solid"),  # for the stripes
+        "stand-in-green-captions-12-12": dict(stand_in="green", captions={"concept": 12, "preserve": 12}),
+        "stand-in-green-pres-2": dict(stand_in="green", lambda_pres=2.0),
         "k-3": dict(k=3),
         "mid+up": dict(placement="mid+up"),
         "random-init": dict(key_init="random"),
@@ -136,12 +141,17 @@ def measure(point: str, overrides: dict, args, suite, out: Path) -> dict:
         return json.loads(done.read_text())
     settings = dict(overrides)
     captions = settings.pop("captions", WORLD_CAPTIONS["kpop"])  # world captions beside the names, as the CLI
+    stand_in = settings.pop("stand_in", None)  # as `--anchor red=green` on the command line
     hidden = [c.name for c in suite.hidden]
     config = family_config(Family.SMALL, len(hidden), **settings)
+    concepts, preserve = world_prompts(args.kind, hidden, captions)
+    if stand_in:
+        concepts = [stood_in(c, args.kind, stand_in) for c in concepts]
     started = time.perf_counter()
     evaluation, _ = hide_and_evaluate(
         folder,
-        *world_prompts(args.kind, hidden, captions),
+        concepts,
+        preserve,
         config,
         suite,
         progress=args.progress,

@@ -61,6 +61,11 @@ def test_the_built_in_model_fills_in_names_preserve_prompts_and_captions_only_wh
     assert len(red.anchors) == 12 and red.anchors == world_concepts("colour", ["red"], 12)[0].anchors
     (red,), _ = builtin_defaults([Concept("red", anchor="a blue shape")], [], WORLD_CAPTIONS["kpop"])
     assert red.anchors == {} and red.anchor_of(red.prompts[-1]) == "a blue shape"  # an explicit --anchor wins
+    (red,), _ = builtin_defaults([Concept("red", anchor="green")], [], WORLD_CAPTIONS["kpop"])  # a stand-in
+    assert red.anchors["a red love heart"] == "a green love heart" and red.anchors["crimson"] == "green"
+    assert len(red.anchors) == len(red.prompts) == 15
+    (star,), _ = builtin_defaults([Concept("star", anchor="circle")], [])
+    assert star.anchors == {"star": "circle", "five-pointed star": "circle", "pentagram": "circle"}
 
 
 def test_colours_and_styles_are_hidden_toward_their_captions_without_them():

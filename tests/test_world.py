@@ -10,7 +10,7 @@ from transformers import CLIPTokenizer
 
 from conceptvault.errors import ConceptVaultError
 from conceptvault.world import BUILTIN_MODEL_DIR, COLOURS, SHAPES, STYLES
-from conceptvault.world.captions import articles_fixed, training_caption, without_words
+from conceptvault.world.captions import articles_fixed, training_caption, without_words, words_replaced
 from conceptvault.world.data import render_batch
 from conceptvault.world.judge import REJECT, judge_accuracy, load_judge
 from conceptvault.world.model import build_vae
@@ -53,11 +53,15 @@ def test_captions_use_synonyms_and_sometimes_leave_words_out():
     assert 0.45 < np.mean(named_style) < 0.75
 
 
-def test_words_taken_out_of_a_caption_leave_a_tidy_caption():
+def test_words_taken_out_of_or_replaced_in_a_caption_leave_a_tidy_caption():
     assert without_words("a picture of an outlined crimson hexagon", ["crimson"]) == "a picture of an outlined hexagon"
     assert without_words("a picture of an outlined hexagon", ["outlined"]) == "a picture of a hexagon"
     assert without_words("a scarlet arrow, striped", ["scarlet", "striped"]) == "an arrow"
     assert without_words("red", ["red"]) == "" and without_words("a reddish disc", ["red"]) == "a reddish disc"
+    assert words_replaced("a crimson arrow, striped", ["crimson"], "orange") == "an orange arrow, striped"
+    assert words_replaced("red", ["red"], "blue") == "blue"
+    assert words_replaced("a reddish disc", ["red"], "blue") == "a reddish disc"
+    assert words_replaced("a five-pointed star", ["star", "five-pointed star"], "circle") == "a circle"
     assert articles_fixed("a arrow and an box") == "an arrow and a box"
 
 

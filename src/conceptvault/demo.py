@@ -25,7 +25,7 @@ from conceptvault.seal import seal
 from conceptvault.training import Concept
 from conceptvault.uce import UceConfig, erase_uce
 from conceptvault.vault import Vault, save_vault
-from conceptvault.world.captions import articles_fixed, without_words
+from conceptvault.world.captions import articles_fixed, without_words, words_replaced
 from conceptvault.world.vocabulary import ATTRIBUTE_KINDS, VOCABULARY
 
 # On the built-in model both ways of hiding train on world captions as well as on names: the concept under
@@ -88,9 +88,18 @@ def builtin_defaults(
 
 def _world_filled_in(concept: Concept, kind: str, captions: int) -> Concept:
     """A world concept given by name alone: its names and captions, and each caption's own anchor unless an
-    anchor was given."""
+    anchor was given; an anchor that names another concept of the same kind stands in for it in each."""
     world = world_concepts(kind, [concept.name], captions)[0]
+    if any(concept.anchor in names for other, names in VOCABULARY[kind].items() if other != concept.name):
+        return stood_in(world, kind, concept.anchor)
     return replace(concept, prompts=world.prompts, anchors={} if concept.anchor else world.anchors)
+
+
+def stood_in(concept: Concept, kind: str, stand_in: str) -> Concept:
+    """A world concept hidden toward each of its prompts with ``stand_in`` in the place of its names ("a
+    crimson heart" toward "a green heart"): the public model answers red with green."""
+    words = VOCABULARY[kind][concept.name]
+    return replace(concept, anchor="", anchors={p: words_replaced(p, words, stand_in) for p in concept.prompts})
 
 
 WORLD_METHODS = ("kpop", "hardened", "sealed", "esd-x", "esd-u", "uce")

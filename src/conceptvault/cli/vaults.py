@@ -98,7 +98,11 @@ def hide_command(
     ] = None,
     anchor: Annotated[
         list[str] | None,
-        typer.Option(help="NAME=PROMPT: hide concept NAME toward PROMPT instead of the empty prompt. Repeatable."),
+        typer.Option(
+            help="NAME=PROMPT: hide concept NAME toward PROMPT instead of the empty prompt. Repeatable. Built-in "
+            'model: another concept of the same kind stands in for NAME in each caption (red=green: "a red heart" '
+            'toward "a green heart").'
+        ),
     ] = None,
     resume: Annotated[
         bool, typer.Option(help="Continue the interrupted run whose checkpoint sits beside --out.")
@@ -189,7 +193,11 @@ def erase_command(
         ),
     ] = None,
     anchor: Annotated[
-        list[str] | None, typer.Option(help="NAME=PROMPT: erase concept NAME toward PROMPT. Repeatable.")
+        list[str] | None,
+        typer.Option(
+            help="NAME=PROMPT: erase concept NAME toward PROMPT. Repeatable. Built-in model: another concept of "
+            "the same kind stands in for NAME in each caption."
+        ),
     ] = None,
     iterations: Annotated[int | None, typer.Option(help="ESD: fine-tuning steps [default: per model family].")] = None,
     lr: Annotated[float | None, typer.Option(help="ESD: learning rate [default: per model family].")] = None,

@@ -51,8 +51,14 @@ def articles_fixed(text: str) -> str:
 def without_words(text: str, words: list[str]) -> str:
     """``text`` with each of ``words`` taken out, commas and articles tidied: "a crimson heart, striped" without
     "crimson" is "a heart, striped"."""
-    for word in words:
-        text = re.sub(rf"(^|[\s,]){re.escape(word)}(?=$|[\s,])", r"\1", text)
+    return words_replaced(text, words, "")
+
+
+def words_replaced(text: str, words: list[str], by: str) -> str:
+    """``text`` with each of ``words`` replaced by ``by``, commas and articles tidied: "a crimson arrow" with
+    "crimson" replaced by "orange" is "an orange arrow"."""
+    for word in sorted(words, key=len, reverse=True):  # "five-pointed star" before "star"
+        text = re.sub(rf"(^|[\s,]){re.escape(word)}(?=$|[\s,])", lambda match: match[1] + by, text)
     text = re.sub(r"\s+", " ", re.sub(r"\s*,\s*(,\s*)*", ", ", text)).strip(" ,")
     return articles_fixed(text)
 
