@@ -5,9 +5,11 @@ import dataclasses
 
 import pytest
 import torch
+from rich.console import Console
 
 from conceptvault.backbone import encode_prompts, load_pipeline, unet_predict
 from conceptvault.checkpoint import CHECKPOINT_FILE, KEYS_FILE
+from conceptvault.cli.vaults import _concepts_table
 from conceptvault.errors import ConceptVaultError
 from conceptvault.hide import HideConfig, KeyInit, _initial_tokens, _Probe, hide
 from conceptvault.key import Key, Placement, attach_keys, attached_keys
@@ -130,6 +132,9 @@ def test_a_prompts_own_anchor_is_what_it_is_hidden_toward_and_the_vault_records_
     save_vault(tmp_path / "vault", pipe, result)
     entry = Vault.load(tmp_path / "vault", keys=None).manifest.entry("star")
     assert entry.anchors == {"star": "a circle"} and entry.anchor == ""
+    shown = Console(record=True, width=200)
+    shown.print(_concepts_table(Vault.load(tmp_path / "vault", keys=None)))  # `inspect` shows one of them
+    assert "per prompt: 1, 'star' toward 'a circle'" in shown.export_text()
 
 
 @pytest.mark.parametrize(

@@ -334,7 +334,10 @@ def _concepts_table(loaded: Vault) -> Table:
             if present
             else ("no key: erased" if not loaded.method.has_keys else "not here")
         )
-        anchor = (entry.anchor or "(empty)") + (f"; per prompt: {len(entry.anchors)}" if entry.anchors else "")
+        anchor = entry.anchor or "(empty)"
+        if entry.anchors:  # one example shows what kind of anchors they are ("red" toward "green")
+            prompt, own = next(iter(entry.anchors.items()))
+            anchor += f"; per prompt: {len(entry.anchors)}, '{prompt}' toward '{own}', ..."
         table.add_row(*map(as_text, (entry.name, "; ".join(entry.prompts), anchor, status)))
     return table
 
