@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 
 from conceptvault.defaults import Family, family_config
-from conceptvault.demo import WORLD_CAPTIONS, hide_and_evaluate, stood_in, world_prompts
+from conceptvault.demo import WORLD_CAPTIONS, hide_and_evaluate, with_stand_in, world_prompts
 from conceptvault.evaluate import resolve_suite
 from conceptvault.evaluate.world_suites import WORLD_SUITE_KINDS
 from conceptvault.generate import image_grid
@@ -146,7 +146,7 @@ def measure(point: str, overrides: dict, args, suite, out: Path) -> dict:
     config = family_config(Family.SMALL, len(hidden), **settings)
     concepts, preserve = world_prompts(args.kind, hidden, captions)
     if stand_in:
-        concepts = [stood_in(c, args.kind, stand_in) for c in concepts]
+        concepts = [with_stand_in(c, args.kind, stand_in) for c in concepts]
     started = time.perf_counter()
     evaluation, _ = hide_and_evaluate(
         folder,

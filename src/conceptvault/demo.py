@@ -91,11 +91,11 @@ def _world_filled_in(concept: Concept, kind: str, captions: int) -> Concept:
     anchor was given; an anchor that names another concept of the same kind stands in for it in each."""
     world = world_concepts(kind, [concept.name], captions)[0]
     if any(concept.anchor in names for other, names in VOCABULARY[kind].items() if other != concept.name):
-        return stood_in(world, kind, concept.anchor)
+        return with_stand_in(world, kind, concept.anchor)
     return replace(concept, prompts=world.prompts, anchors={} if concept.anchor else world.anchors)
 
 
-def stood_in(concept: Concept, kind: str, stand_in: str) -> Concept:
+def with_stand_in(concept: Concept, kind: str, stand_in: str) -> Concept:
     """A world concept hidden toward each of its prompts with ``stand_in`` in the place of its names ("a
     crimson heart" toward "a green heart"): the public model answers red with green."""
     words = VOCABULARY[kind][concept.name]
