@@ -63,7 +63,7 @@ def test_the_built_in_model_fills_in_names_preserve_prompts_and_captions_only_wh
     assert red.anchors == {} and red.anchor_of(red.prompts[-1]) == "a blue shape"  # an explicit --anchor wins
     (red,), _ = builtin_defaults([Concept("red", anchor="green")], [], WORLD_CAPTIONS["kpop"])  # a stand-in
     assert red.anchors["a red love heart"] == "a green love heart" and red.anchors["crimson"] == "green"
-    assert len(red.anchors) == len(red.prompts) == 15
+    assert len(red.anchors) == len(red.prompts) == 15 and red.anchor == "green"  # for UCE, one anchor
     (star,), _ = builtin_defaults([Concept("star", anchor="circle")], [])
     assert star.anchors == {"star": "circle", "five-pointed star": "circle", "pentagram": "circle"}
 

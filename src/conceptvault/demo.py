@@ -97,9 +97,10 @@ def _world_filled_in(concept: Concept, kind: str, captions: int) -> Concept:
 
 def with_stand_in(concept: Concept, kind: str, stand_in: str) -> Concept:
     """A world concept hidden toward each of its prompts with ``stand_in`` in the place of its names ("a
-    crimson heart" toward "a green heart"): the public model answers red with green."""
+    crimson heart" toward "a green heart"): the public model answers red with green. The stand-in stays the
+    concept's anchor too, for the methods that take one anchor only (UCE)."""
     words = VOCABULARY[kind][concept.name]
-    return replace(concept, anchor="", anchors={p: words_replaced(p, words, stand_in) for p in concept.prompts})
+    return replace(concept, anchor=stand_in, anchors={p: words_replaced(p, words, stand_in) for p in concept.prompts})
 
 
 WORLD_METHODS = ("kpop", "hardened", "sealed", "esd-x", "esd-u", "uce")
