@@ -29,8 +29,9 @@ def main() -> None:
     parser.add_argument("--per-shape", type=int, default=32)
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--grid", help="also write a grid of samples: a row per shape ('a {shape}', seeds 0-7)")
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.model, device="cpu")
     judge = load_judge()
 
