@@ -57,6 +57,29 @@ def test_the_command_line_scales_the_updates_by_the_concepts_hidden(tmp_path, ca
     assert not (tmp_path / "v").exists()  # nothing half-written
 
 
+def test_preserve_captions_sets_the_world_captions_of_each_kept_concept(sd1_path, tmp_path, capsys, monkeypatch):
+    kept = []
+
+    def record_and_stop(pipe, concepts, config, preserve, **options):
+        kept.append(preserve)
+        raise ConceptVaultError("stopped before training")
+
+    monkeypatch.setattr(vaults, "hide", record_and_stop)
+    for given in ([], ["--preserve-captions", "12"]):
+        with pytest.raises(SystemExit):
+            main(["hide", "builtin", "--concept", "red", "--out", str(tmp_path / "v"), *given])
+        assert "stopped before training" in capsys.readouterr().err
+    default, twelve = kept
+    per_colour = WORLD_CAPTIONS["kpop"]["preserve"]
+    assert len(twelve) - len(default) == 5 * (12 - per_colour)  # five kept colours
+    assert sum("orange" in p or "amber" in p for p in twelve) > sum("orange" in p or "amber" in p for p in default)
+    for model, extra in ((str(sd1_path), []), ("builtin", ["--preserve", "a circle"])):
+        with pytest.raises(SystemExit):
+            main(["hide", model, "--concept", "red", "--out", str(tmp_path / "v"), "--preserve-captions", "2", *extra])
+        assert "--preserve-captions fills in the built-in model's kept concepts" in capsys.readouterr().err
+    assert not (tmp_path / "v").exists()
+
+
 @pytest.mark.parametrize("model", ["sd1", "builtin"])
 def test_the_manifest_records_the_family_and_every_setting_used(sd1_path, tmp_path, capsys, model):
     source = str(sd1_path) if model == "sd1" else "builtin"

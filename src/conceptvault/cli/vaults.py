@@ -96,6 +96,14 @@ def hide_command(
             "the other concepts of the hidden one's kind, by name and some world captions."
         ),
     ] = None,
+    preserve_captions: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Built-in model, no --preserve given: world captions of each kept concept among the preserve "
+            "prompts \\[default: 4; sealed: 8].",
+        ),
+    ] = None,
     anchor: Annotated[
         list[str] | None,
         typer.Option(
@@ -155,8 +163,16 @@ def hide_command(
         explicit = _sealed_settings(explicit)
     checked(lambda: (SealConfig if method == HideMethod.SEALED else HideConfig)(**explicit))  # before any loading
     concepts, preserve = parse_concepts(concept, anchor or []), preserve or []
+    captions = WORLD_CAPTIONS[method.value]
+    if preserve_captions is not None:
+        if model != BUILTIN or preserve:
+            raise ConceptVaultError(
+                "--preserve-captions fills in the built-in model's kept concepts: it needs the "
+                "model builtin and no --preserve."
+            )
+        captions = {**captions, "preserve": preserve_captions}
     if model == BUILTIN:
-        concepts, preserve = builtin_defaults(concepts, preserve, WORLD_CAPTIONS[method.value])
+        concepts, preserve = builtin_defaults(concepts, preserve, captions)
     passphrase = read_passphrase(passphrase_file)
     with output_lock(out, resume) as checkpoint_dir:
         pipe = load_pipeline(model, device=device)
