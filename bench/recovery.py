@@ -82,6 +82,10 @@ GRIDS: dict[str, dict[str, dict]] = {
         "stand-in-solid": dict(stand_in="solid"),  # for the stripes
         "stand-in-green-captions-12-12": dict(stand_in="green", captions={"concept": 12, "preserve": 12}),
         "stand-in-green-pres-2": dict(stand_in="green", lambda_pres=2.0),
+        "stand-in-green-key-900": dict(stand_in="green", key_updates=900),  # the key-only phase three times as long
+        "stand-in-green-captions-12-12-key-900": dict(
+            stand_in="green", captions={"concept": 12, "preserve": 12}, key_updates=900
+        ),
         "k-3": dict(k=3),
         "mid+up": dict(placement="mid+up"),
         "random-init": dict(key_init="random"),
