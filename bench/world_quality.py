@@ -1,6 +1,7 @@
 """Judge-measured quality of a Shapes world model, and the time to generate 8 images.
 
     python bench/world_quality.py [--model FOLDER] [--per-shape 32] [--grid docs/images/world-samples.png]
+    python bench/world_quality.py --per-shape 64 --misses docs/images/world-misses.png
 
 Prints shape accuracy per shape, colour accuracy where the caption names a colour, and style accuracy
 where it names a style, over captions with fixed seeds, 25 sampler steps, guidance 3; the share the judge
@@ -11,14 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
+from pathlib import Path
 
 import torch
 
 from conceptvault.backbone import load_pipeline
 from conceptvault.generate import generate_images, image_grid
 from conceptvault.world import GUIDANCE, SAMPLE_STEPS
-from conceptvault.world.judge import load_judge
+from conceptvault.world.judge import JUDGE_DIR, load_judge
 from conceptvault.world.quality import quality_requests, score_requests, world_fid
 from conceptvault.world.vocabulary import SHAPES
 
@@ -29,11 +32,13 @@ def main() -> None:
     parser.add_argument("--per-shape", type=int, default=32)
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--grid", help="also write a grid of samples: a row per shape ('a {shape}', seeds 0-7)")
+    parser.add_argument("--misses", help="also write a grid of the images whose shape the judge misses, labelled")
+    parser.add_argument("--judge", type=Path, default=JUDGE_DIR, help="a judge folder (default: the shipped one)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.model, device="cpu")
-    judge = load_judge()
+    judge = load_judge(args.judge)
 
     start = time.perf_counter()
     generate_images(pipe, ["a red star"] * 8, list(range(8)), steps=SAMPLE_STEPS, guidance=GUIDANCE, progress=False)
@@ -73,6 +78,13 @@ def main() -> None:
             progress=False,
         )
         image_grid(samples, len(shapes), 8, min_size=64).save(args.grid)
+    if args.misses:  # each labelled "asked: judged"
+        missed = [i for i, r in enumerate(requests) if scores["shape_labels"][i] != r.shape]
+        labels = [f"{requests[i].shape}: {scores['shape_labels'][i]}" for i in missed]
+        if missed:
+            cols = min(len(missed), 8)
+            grid = image_grid([images[i] for i in missed], math.ceil(len(missed) / cols), cols, labels, min_size=96)
+            grid.save(args.misses)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(scores, f, indent=2)

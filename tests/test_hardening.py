@@ -351,6 +351,7 @@ def forbid_models(monkeypatch) -> None:
             "seed must be a whole number",
         ),
         (["world", "sample", "a star", "--out", "{tmp}/s.txt"], "must end in .png"),
+        (["world", "train", "--out", "{tmp}/w", "--denoiser-steps", "-1"], "--denoiser-steps must be at least 0"),
     ],
 )
 def test_bad_options_are_one_line_before_any_model_loads(vault_path, tmp_path, capsys, monkeypatch, args, message):

@@ -1,6 +1,7 @@
 """The built-in Shapes world: renderer, captions, the shipped model and judge, and the trainer."""
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -12,10 +13,10 @@ from conceptvault.errors import ConceptVaultError
 from conceptvault.world import BUILTIN_MODEL_DIR, COLOURS, SHAPES, STYLES
 from conceptvault.world.captions import articles_fixed, training_caption, without_words, words_replaced
 from conceptvault.world.data import render_batch
-from conceptvault.world.judge import REJECT, judge_accuracy, load_judge
+from conceptvault.world.judge import JUDGE_TURNS, REJECT, judge_accuracy, load_judge
 from conceptvault.world.model import build_vae
 from conceptvault.world.negatives import NEGATIVE_KINDS, render_negative
-from conceptvault.world.render import render, sample_scene, to_pil
+from conceptvault.world.render import MAX_TURN, render, sample_scene, to_pil
 from conceptvault.world.train import DenoiserRun, LatentPool, WorldTrainConfig, train_denoiser, train_world
 
 
@@ -40,6 +41,13 @@ def test_scenes_vary_in_size_position_rotation_and_background():
     scenes = [sample_scene(rng) for _ in range(50)]
     for attribute in ("radius", "centre", "angle", "background", "shape", "colour", "style"):
         assert len({getattr(s, attribute) for s in scenes}) > 3, attribute
+
+
+def test_the_world_turns_shapes_by_at_most_max_turn_unless_asked():
+    rng = np.random.default_rng(1)
+    assert max(abs(sample_scene(rng, "square").angle) for _ in range(200)) <= MAX_TURN
+    assert max(abs(sample_scene(rng, "square", turns=JUDGE_TURNS).angle) for _ in range(200)) > MAX_TURN
+    assert max(abs(sample_scene(rng, "star", turns=JUDGE_TURNS).angle) for _ in range(200)) <= MAX_TURN
 
 
 def test_captions_use_synonyms_and_sometimes_leave_words_out():
@@ -96,6 +104,16 @@ def test_the_judge_rejects_every_kind_of_negative_and_accepts_renders():
     for head in ("shape", "colour", "style"):
         assert judge.labels[head][-1] == REJECT
         assert torch.allclose(probs[head].sum(-1), torch.ones(40), atol=1e-5)
+
+
+def test_the_judge_names_a_square_turned_further_than_the_world_draws_a_square():
+    """The model sometimes turns a square by 40 degrees; the judge still calls it a square."""
+    judge = load_judge()
+    rng = np.random.default_rng(6)
+    scenes = [sample_scene(rng, "square") for _ in range(40)]
+    turned = [to_pil(render(dataclasses.replace(s, angle=rng.uniform(MAX_TURN, math.pi / 4)), rng)) for s in scenes]
+    named = [judge.labels["shape"][i] for i in judge.predict(turned)["shape"].argmax(-1).tolist()]
+    assert named.count("square") >= 38, named
 
 
 def test_shipped_model_draws_the_shape_it_is_asked_for():
@@ -157,6 +175,17 @@ def test_training_continues_from_a_model_folder(tmp_path):
         pairs = zip(getattr(shipped, name).parameters(), getattr(continued, name).parameters(), strict=True)
         largest = max((a - b).abs().max().item() for a, b in pairs)
         assert largest < 1e-4, (name, largest)  # one step at lr 1e-7: the shipped weights, barely moved
+
+
+def test_a_run_without_denoiser_steps_trains_a_judge_for_a_given_vae(tmp_path):
+    """How the shipped judge is retrained: the model's VAE as it is, the judge, no pool and no model."""
+    config = WorldTrainConfig(
+        vae_from=str(BUILTIN_MODEL_DIR), decoder_steps=0, judge_steps=2, denoiser_steps=0, batch_size=4, held_out=8
+    )
+    report = train_world(tmp_path, config, BUILTIN_MODEL_DIR / "tokenizer", log=lambda _: None)
+    assert set(report["judge_accuracy"]) == {"shape", "colour", "style", "false_accept"}
+    assert (tmp_path / "judge").is_dir() and (tmp_path / "vae").is_dir()
+    assert not (tmp_path / "model").exists() and not (tmp_path / "latent-pool.pt").exists()
 
 
 def test_a_wrong_init_folder_is_one_error_and_writes_nothing(tmp_path):

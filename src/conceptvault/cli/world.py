@@ -54,7 +54,7 @@ def world_train_command(
         "world-model"
     ),
     denoiser_steps: Annotated[
-        int, typer.Option(help="Training steps of the text encoder and UNet.")
+        int, typer.Option(help="Training steps of the text encoder and UNet (0: stop after VAE and judge).")
     ] = RECIPE.denoiser_steps,
     vae_steps: Annotated[int, typer.Option(help="Training steps of the VAE, encoder and decoder.")] = RECIPE.vae_steps,
     decoder_steps: Annotated[
@@ -77,7 +77,9 @@ def world_train_command(
     from ..world import BUILTIN_MODEL_DIR, SHAPES
     from ..world.train import train_world
 
-    check_positive(denoiser_steps=denoiser_steps, threads=threads)
+    check_positive(threads=threads)
+    if denoiser_steps < 0:
+        raise ConceptVaultError(f"--denoiser-steps must be at least 0; got {denoiser_steps}.")
     unknown = [shape for shape in without or [] if shape not in SHAPES]
     if unknown:
         raise ConceptVaultError(
@@ -99,4 +101,5 @@ def world_train_command(
     )
     with stage_progress() as progress:
         report = train_world(out, config, BUILTIN_MODEL_DIR / "tokenizer", log=say, progress=progress)
-    say(f"wrote {out / 'model'}; judge accuracy {report.get('judge_accuracy', '(no judge trained)')}")
+    written = " and ".join(str(out / part) for part in ("model", "judge") if (out / part).exists())
+    say(f"wrote {written}; judge accuracy {report.get('judge_accuracy', '(no judge trained)')}")

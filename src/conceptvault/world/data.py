@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,11 +23,17 @@ class Batch:
 
 
 def render_batch(
-    rng: np.random.Generator, size: int, shape: str | None = None, shapes: Sequence[str] | None = None
+    rng: np.random.Generator,
+    size: int,
+    shape: str | None = None,
+    shapes: Sequence[str] | None = None,
+    turns: Mapping[str, float] | None = None,
 ) -> Batch:
-    """``size`` random scenes: all of ``shape`` if given, else drawn from ``shapes`` (default: every shape)."""
+    """``size`` random scenes: all of ``shape`` if given, else drawn from ``shapes`` (default: every shape);
+    ``turns`` as in ``sample_scene``."""
     scenes = [
-        sample_scene(rng, shape=shape or (str(rng.choice(list(shapes))) if shapes else None)) for _ in range(size)
+        sample_scene(rng, shape=shape or (str(rng.choice(list(shapes))) if shapes else None), turns=turns)
+        for _ in range(size)
     ]
     images = np.stack([render(scene, rng) for scene in scenes])
     labels = {

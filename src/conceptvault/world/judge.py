@@ -9,6 +9,8 @@ image the judge rejects is not any shape, colour or style: it counts against PSR
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,9 @@ from conceptvault.world.negatives import render_negative
 
 REJECT = "none"  # the judge's answer for an image that shows no clear shape
 NET_LABELS = {head: names + [REJECT] if head == "shape" else names for head, names in LABELS.items()}
+# The world turns shapes by at most 0.5 rad, but the model sometimes turns a square further, and a square
+# turned by any angle is still a square (the diamond is a tall rhombus): the judge learns squares at every turn.
+JUDGE_TURNS = {"square": math.pi / 4}
 JUDGE_DIR = Path(__file__).parent / "weights" / "judge"
 WEIGHTS_FILE = "judge.safetensors"
 LABELS_FILE = "labels.json"
@@ -129,12 +134,13 @@ def negative_batch(rng: np.random.Generator, size: int) -> torch.Tensor:
     return torch.from_numpy(np.stack([render_negative(rng) for _ in range(size)])).permute(0, 3, 1, 2) * 2 - 1
 
 
-def train_judge(steps: int = 3000, batch_size: int = 64, seed: int = 0, progress=None, vae=None) -> Judge:
-    """Three quarters of each batch are renders with their labels, one quarter negatives labelled ``REJECT``.
+def train_judge(steps: int = 3000, batch_size: int = 64, seed: int = 0, progress=None) -> Judge:
+    """Three quarters of each batch are renders with their labels (squares at every turn), one quarter
+    negatives labelled ``REJECT``; blur, resampling and noise stand in for what a decoder does to them.
 
-    With the model's ``vae``, every other batch is passed through it (encoded and decoded) first: the
-    cleanest picture the model can make of a render, so the judge reads the decoder's rendering as the
-    render it is, and its rendering of a negative as the negative it is."""
+    Passing every other batch through the model's VAE instead made a judge that reads decoded renders a
+    little better (99.4 % shape against 98.1 %) but names more negatives a shape (2.5 % against 1.1 %,
+    most of them two overlapping shapes), so the judge learns from renders alone."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -144,10 +150,8 @@ def train_judge(steps: int = 3000, batch_size: int = 64, seed: int = 0, progress
     reject = NET_LABELS["shape"].index(REJECT)
     negatives = batch_size // 4
     for step in range(steps):
-        batch = render_batch(rng, batch_size - negatives)
+        batch = render_batch(rng, batch_size - negatives, turns=JUDGE_TURNS)
         images = torch.cat([batch.images, negative_batch(rng, negatives)])
-        if vae is not None and step % 2:
-            images = round_trip(vae, images)
         logits = net(_degrade(images, gen))
         shape_labels = torch.cat([batch.labels["shape"], torch.full((negatives,), reject)])
         loss = F.cross_entropy(logits["shape"], shape_labels)
@@ -164,11 +168,14 @@ def train_judge(steps: int = 3000, batch_size: int = 64, seed: int = 0, progress
 
 
 @torch.no_grad()
-def judge_accuracy(judge: Judge, count: int = 1000, seed: int = 12345, vae=None) -> dict[str, float]:
-    """Accuracy per head on freshly rendered held-out images (a seed never used in training), and the
-    false-accept rate: the share of held-out images of no clear shape that the judge names a shape.
-    With ``vae``, every image is first passed through it (what the model's decoder makes of it)."""
-    batch = render_batch(np.random.default_rng(seed), count)
+def judge_accuracy(
+    judge: Judge, count: int = 1000, seed: int = 12345, vae=None, turns: Mapping[str, float] | None = None
+) -> dict[str, float]:
+    """Accuracy per head on freshly rendered held-out images (a seed never used in training; ``turns`` as in
+    ``sample_scene``, by default the world's), and the false-accept rate: the share of held-out images of
+    no clear shape that the judge names a shape. With ``vae``, every image is first passed through it
+    (what the model's decoder makes of it)."""
+    batch = render_batch(np.random.default_rng(seed), count, turns=turns)
     negatives = negative_batch(np.random.default_rng(seed + 1), count)
     if vae is not None:
         batch.images = torch.cat([round_trip(vae, part) for part in batch.images.split(100)])

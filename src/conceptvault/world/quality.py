@@ -38,7 +38,8 @@ def quality_requests(per_shape: int = 32, seed: int = 0) -> list[Request]:
 
 
 def score_requests(judge, requests: list[Request], images) -> dict:
-    """Judge accuracy per shape, and colour and style accuracy where the caption named them."""
+    """Judge accuracy per shape, colour and style accuracy where the caption named them, and the shape label
+    of every image."""
     probs = judge.predict(images)
     predicted = {head: [judge.labels[head][i] for i in probs[head].argmax(-1).tolist()] for head in probs}
     per_shape = {
@@ -57,6 +58,7 @@ def score_requests(judge, requests: list[Request], images) -> dict:
         "style_accuracy": float(np.mean(named["style"])) if named["style"] else None,
         "rejected": float(np.mean([p == judge.labels["shape"][-1] for p in predicted["shape"]])),
         "images": len(requests),
+        "shape_labels": predicted["shape"],
     }
 
 

@@ -7,6 +7,7 @@ takes well under a millisecond, fast enough to render every training batch on th
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +16,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from conceptvault.world.vocabulary import COLOUR_RGB, SHAPES, STYLES
 
 SIZE = 64
+MAX_TURN = 0.5  # radians: the world draws every shape turned by at most this, either way
 _SUPERSAMPLE = 4  # masks are drawn 4x larger, then averaged down, for smooth edges
 
 
@@ -127,19 +129,26 @@ def _paint(scene: Scene, colour: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def sample_scene(
-    rng: np.random.Generator, shape: str | None = None, colour: str | None = None, style: str | None = None
+    rng: np.random.Generator,
+    shape: str | None = None,
+    colour: str | None = None,
+    style: str | None = None,
+    turns: Mapping[str, float] | None = None,
 ) -> Scene:
-    """Draw a random scene; any of shape, colour and style can be fixed."""
+    """Draw a random scene; any of shape, colour and style can be fixed. ``turns`` gives the largest turn
+    (radians) of a shape where it differs from the world's MAX_TURN."""
     radius = rng.uniform(13.0, 23.0)
     margin = radius + 2
     tint = rng.uniform(-0.05, 0.05, 3)
+    shape = shape or str(rng.choice(list(SHAPES)))
+    turn = (turns or {}).get(shape, MAX_TURN)
     return Scene(
-        shape=shape or str(rng.choice(list(SHAPES))),
+        shape=shape,
         colour=colour or str(rng.choice(list(COLOUR_RGB))),
         style=style or str(rng.choice(list(STYLES))),
         radius=radius,
         centre=(rng.uniform(margin, SIZE - margin), rng.uniform(margin, SIZE - margin)),
-        angle=rng.uniform(-0.5, 0.5),
+        angle=rng.uniform(-turn, turn),
         background=tuple(float(x) for x in np.clip(rng.uniform(0.8, 0.97) + tint, 0, 1)),
         pattern_angle=rng.uniform(0, math.pi),
     )

@@ -378,8 +378,8 @@ def train_world(
     progress: Progress | None = None,
     checkpoint_every: int = 500,
 ) -> dict:
-    """Train (or continue training) VAE, judge and denoiser; write ``out/judge`` and ``out/model``; return
-    timings and figures, also kept in ``out/train-report.json``."""
+    """Train (or continue training) VAE, judge and denoiser; write ``out/judge`` and ``out/model`` (no
+    model with 0 denoiser steps); return timings and figures, also kept in ``out/train-report.json``."""
     from transformers import CLIPTokenizer
 
     from conceptvault.world.judge import judge_accuracy, train_judge
@@ -424,15 +424,17 @@ def train_world(
         save_report()
         log(f"vae: reconstruction PSNR {report['vae_psnr_before_decoder']:.2f} -> {report['vae_psnr']:.2f} dB")
 
-    if config.judge_steps and not (out / "judge").exists():  # after the VAE: the judge learns its rendering too
+    if config.judge_steps and not (out / "judge").exists():  # after the VAE: its figures also through the VAE
         judge, report["judge_seconds"] = timed(
-            train_judge, config.judge_steps, 2 * config.batch_size, config.seed, progress, vae
+            train_judge, config.judge_steps, 2 * config.batch_size, config.seed, progress
         )
         report["judge_accuracy"] = judge_accuracy(judge, count=config.held_out)
         report["judge_accuracy_through_vae"] = judge_accuracy(judge, count=config.held_out, vae=vae)
         _replace_folder(out / "judge", judge.save)
         save_report()
         log(f"judge: {report['judge_accuracy']} in {report['judge_seconds']:.0f}s")
+    if not config.denoiser_steps:  # VAE and judge only, e.g. a new judge for a model's VAE
+        return report
 
     if (out / POOL_FILE).exists():
         pool = LatentPool.load(out / POOL_FILE)
