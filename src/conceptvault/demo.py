@@ -8,6 +8,7 @@ prompts and seeds, judged, tabulated and written as an HTML report.
 from __future__ import annotations
 
 import shutil
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from conceptvault.esd import erase_esd
 from conceptvault.evaluate import print_summary, resolve_suite, run_suite, write_report
 from conceptvault.evaluate.world_suites import training_captions
 from conceptvault.hide import HideConfig, hide
+from conceptvault.records import evaluation_record, write_record
 from conceptvault.seal import seal
 from conceptvault.training import Concept
 from conceptvault.uce import UceConfig, erase_uce
@@ -194,8 +196,21 @@ class DemoPlan:
 
 
 def run_demo(out: Path, plan: DemoPlan | None = None, console: Console | None = None, progress: bool = True):
-    """Hide one shape under all its names, keep the other nine, measure and report."""
+    """Hide one shape under all its names, keep the other nine, measure and report; the figures are also
+    written as a measurement record, ``out/demo-<shape>.json`` (publish it with ``bench/render_results.py --add``)."""
     plan = plan or DemoPlan()
+    started = time.perf_counter()
     suite = resolve_suite("shape", concept=plan.shape, size=plan.hidden_images, kept_size=plan.kept_images)
     concepts, preserve = world_prompts("shape", [plan.shape], WORLD_CAPTIONS["kpop"])
-    return hide_and_evaluate(out, concepts, preserve, plan.config, suite, console, progress)
+    evaluation, files = hide_and_evaluate(out, concepts, preserve, plan.config, suite, console, progress)
+    record = evaluation_record(
+        evaluation,
+        id=f"demo-{plan.shape}",
+        title=f"The demo: {plan.shape} hidden in the built-in model, the other nine shapes kept",
+        command=f"conceptvault demo --shape {plan.shape} --images {plan.hidden_images} "
+        f"--kept-images {plan.kept_images}",
+        settings={"hide": plan.config, "captions": WORLD_CAPTIONS["kpop"], "preserve": len(preserve)},
+        wall_seconds=time.perf_counter() - started,
+    )
+    (console or Console()).print(f"record: {write_record(record, out)}", markup=False)
+    return evaluation, files
