@@ -8,6 +8,7 @@ import io
 import json
 import threading
 import time
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pytest
@@ -21,9 +22,9 @@ from conceptvault.keyfile import key_fingerprint
 from conceptvault.serve import Limits, build_server
 from conceptvault.serve import engine as engine_module
 from conceptvault.serve.engine import Engine, Job, QueueFull
-from conceptvault.serve.store import AccessStore
+from conceptvault.serve.store import AccessStore, Grant
 from conceptvault.training import Concept
-from conceptvault.vault import Vault, save_vault
+from conceptvault.vault import Vault, read_manifest, save_vault
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +43,17 @@ def served(sd1_path, tmp_path_factory):
     engine.stop()
 
 
+def shapes_fingerprint(folder) -> str:
+    return read_manifest(folder / "shapes").public_fingerprint
+
+
+def expire(store, grant_id) -> None:
+    """Make a grant run out (a grant cannot be made already expired)."""
+    with store.session() as session:
+        session.get(Grant, grant_id).expires = datetime.now(timezone.utc) - timedelta(days=1)
+        session.commit()
+
+
 def ask(client, token, **body):
     body = {"prompt": "a star", "seeds": [0], "steps": 2, **body}
     headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -49,11 +61,12 @@ def ask(client, token, **body):
 
 
 def test_the_authorisation_matrix_and_an_audit_record_for_every_request(served):
-    client, store, tokens, _, _ = served
+    client, store, tokens, folder, _ = served
     ada, bob = tokens["ada"], tokens["bob"]
-    store.grant("ada", "shapes", "star")
-    store.grant("bob", "shapes", "star", days=-1)  # expired
-    revoked = store.grant("bob", "shapes", "heart")
+    fingerprint = shapes_fingerprint(folder)
+    store.grant("ada", "shapes", "star", fingerprint=fingerprint)
+    expire(store, store.grant("bob", "shapes", "star", fingerprint=fingerprint))
+    revoked = store.grant("bob", "shapes", "heart", fingerprint=fingerprint)
     store.revoke(revoked)
     cases = [
         (dict(token=None), 401),
@@ -89,7 +102,7 @@ def test_the_authorisation_matrix_and_an_audit_record_for_every_request(served):
 
 def test_served_images_are_the_library_images_with_and_without_the_key(served, sd1_path):
     client, store, tokens, folder, _ = served
-    store.grant("ada", "shapes", "heart")
+    store.grant("ada", "shapes", "heart", fingerprint=shapes_fingerprint(folder))
     vault = Vault.load(folder / "shapes")
     pipe = load_pipeline(str(sd1_path), device="cpu")
     vault.apply(pipe)

@@ -17,10 +17,11 @@ def test_two_stores_on_one_postgres_database_see_each_others_users_grants_and_au
     name = f"user{os.getpid()}"
     token = first.add_user(name)
     assert second.authenticate(token).name == name
-    grant = second.grant(name, "shapes", "star")
-    assert first.live_concepts(name, "shapes") == {"star"}
+    fingerprint = "ab" * 32
+    grant = second.grant(name, "shapes", "star", fingerprint=fingerprint)
+    assert first.live_concepts(name, fingerprint) == {"star"}
     first.revoke(grant)
-    assert second.live_concepts(name, "shapes") == set()
+    assert second.live_concepts(name, fingerprint) == set()
     before = first.audit_count()
     first.audit(user=name, vault="shapes", prompt="a", status=200, outcome="served")
     second.audit(user=name, vault="shapes", prompt="b", status=403, outcome="refused")

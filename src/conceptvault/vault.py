@@ -46,7 +46,7 @@ from .keyfile import (
 )
 from .manifest import FORMAT_VERSION, KEYS_DIR, ConceptEntry, Manifest, Method
 
-__all__ = ["Vault", "save_vault", "public_fingerprint", "unet_fingerprint"]
+__all__ = ["Vault", "read_manifest", "save_vault", "public_fingerprint", "unet_fingerprint"]
 
 MANIFEST_FILE = "manifest.json"
 PUBLIC_FILE = "public.safetensors"
@@ -379,7 +379,17 @@ def _read_manifest(path: Path) -> Manifest:
         text = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         raise ConceptVaultError(f"'{file}' cannot be read; restore the vault from its original copy.") from None
-    return Manifest.from_json(text, file)
+    try:
+        return Manifest.from_json(text, file)
+    except RecursionError:  # brackets nested deeper than any manifest's: the parser gives up
+        raise ConceptVaultError(
+            f"'{file}' is damaged (nested too deeply to be a manifest); restore the vault from its original copy."
+        ) from None
+
+
+def read_manifest(path: Path | str) -> Manifest:
+    """The checked manifest of the vault folder ``path``, without reading its tensors or keys."""
+    return _read_manifest(Path(path))
 
 
 def _read_public(file: Path) -> dict[str, torch.Tensor]:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
+from ..errors import ConceptVaultError
 from .common import (
     DeviceOption,
     PassphraseOption,
@@ -63,10 +65,22 @@ app.add_typer(grants_app, name="grants")
 DbOption = Annotated[str, typer.Option(help="The grants database (SQLite file or SQLAlchemy URL).")]
 
 
+@contextmanager
 def _store(db: str):
+    """The grants database, open; a database that fails on the way (a damaged file) is one line, its URL's
+    password masked."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from ..serve.store import AccessStore
 
-    return AccessStore(db)
+    store = AccessStore(db)
+    try:
+        yield store
+    except SQLAlchemyError as error:
+        raise ConceptVaultError(
+            f"the database '{store.url}' failed ({type(error).__name__}); check that it is a ConceptVault "
+            "grants database and not damaged."
+        ) from None
 
 
 @users_app.command("add")
@@ -76,35 +90,58 @@ def users_add(
     admin: Annotated[bool, typer.Option(help="May add and revoke grants.")] = False,
 ) -> None:
     """Add a user and print their token (shown this once; only its hash is stored)."""
-    token = _store(db).add_user(name, admin=admin)
+    with _store(db) as store:
+        token = store.add_user(name, admin=admin)
     say(f"added {name}{' (administrator)' if admin else ''}; token (shown once): {token}")
 
 
 @users_app.command("list")
 def users_list(db: DbOption) -> None:
     """List the users."""
-    for user in _store(db).users():
+    with _store(db) as store:
+        users = store.users()
+    for user in users:
         say(f"{user['name']}{'  admin' if user['admin'] else ''}  since {user['created']}")
 
 
 @users_app.command("remove")
 def users_remove(name: Annotated[str, typer.Argument(help="The user's name.")], db: DbOption) -> None:
     """Remove a user and their grants (the audit log keeps their requests)."""
-    _store(db).remove_user(name)
+    with _store(db) as store:
+        store.remove_user(name)
     say(f"removed {name}")
 
 
 @grants_app.command("add")
 def grants_add(
     user: Annotated[str, typer.Argument(help="Who.")],
-    vault: Annotated[str, typer.Argument(help="The served vault's name (its folder name).")],
+    vault: Annotated[
+        Path,
+        typer.Argument(help="The vault folder: the grant binds to its public fingerprint, not to its folder name."),
+    ],
     concept: Annotated[str, typer.Argument(help="The concept whose key they may switch on.")],
     db: DbOption,
     days: Annotated[float | None, typer.Option(help="Days until the grant expires (default: never).")] = None,
 ) -> None:
-    """Let USER switch on CONCEPT's key of VAULT."""
-    grant_id = _store(db).grant(user, vault, concept, days)
-    say(f"grant {grant_id}: {user} may unlock {concept!r} of {vault}" + (f" for {days:g} days" if days else ""))
+    """Let USER switch on CONCEPT's key of VAULT (that vault only: another one served under its name gets nothing)."""
+    from ..serve.store import check_days
+    from ..vault import read_manifest
+
+    try:
+        check_days(days)
+    except ConceptVaultError as error:
+        raise ConceptVaultError(f"--{error}") from None
+    manifest = read_manifest(vault)
+    keyed = [entry.name for entry in manifest.concepts if entry.key_fingerprint is not None]
+    if concept not in keyed:
+        which = f"its keys are {', '.join(map(repr, keyed))}" if keyed else f"it was made by {manifest.method}"
+        raise ConceptVaultError(f"the vault '{vault}' has no key for {concept!r}; {which}.")
+    with _store(db) as store:
+        grant_id = store.grant(user, vault.name, concept, days, fingerprint=manifest.public_fingerprint)
+    say(
+        f"grant {grant_id}: {user} may unlock {concept!r} of {vault.name} "
+        f"(public fingerprint {manifest.public_fingerprint[:16]})" + (f" for {days:g} days" if days else "")
+    )
 
 
 @grants_app.command("revoke")
@@ -112,7 +149,8 @@ def grants_revoke(
     grant_id: Annotated[int, typer.Argument(help="The grant's id (see grants list).")], db: DbOption
 ) -> None:
     """Revoke a grant at once."""
-    _store(db).revoke(grant_id)
+    with _store(db) as store:
+        store.revoke(grant_id)
     say(f"revoked grant {grant_id}")
 
 
@@ -120,9 +158,19 @@ def grants_revoke(
 def grants_list(db: DbOption, user: Annotated[str | None, typer.Option(help="Only this user's.")] = None) -> None:
     """List grants, live or not."""
     table = Table(title="grants")
-    for column in ("id", "user", "vault", "concept", "expires", "state"):
+    for column in ("id", "user", "vault", "fingerprint", "concept", "expires", "state"):
         table.add_column(column)
-    for g in _store(db).grants(user):
-        state = "revoked" if g["revoked"] else ("live" if g["live"] else "expired")
-        table.add_row(*map(as_text, (g["id"], g["user"], g["vault"], g["concept"], g["expires"] or "never", state)))
+    with _store(db) as store:
+        grants = store.grants(user)
+    for g in grants:
+        if g["revoked"]:
+            state = "revoked"
+        elif g["fingerprint"] is None:
+            state = "unbound: grant again"  # made before grants named the vault's fingerprint; matches no vault
+        else:
+            state = "live" if g["live"] else "expired"
+        fingerprint = (g["fingerprint"] or "-")[:16]
+        table.add_row(
+            *map(as_text, (g["id"], g["user"], g["vault"], fingerprint, g["concept"], g["expires"] or "never", state))
+        )
     console.print(table)

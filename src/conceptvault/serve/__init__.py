@@ -44,7 +44,13 @@ def build_server(
         steps, guidance = _SAMPLER.get(model_family(pipe), _SD_SAMPLER)
         size = pipe.unet.config.sample_size * pipe.vae_scale_factor
         pipelines[name] = pipe
-        served[name] = Served(concepts=sorted(vault.keys), steps=steps, guidance=guidance, size=size)
+        served[name] = Served(
+            concepts=sorted(vault.keys),
+            steps=steps,
+            guidance=guidance,
+            size=size,
+            fingerprint=vault.public_fingerprint,
+        )
     store = AccessStore(db)
     engine = Engine(pipelines, queue_size=queue_size, max_batch=max_batch)
     return create_app(engine, served, store, limits), engine

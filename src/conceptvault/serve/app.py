@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import ConceptVaultError
-from .engine import Engine, Job, QueueFull
+from .engine import Engine, Job, NoLongerGranted, QueueFull
 from .page import PAGE
-from .store import AccessStore, Caller
+from .store import AccessStore, Caller, check_days
 
 
 @dataclass
@@ -40,7 +40,13 @@ class Limits:
     timeout_seconds: float = 600.0
 
 
+# request bodies are read strictly: "3" is no seed, true is no number, NaN and Infinity are no guidance
+_STRICT = ConfigDict(strict=True, allow_inf_nan=False)
+
+
 class GenerateRequest(BaseModel):
+    model_config = _STRICT
+
     prompt: str = Field(min_length=1)
     negative_prompt: str = ""
     vault: str | None = None  # default: the only vault served
@@ -53,6 +59,8 @@ class GenerateRequest(BaseModel):
 
 
 class GrantRequest(BaseModel):
+    model_config = _STRICT
+
     user: str
     vault: str
     concept: str
@@ -67,6 +75,7 @@ class Served:
     steps: int
     guidance: float
     size: int  # the image side the backbone makes by default
+    fingerprint: str  # the vault's public fingerprint: what grants bind to
 
 
 class RateLimiter:
@@ -192,6 +201,14 @@ def create_app(engine: Engine, served: dict[str, Served], store: AccessStore, li
             return refuse(429, "the server is busy; try again shortly.", started, caller, **audit)
         try:
             images, seconds, batched = future.result(timeout=limits.timeout_seconds)
+        except NoLongerGranted:
+            return refuse(
+                403,
+                f"your grant for the vault {job.vault!r} was revoked or ran out while the request waited.",
+                started,
+                caller,
+                **audit,
+            )
         except FutureTimeout:
             return refuse(503, "generation took too long.", started, caller, **audit)
         except Exception:
@@ -219,7 +236,7 @@ def create_app(engine: Engine, served: dict[str, Served], store: AccessStore, li
         vaults = {
             name: {
                 "concepts": item.concepts,
-                "granted": sorted(store.live_concepts(caller.name, name)),
+                "granted": sorted(store.live_concepts(caller.name, item.fingerprint)),
                 "steps": item.steps,
                 "guidance": item.guidance,
                 "size": item.size,
@@ -258,7 +275,13 @@ def create_app(engine: Engine, served: dict[str, Served], store: AccessStore, li
                 {"error": f"no vault {body.vault!r} with a key for {body.concept!r} is served."}, status_code=404
             )
         try:
-            grant_id = store.grant(body.user, body.vault, body.concept, body.days)
+            check_days(body.days)
+        except ConceptVaultError as error:
+            return JSONResponse({"error": str(error)}, status_code=422)
+        try:
+            grant_id = store.grant(
+                body.user, body.vault, body.concept, body.days, fingerprint=served[body.vault].fingerprint
+            )
         except ConceptVaultError as error:
             return JSONResponse({"error": str(error)}, status_code=404)
         store.audit(
@@ -320,10 +343,14 @@ def _job(body: GenerateRequest, served: dict[str, Served], store: AccessStore, c
     unknown = [c for c in asked if c not in item.concepts]
     if unknown:
         raise _Refused(404, f"the vault {name!r} has no key for {unknown[0]!r}.")
-    granted = store.live_concepts(caller.name, name)
+    granted = store.live_concepts(caller.name, item.fingerprint)
     missing = [c for c in asked if c not in granted]
     if missing:
         raise _Refused(403, f"you hold no live grant for {missing[0]!r} of the vault {name!r}; ask its owner for one.")
+
+    def still_granted() -> bool:  # checked again when the job leaves the queue
+        return set(asked) <= store.live_concepts(caller.name, item.fingerprint)
+
     return Job(
         name,
         body.prompt,
@@ -334,6 +361,7 @@ def _job(body: GenerateRequest, served: dict[str, Served], store: AccessStore, c
         body.height,
         body.width,
         tuple(asked),
+        still_granted if asked else None,
     )
 
 

@@ -4,6 +4,9 @@ Requests wait in a bounded queue (a full queue is refused at once, never blocked
 takes the oldest request and every waiting request it can share a pipeline call with (same vault,
 sampler settings, size, negative prompt and unlocked keys), up to ``max_batch`` images, and runs them
 as one call. The keys stay in the worker's pipelines; a request only names which to switch on.
+
+A request that switches a key on carries its ``authorize`` check, which the worker runs again when it
+takes the request from the queue: a grant revoked (or expired) while the request waited stops it.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -21,6 +25,10 @@ from ..generate import generate_images
 
 class QueueFull(Exception):
     """The queue holds as many requests as it may; the caller should come back later (HTTP 429)."""
+
+
+class NoLongerGranted(Exception):
+    """The request's grant was revoked or ran out while it waited in the queue (HTTP 403)."""
 
 
 @dataclass
@@ -34,6 +42,7 @@ class Job:
     height: int | None
     width: int | None
     keys: tuple[str, ...]
+    authorize: Callable[[], bool] | None = None  # run again when taken from the queue: False stops the job
     future: Future = field(default_factory=Future)
 
     def batch_key(self) -> tuple:
@@ -84,11 +93,30 @@ class Engine:
                     images += len(job.seeds)
             return batch
 
+    @staticmethod
+    def _still_authorized(batch: list[Job]) -> list[Job]:
+        """The jobs whose grants still hold now, just before their call; the others fail with NoLongerGranted."""
+        kept = []
+        for job in batch:
+            try:
+                allowed = job.authorize is None or job.authorize()
+            except Exception as error:  # the database failed: the job cannot be checked, so it does not run
+                job.future.set_exception(error)
+                continue
+            if allowed:
+                kept.append(job)
+            else:
+                job.future.set_exception(NoLongerGranted())
+        return kept
+
     def _run(self) -> None:
         while True:
             batch = self._take()
             if not batch:
                 return
+            batch = self._still_authorized(batch)
+            if not batch:
+                continue
             first = batch[0]
             prompts = [job.prompt for job in batch for _ in job.seeds]
             seeds = [seed for job in batch for seed in job.seeds]

@@ -1,0 +1,310 @@
+"""The server and its database under a hostile or careless user: grants that mean what they say (checked
+again when a request leaves the queue, bound to the vault's fingerprint), no password in any line, a
+private database file, and one clear line or a 4xx for every bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import stat
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from conceptvault.cli import main
+from conceptvault.errors import ConceptVaultError
+from conceptvault.serve import Limits, create_app
+from conceptvault.serve import engine as engine_module
+from conceptvault.serve.app import Served
+from conceptvault.serve.engine import Engine, Job, NoLongerGranted
+from conceptvault.serve.store import AccessStore, shown_url
+
+STAR = "a" * 64  # the public fingerprint of the served vault
+OTHER = "b" * 64  # another vault's
+QUICK_ARGS = ["--model-updates", "2", "--sampler-steps", "2", "--m", "2"]
+
+
+def run(capsys, *args) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_:
+        main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return exit_.value.code, captured.out, captured.err
+
+
+def one_line_error(code: int, out: str, err: str) -> bool:
+    return code == 1 and err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in out + err
+
+
+class Gate:
+    """A stand-in for generate_images that holds the worker until released and records each call."""
+
+    def __init__(self):
+        self.calls, self.release, self.entered = [], threading.Event(), threading.Event()
+
+    def __call__(self, pipe, prompts, seeds, **options):
+        self.calls.append((list(prompts), options["keys"], options["height"], options["width"], options["steps"]))
+        self.entered.set()
+        self.release.wait(10)
+        side = options["height"] or 8
+        return [Image.new("RGB", (side, options["width"] or side)) for _ in prompts]
+
+
+@pytest.fixture
+def gate(monkeypatch) -> Gate:
+    gate = Gate()
+    monkeypatch.setattr(engine_module, "generate_images", gate)
+    return gate
+
+
+@pytest.fixture
+def server(gate, tmp_path):
+    """An app over a fake pipeline serving 'star.vault' (fingerprint STAR, a key for 'star'), with users."""
+    store = AccessStore(str(tmp_path / "grants.sqlite"))
+    tokens = {"ada": store.add_user("ada"), "root": store.add_user("root", admin=True)}
+    engine = Engine({"star.vault": object()}, queue_size=8, max_batch=8)
+    served = {"star.vault": Served(concepts=["star"], steps=2, guidance=3.0, size=64, fingerprint=STAR)}
+    app = create_app(engine, served, store, Limits(burst=1000, rate_per_minute=60000))
+    yield TestClient(app), store, tokens, gate
+    gate.release.set()
+    engine.stop()
+
+
+def ask(client, token, **body):
+    body = {"prompt": "a star", "seeds": [0], "steps": 2, **body}
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return client.post("/v1/generate", json=body, headers=headers)
+
+
+def admin(tokens) -> dict:
+    return {"Authorization": f"Bearer {tokens['root']}"}
+
+
+# -- security 1: a grant revoked while a request waits stops it -----------------------------------------
+
+
+def test_a_grant_revoked_while_the_request_waits_in_the_queue_stops_it(server):
+    client, store, tokens, gate = server
+    grant = store.grant("ada", "star.vault", "star", fingerprint=STAR)
+    answers = {}
+    first = threading.Thread(target=lambda: answers.setdefault("first", ask(client, tokens["ada"])))
+    first.start()
+    assert gate.entered.wait(5)  # the worker is busy with the first request
+    second = threading.Thread(
+        target=lambda: answers.setdefault("keyed", ask(client, tokens["ada"], concepts=["star"], prompt="b"))
+    )
+    second.start()
+    deadline = time.monotonic() + 5
+    while client.get("/healthz").json()["queue"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    store.revoke(grant)  # revoked while the keyed request waits
+    gate.release.set()
+    first.join(10), second.join(10)
+    assert answers["first"].status_code == 200
+    assert answers["keyed"].status_code == 403 and "revoked" in answers["keyed"].json()["error"]
+    assert all(keys is None for _, keys, *_ in gate.calls)  # the key was never switched on
+    assert sorted(r["status"] for r in store.history("ada")) == [200, 403]  # both recorded
+
+
+def test_the_engine_runs_no_job_whose_authorization_no_longer_holds(gate):
+    engine = Engine({"v": object()}, queue_size=4, max_batch=8)
+    allowed = {"granted": True}
+    blocker = engine.submit(Job("v", "a", "", [0], 2, 3.0, None, None, ()))
+    assert gate.entered.wait(5)
+    keyed = engine.submit(Job("v", "b", "", [1], 2, 3.0, None, None, ("star",), lambda: allowed["granted"]))
+    allowed["granted"] = False
+    gate.release.set()
+    blocker.result(timeout=5)
+    with pytest.raises(NoLongerGranted):
+        keyed.result(timeout=5)
+    engine.stop()
+    assert [prompts for prompts, *_ in gate.calls] == [["a"]]
+
+
+# -- security 2: grants bind to the vault's fingerprint ------------------------------------------------
+
+
+def test_a_grant_for_another_vault_of_the_same_folder_name_unlocks_nothing(server):
+    client, store, tokens, gate = server
+    gate.release.set()
+    store.grant("ada", "star.vault", "star", fingerprint=OTHER)  # a grant for another 'star.vault'
+    assert ask(client, tokens["ada"], concepts=["star"]).status_code == 403
+    me = client.get("/v1/me", headers={"Authorization": f"Bearer {tokens['ada']}"}).json()
+    assert me["vaults"]["star.vault"]["granted"] == []
+    store.grant("ada", "star.vault", "star", fingerprint=STAR)
+    assert ask(client, tokens["ada"], concepts=["star"]).status_code == 200
+
+
+def test_an_admin_grant_binds_to_the_served_vaults_fingerprint(server):
+    client, store, tokens, gate = server
+    made = client.post(
+        "/v1/admin/grants", json={"user": "ada", "vault": "star.vault", "concept": "star"}, headers=admin(tokens)
+    )
+    assert made.status_code == 200
+    assert [g["fingerprint"] for g in store.grants("ada")] == [STAR]
+
+
+@pytest.fixture(scope="module")
+def vault_folder(sd1_path, tmp_path_factory) -> Path:
+    """A small vault with a key for 'star', made through the command line."""
+    out = tmp_path_factory.mktemp("vaults") / "star.vault"
+    with pytest.raises(SystemExit) as exit_:
+        main(["hide", str(sd1_path), "--concept", "star", "--out", str(out), "--device", "cpu", *QUICK_ARGS])
+    assert exit_.value.code == 0
+    return out
+
+
+def test_grants_add_binds_to_the_vaults_fingerprint(vault_folder, tmp_path, capsys):
+    from conceptvault.vault import read_manifest
+
+    db = tmp_path / "grants.sqlite"
+    AccessStore(str(db)).add_user("ada")
+    code, out, err = run(capsys, "grants", "add", "ada", vault_folder, "star", "--db", db, "--days", "2")
+    assert code == 0, err
+    (grant,) = AccessStore(str(db)).grants()
+    assert grant["fingerprint"] == read_manifest(vault_folder).public_fingerprint and grant["live"]
+    assert grant["vault"] == "star.vault"
+
+
+@pytest.mark.parametrize(
+    "vault, concept, days, message",
+    [
+        ("{folder}", "moon", None, "no key for 'moon'"),
+        ("{tmp}/nowhere", "star", None, "not a ConceptVault vault"),
+        ("star.vault", "star", None, "not a ConceptVault vault"),  # a folder name, not the vault
+        ("{folder}", "star", "-1", "--days must be above 0"),
+        ("{folder}", "star", "0", "--days must be above 0"),
+        ("{folder}", "star", "nan", "--days must be a finite number"),
+        ("{folder}", "star", "inf", "--days must be a finite number"),
+        ("{folder}", "star", "1e12", "--days must be above 0 and at most"),
+    ],
+)
+def test_grants_add_refuses_what_can_never_match(vault_folder, tmp_path, capsys, vault, concept, days, message):
+    db = tmp_path / "grants.sqlite"
+    AccessStore(str(db)).add_user("ada")
+    vault = vault.format(folder=vault_folder, tmp=tmp_path)
+    extra = ["--days", days] if days else []
+    code, out, err = run(capsys, "grants", "add", "ada", vault, concept, "--db", db, *extra)
+    assert one_line_error(code, out, err) and message in err, err
+    assert AccessStore(str(db)).grants() == []
+
+
+# -- security 3: no password in any line ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://u:secretpw@127.0.0.1:1/db",
+        "postgresql://u:secretpw@127.0.0.1:1/db",
+        "mysql+nosuchdriver://u:secretpw@host/db",
+        "nosuchscheme://u:secretpw@host/db",
+        "postgresql://u:secretpw@[bad",
+    ],
+)
+def test_a_database_password_is_never_printed(url, capsys):
+    code, out, err = run(capsys, "users", "list", "--db", url)
+    assert one_line_error(code, out, err) and "secretpw" not in out + err and "***" in err, err
+
+
+def test_shown_url_masks_the_password_of_any_url():
+    assert "secretpw" not in shown_url("postgresql+psycopg://u:secretpw@h:5432/db?sslmode=require")
+    assert "secretpw" not in shown_url("weird//u:secretpw@h/db:[x")
+    assert shown_url("sqlite:///grants.sqlite") == "sqlite:///grants.sqlite"
+
+
+# -- security 4: the database is its owner's only ------------------------------------------------------
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX file modes")
+def test_the_grants_database_and_its_wal_are_created_owner_only(tmp_path):
+    old = os.umask(0o022)
+    try:
+        store = AccessStore(str(tmp_path / "grants.sqlite"))
+        store.add_user("ada")
+        with store.session():  # an open connection keeps the -wal and -shm files
+            files = sorted(tmp_path.iterdir())
+            assert {f.name for f in files} >= {"grants.sqlite", "grants.sqlite-wal", "grants.sqlite-shm"}
+            assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files), [
+                (f.name, oct(f.stat().st_mode)) for f in files
+            ]
+    finally:
+        os.umask(old)
+
+
+# -- the grants database: silent wrong results and tracebacks ------------------------------------------
+
+
+@pytest.mark.parametrize("db", ["", "sqlite://", "sqlite:///:memory:", "  "])
+def test_an_in_memory_database_is_refused(db, capsys):
+    code, out, err = run(capsys, "users", "add", "zed", "--db", db)
+    assert one_line_error(code, out, err) and "token" not in out, err
+
+
+@pytest.mark.parametrize("content", [os.urandom(4096), b"SQLite format 3\x00" + b"\x00" * 80, b"just text\n"])
+def test_users_list_on_a_file_that_is_no_database_is_one_line(content, tmp_path, capsys):
+    db = tmp_path / "not.sqlite"
+    db.write_bytes(content)
+    code, out, err = run(capsys, "users", "list", "--db", db)
+    assert one_line_error(code, out, err) and "cannot open the database" in err, err
+
+
+def test_users_list_on_a_truncated_database_is_one_line(tmp_path, capsys):
+    db = tmp_path / "grants.sqlite"
+    store = AccessStore(str(db))
+    for n in range(300):
+        store.add_user(f"user{n}")
+    store.engine.dispose()
+    for extra in (db.with_name("grants.sqlite-wal"), db.with_name("grants.sqlite-shm")):
+        extra.unlink(missing_ok=True)
+    data = db.read_bytes()
+    db.write_bytes(data[: len(data) // 2])
+    code, out, err = run(capsys, "users", "list", "--db", db)
+    assert one_line_error(code, out, err), err
+
+
+@pytest.mark.skipif(not Path("/etc/passwd").is_file(), reason="needs /etc/passwd")
+def test_users_list_on_a_system_file_is_one_line_and_changes_nothing(capsys):
+    before = Path("/etc/passwd").read_bytes()
+    code, out, err = run(capsys, "users", "list", "--db", "sqlite:////etc/passwd")
+    assert one_line_error(code, out, err) and Path("/etc/passwd").read_bytes() == before
+
+
+# -- days and ids out of range: a 4xx from the API, one line from the command line ---------------------
+
+
+@pytest.mark.parametrize("days", [1e12, -1e9, 0, -1, "NaN", "Infinity", "-Infinity", True])
+def test_the_admin_api_refuses_days_out_of_range_with_a_4xx(server, days):
+    client, store, tokens, _ = server
+    body = '{"user": "ada", "vault": "star.vault", "concept": "star", "days": ' + json.dumps(days) + "}"
+    if isinstance(days, str):
+        body = body.replace(f'"{days}"', days)  # the bare constant Python's JSON reader accepts
+    response = client.post(
+        "/v1/admin/grants", content=body, headers={**admin(tokens), "Content-Type": "application/json"}
+    )
+    assert 400 <= response.status_code < 500, response.text
+    assert store.grants() == []
+
+
+@pytest.mark.parametrize("grant_id", [2**63, 2**64 + 5, 10**30, 0, -1])
+def test_revoking_an_id_out_of_range_is_a_404_and_one_line(server, grant_id, capsys, tmp_path):
+    client, store, tokens, _ = server
+    response = client.delete(f"/v1/admin/grants/{grant_id}", headers=admin(tokens))
+    assert response.status_code in (404, 422), response.text
+    code, out, err = run(capsys, "grants", "revoke", grant_id, "--db", tmp_path / "grants.sqlite")
+    assert one_line_error(code, out, err), err
+
+
+def test_check_days_accepts_the_sane_range():
+    from conceptvault.serve.store import check_days
+
+    for days in (None, 0.5, 1, 365, 36_525):
+        check_days(days)
+    for days in (math.nan, math.inf, -math.inf, 0, -0.0, 36_526, 1e300):
+        with pytest.raises(ConceptVaultError):
+            check_days(days)
