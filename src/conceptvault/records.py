@@ -22,7 +22,6 @@ from functools import cache
 from pathlib import Path
 
 from conceptvault.errors import ConceptVaultError
-from conceptvault.evaluate.store import atomic_write_text
 
 SCHEMA_VERSION = 1
 MEASURED, SUPERSEDED, NOT_RE_RUN = "measured", "superseded", "not re-run"
@@ -113,6 +112,17 @@ def write_record(record: dict, folder: Path = RESULTS_DIR) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
     return path
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file beside it, so a reader never sees half a file."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def read_record(path: Path) -> dict:

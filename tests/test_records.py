@@ -1,0 +1,164 @@
+"""Measurement records and the results page: the schema refuses what is incomplete, the page is the render."""
+
+import copy
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+from conceptvault.records import (
+    RecordError,
+    check_record,
+    current_commit,
+    folder_fingerprint,
+    machine,
+    read_record,
+    read_records,
+    shipped_judge_fingerprint,
+    write_record,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED_MODEL = "a" * 64
+
+
+def load_renderer():
+    spec = importlib.util.spec_from_file_location("render_results", ROOT / "bench" / "render_results.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def a_record(**changes) -> dict:
+    record = {
+        "schema_version": 1,
+        "id": "demo-star",
+        "title": "The demo",
+        "status": "measured",
+        "superseded_by": None,
+        "command": "conceptvault demo",
+        "commit": "0123456789abcdef",
+        "model_fingerprint": SHIPPED_MODEL,
+        "judge_fingerprint": shipped_judge_fingerprint(),
+        "settings": {"steps": 25},
+        "seeds": [0, 1, 2, 3],
+        "n": 8,
+        "figures": {
+            "ESR-1 (public)": {
+                "value": 0.75,
+                "interval": [0.3, 0.95],
+                "n": 4,
+                "unit": "share",
+                "original": {"value": 0.0, "interval": [0.0, 0.49], "n": 4},
+            },
+            "hiding time": {"value": 178.0, "interval": None, "n": 1, "unit": "s"},
+        },
+        "machine": {"cores": 2, "device": "cpu"},
+        "wall_seconds": 336.0,
+        "created": "2026-12-07T06:00:00+00:00",
+        "notes": "",
+    }
+    record.update(changes)
+    return record
+
+
+def test_a_complete_record_is_written_atomically_and_read_back_the_same(tmp_path):
+    path = write_record(a_record(), tmp_path)
+    assert path == tmp_path / "demo-star.json" and read_record(path) == a_record()
+    assert [p.name for p in tmp_path.iterdir()] == ["demo-star.json"]  # no temporary file left behind
+
+
+def test_a_record_missing_a_field_is_refused_naming_the_field(tmp_path):
+    record = a_record()
+    del record["judge_fingerprint"]
+    with pytest.raises(RecordError, match="has no field 'judge_fingerprint'"):
+        check_record(record)
+    path = tmp_path / "demo-star.json"
+    path.write_text(__import__("json").dumps(record))
+    with pytest.raises(RecordError, match=re.escape(f"{path}: the record has no field 'judge_fingerprint'")):
+        read_record(path)
+
+
+def test_a_figure_without_its_n_is_refused_naming_the_figure():
+    record = a_record()
+    del record["figures"]["ESR-1 (public)"]["n"]
+    with pytest.raises(RecordError, match="figure 'ESR-1 \\(public\\)' has no field 'n'"):
+        check_record(record)
+    record = a_record()
+    del record["figures"]["ESR-1 (public)"]["original"]["n"]
+    with pytest.raises(RecordError, match="'original' has no field 'n'"):
+        check_record(record)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"status": "superseded"}, "names its successor"),
+        ({"superseded_by": "demo-star-2"}, "names its successor"),
+        ({"status": "done"}, "status 'done'"),
+        ({"n": "64"}, "n='64'; it must be int"),
+        ({"id": "Demo Star"}, "lower-case letters"),
+        ({"figures": {}}, "no figures"),
+        ({"machine": {"cores": 2}}, "its field 'machine' has no field 'device'"),
+    ],
+)
+def test_other_faults_are_refused_with_one_clear_sentence(changes, message):
+    with pytest.raises(RecordError, match=re.escape(message)):
+        check_record(a_record(**changes))
+
+
+def test_a_file_named_other_than_its_id_and_a_missing_successor_are_refused(tmp_path):
+    path = write_record(a_record(), tmp_path).rename(tmp_path / "other.json")
+    with pytest.raises(RecordError, match="name the file 'demo-star.json'"):
+        read_record(path)
+    path.unlink()
+    write_record(a_record(id="old", status="superseded", superseded_by="new"), tmp_path)
+    with pytest.raises(RecordError, match="superseded by 'new', which is not in"):
+        read_records(tmp_path)
+
+
+def test_the_page_renders_the_same_twice_and_marks_another_judge_and_history():
+    render = load_renderer().render
+    judge = shipped_judge_fingerprint()
+    records = [
+        a_record(),
+        a_record(id="old-judge", judge_fingerprint="the first judge, before 2026-12-01"),
+        a_record(id="demo-star-2026-12-01", status="superseded", superseded_by="demo-star"),
+        a_record(id="attacks", status="not re-run"),
+    ]
+    page = render(records, judge, SHIPPED_MODEL)
+    assert page == render(copy.deepcopy(records[::-1]), judge, SHIPPED_MODEL)
+    row = {line.split("`")[1]: line for line in page.splitlines() if line.startswith("| [`")}
+    assert "| shipped |" in row["demo-star"] and "**other judge**" in row["old-judge"]
+    assert "superseded by [`demo-star`]" in row["demo-star-2026-12-01"] and "not re-run" in row["attacks"]
+    assert "another judge than the shipped one**: `the first judge, before 2026-12-01`" in page
+    assert "| ESR-1 (public) | 75.0 % | 30.0–95.0 % | 4 | 0.0 % | 0.0–49.0 % |" in page
+    assert "| hiding time | 178 s | not stated | 1 |" in page
+
+
+def test_the_committed_results_page_is_the_render_of_the_committed_records():
+    renderer = load_renderer()
+    page = renderer.render(read_records(), shipped_judge_fingerprint(), renderer.builtin_model_fingerprint())
+    assert renderer.PAGE.read_text(encoding="utf-8") == page, "run python bench/render_results.py"
+
+
+def test_adding_a_record_of_an_existing_id_keeps_the_old_one_as_superseded(tmp_path):
+    add = load_renderer().add
+    write_record(a_record(created="2026-12-01T00:00:00+00:00"), tmp_path)
+    new = write_record(a_record(wall_seconds=300.0), tmp_path / "out")
+    add(new, tmp_path)
+    old = read_record(tmp_path / "demo-star-2026-12-01.json")
+    assert old["status"] == "superseded" and old["superseded_by"] == "demo-star"
+    assert read_record(tmp_path / "demo-star.json")["wall_seconds"] == 300.0
+    assert len(read_records(tmp_path)) == 2
+
+
+def test_the_helpers_fill_in_commit_machine_and_fingerprints(tmp_path):
+    assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?|unknown", current_commit())
+    assert current_commit(tmp_path) == "unknown"
+    assert machine("cpu")["cores"] >= 1 and machine("cuda:0")["device"] == "cuda:0"
+    (tmp_path / "w.bin").write_bytes(b"1")
+    first = folder_fingerprint(tmp_path)
+    (tmp_path / "w.bin").write_bytes(b"2")
+    assert folder_fingerprint(tmp_path) != first and len(first) == 64
