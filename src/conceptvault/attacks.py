@@ -17,6 +17,7 @@ Trained attacks are measured along the way, giving recovery against attack steps
 from __future__ import annotations
 
 import re
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ class Attack(str, Enum):
 
 
 DEFAULT_LR = {Attack.KEY_INVERSION: 1e-2, Attack.TOKEN_INVERSION: 1e-2, Attack.FINETUNE: 1e-4}
+MAX_ATTACK_LR = 1.0  # Adam's steps scale with the rate: beyond 1 an attack only diverges
 
 
 @dataclass
@@ -65,6 +67,16 @@ class AttackConfig:
     measure_at: tuple[int, ...] | None = None  # steps at which recovery is measured; None: 0, 1/12 .. all
     random_keys: int = 8
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        # a NaN rate trains nothing and its NaN images read as "no star": a false figure of resistance
+        if self.lr is not None and not (math.isfinite(self.lr) and 0 < self.lr <= MAX_ATTACK_LR):
+            raise ValueError(f"lr must be a finite number above 0 and at most {MAX_ATTACK_LR:g}; got {self.lr}.")
+        if self.steps < 0 or self.images < 1 or self.batch_size < 1 or self.random_keys < 0:
+            raise ValueError(
+                "an attack needs steps >= 0, images >= 1, batch_size >= 1 and random_keys >= 0; got "
+                f"{self.steps}, {self.images}, {self.batch_size}, {self.random_keys}."
+            )
 
     def checkpoints(self) -> list[int]:
         if self.measure_at is not None:

@@ -12,6 +12,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .errors import ConceptVaultError
 from .key import attached_keys
 
+MAX_SAMPLER_STEPS = 1000  # the schedulers' training timesteps: a sampler cannot take more steps than these
+MAX_GUIDANCE = 30.0  # far above any useful scale; beyond it images saturate (1e300 drew black images)
+
 
 def generate_images(
     pipe,
@@ -33,8 +36,13 @@ def generate_images(
     """
     if len(prompts) != len(seeds):
         raise ValueError(f"give one seed per prompt; got {len(prompts)} prompts and {len(seeds)} seeds.")
-    if batch_size < 1 or steps < 1:
-        raise ValueError(f"batch_size and steps must be positive; got batch_size={batch_size}, steps={steps}.")
+    if batch_size < 1 or not 1 <= steps <= MAX_SAMPLER_STEPS:
+        raise ValueError(
+            f"batch_size must be positive and steps 1 to {MAX_SAMPLER_STEPS}; got batch_size={batch_size}, "
+            f"steps={steps}."
+        )
+    if not (math.isfinite(guidance) and 0 <= guidance <= MAX_GUIDANCE):
+        raise ValueError(f"guidance must be a finite number from 0 to {MAX_GUIDANCE:g}; got {guidance}.")
     keys = list(keys or [])
     missing = [name for name in keys if name not in attached_keys(pipe.unet)]
     if missing:

@@ -3,6 +3,8 @@ any model loads), printing text from files as text, progress lines and the one-l
 
 from __future__ import annotations
 
+import math
+import os
 import sys
 import time
 from contextlib import contextmanager
@@ -31,8 +33,36 @@ VaultArgument = Annotated[Path, typer.Argument(help="The vault folder.")]
 PassphraseOption = Annotated[
     Path | None, typer.Option(help="File whose first line is the passphrase protecting the keys.")
 ]
+
+
+def _checked_device(device: str | None) -> str | None:
+    """A --device that torch knows and this machine has; anything else is one line before any work."""
+    if device is None:
+        return None
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, ValueError):
+        raise typer.BadParameter(f"'{device}' is no torch device; give cpu, cuda, cuda:0 or mps.") from None
+    available = {
+        "cpu": lambda: True,
+        "cuda": torch.cuda.is_available,
+        "mps": lambda: getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
+    }
+    if not available.get(kind, lambda: False)():
+        raise typer.BadParameter(f"this machine has no '{device}' device; give cpu, or leave --device out.")
+    if kind == "cuda" and torch.device(device).index is not None:
+        if torch.device(device).index >= torch.cuda.device_count():
+            raise typer.BadParameter(
+                f"this machine has {torch.cuda.device_count()} CUDA devices; '{device}' is not one of them."
+            )
+    return device
+
+
 DeviceOption = Annotated[
-    str | None, typer.Option(help="Torch device, such as cpu or cuda (default: cuda if available).")
+    str | None,
+    typer.Option(help="Torch device, such as cpu or cuda (default: cuda if available).", callback=_checked_device),
 ]
 ModelOverride = Annotated[
     str | None, typer.Option("--model", help="Base model to load instead of the one named in the vault's manifest.")
@@ -80,6 +110,16 @@ def suite_named(suite: str, size: int | None, concept: str | None):
     return resolve_suite(suite, size=size, concept=concept)
 
 
+def check_range(name: str, value: float | None, low: float, high: float, *, above: bool = False) -> None:
+    """A number given on the command line must be finite and from ``low`` (above it, with ``above``) to ``high``
+    (None: not given, the default applies)."""
+    if value is None:
+        return
+    if not math.isfinite(value) or value > high or (value <= low if above else value < low):
+        span = f"above {low:g} and at most {high:g}" if above else f"from {low:g} to {high:g}"
+        raise ConceptVaultError(f"--{name.replace('_', '-')} must be a finite number {span}; got {value:g}.")
+
+
 def check_positive(**options: int | None) -> None:
     """Counts given on the command line must be at least 1 (None: not given, the default applies)."""
     for name, value in options.items():
@@ -96,18 +136,51 @@ def check_image_path(out: Path) -> None:
         raise ConceptVaultError(f"--out '{out}' is a folder; give an image file such as {out / 'grid.png'}.")
     if out.suffix.lower() not in IMAGE_SUFFIXES:
         raise ConceptVaultError(f"--out '{out}' must end in {', '.join(IMAGE_SUFFIXES)}, such as grid.png.")
+    check_writable_folder(out)
+
+
+def check_writable_folder(out: Path) -> None:
+    """Refuse, before any work, an output whose folder (or the nearest one that exists) cannot be written."""
+    folder = out.absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise ConceptVaultError(f"cannot write to '{folder}' (for --out '{out}'); choose a folder you may write to.")
+
+
+MAX_PASSPHRASE_BYTES = 1024
 
 
 def read_passphrase(file: Path | None) -> str | None:
+    """The first line of ``file``, read with a bound (a passphrase is at most 1 KiB of UTF-8 text), so that a
+    binary file, or /dev/zero, is one line and never an unbounded read."""
     if file is None:
         return None
     try:
-        lines = file.read_text().splitlines()
+        with open(file, "rb") as handle:
+            head = handle.read(MAX_PASSPHRASE_BYTES + 1)
     except OSError as error:
         raise ConceptVaultError(f"cannot read the passphrase file '{file}' ({error.strerror}).") from None
-    if not lines or not lines[0]:
+    first, newline, _ = head.partition(b"\n")
+    if not newline and len(head) > MAX_PASSPHRASE_BYTES:
+        raise ConceptVaultError(
+            f"the first line of the passphrase file '{file}' is longer than {MAX_PASSPHRASE_BYTES} bytes; "
+            "write the passphrase alone on its first line."
+        )
+    try:
+        line = first.decode("utf-8").rstrip("\r")
+    except UnicodeDecodeError:
+        raise ConceptVaultError(
+            f"the passphrase file '{file}' is not UTF-8 text; write the passphrase on its first line."
+        ) from None
+    if not line:
         raise ConceptVaultError(f"the passphrase file '{file}' is empty; write the passphrase on its first line.")
-    return lines[0]
+    if any((ord(ch) < 32 and ch != "\t") or ch == "\x7f" for ch in line):
+        raise ConceptVaultError(
+            f"the passphrase in '{file}' holds control characters (is it a binary file?); write the passphrase "
+            "as text on its first line."
+        )
+    return line
 
 
 def as_text(value) -> Text:

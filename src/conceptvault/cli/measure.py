@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..attacks import Attack
+from ..attacks import MAX_ATTACK_LR, Attack
 from ..backbone import load_pipeline
 from ..errors import ConceptVaultError
 from ..vault import Vault
@@ -19,6 +19,7 @@ from .common import (
     app,
     as_lines,
     check_positive,
+    check_range,
     console,
     read_passphrase,
     say,
@@ -148,6 +149,7 @@ def attack_command(
     from ..attack_campaign import Campaign
 
     check_positive(size=size, steps=steps, images=images)
+    check_range("lr", lr, 0, MAX_ATTACK_LR, above=True)
     chosen = suite_named(suite, size, concept)
     campaign = Campaign.prepare(
         vault,

@@ -24,7 +24,7 @@ from ..defaults import (
 )
 from ..demo import WORLD_CAPTIONS, builtin_defaults
 from ..errors import ConceptVaultError
-from ..generate import generate_images, image_grid
+from ..generate import MAX_GUIDANCE, MAX_SAMPLER_STEPS, generate_images, image_grid
 from ..hide import HideConfig, KeyInit, hide
 from ..key import Placement
 from ..latents import LatentSource
@@ -42,6 +42,8 @@ from .common import (
     as_text,
     check_image_path,
     check_positive,
+    check_range,
+    check_writable_folder,
     checked,
     console,
     parse_concepts,
@@ -254,8 +256,10 @@ def generate_command(
     out: Annotated[Path, typer.Option(help="PNG file to write: a grid with one image per seed.")],
     key: Annotated[list[str] | None, typer.Option(help="Switch on the key of this concept. Repeatable.")] = None,
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds, one image each.")] = "0,1,2,3",
-    steps: Annotated[int, typer.Option(help="Sampler steps.")] = 25,
-    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 7.5,
+    steps: Annotated[int, typer.Option(help=f"Sampler steps (1 to {MAX_SAMPLER_STEPS}).")] = 25,
+    guidance: Annotated[
+        float, typer.Option(help=f"Classifier-free guidance scale (0 to {MAX_GUIDANCE:g}; 1 or less: none).")
+    ] = 7.5,
     model: ModelOverride = None,
     passphrase_file: PassphraseOption = None,
     device: DeviceOption = None,
@@ -263,6 +267,8 @@ def generate_command(
     """Generate PROMPT from the vault's public model, with the named keys switched on."""
     seed_list = parse_seeds(seeds)
     check_positive(steps=steps)
+    check_range("steps", steps, 1, MAX_SAMPLER_STEPS)
+    check_range("guidance", guidance, 0, MAX_GUIDANCE)
     check_image_path(out)
     loaded = Vault.load(vault, keys=key or None, passphrase=read_passphrase(passphrase_file))
     pipe = load_pipeline(model or loaded.manifest.base_model, device=device)
@@ -321,6 +327,11 @@ def export_command(
         raise ConceptVaultError(f"'{out}' already exists; choose another output path or delete it first.")
     if format == ExportFormat.SINGLE_FILE and out.suffix != ".safetensors":
         raise ConceptVaultError(f"--out '{out}' must end in .safetensors for a single-file export.")
+    if format == ExportFormat.SINGLE_FILE and not out.absolute().parent.is_dir():
+        raise ConceptVaultError(
+            f"the folder '{out.absolute().parent}' does not exist; create it, or give --out in a folder that does."
+        )
+    check_writable_folder(out)
     pipe = load_pipeline(model or loaded.manifest.base_model, device=device)
     loaded.export(pipe, out, format=format.value)
     how = "StableDiffusionPipeline.from_pretrained" if format == ExportFormat.DIFFUSERS else "from_single_file"
