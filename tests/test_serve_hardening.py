@@ -63,16 +63,29 @@ def gate(monkeypatch) -> Gate:
 
 
 @pytest.fixture
-def server(gate, tmp_path):
-    """An app over a fake pipeline serving 'star.vault' (fingerprint STAR, a key for 'star'), with users."""
-    store = AccessStore(str(tmp_path / "grants.sqlite"))
-    tokens = {"ada": store.add_user("ada"), "root": store.add_user("root", admin=True)}
-    engine = Engine({"star.vault": object()}, queue_size=8, max_batch=8)
-    served = {"star.vault": Served(concepts=["star"], steps=2, guidance=3.0, size=64, fingerprint=STAR)}
-    app = create_app(engine, served, store, Limits(burst=1000, rate_per_minute=60000))
-    yield TestClient(app), store, tokens, gate
+def make_server(gate, tmp_path):
+    """Apps over a fake pipeline serving 'star.vault' (fingerprint STAR, a key for 'star', 64-pixel images),
+    with users ada and root (an administrator)."""
+    engines = []
+
+    def make(**limits):
+        store = AccessStore(str(tmp_path / f"grants{len(engines)}.sqlite"))
+        tokens = {"ada": store.add_user("ada"), "root": store.add_user("root", admin=True)}
+        engine = Engine({"star.vault": object()}, queue_size=8, max_batch=8)
+        engines.append(engine)
+        served = {"star.vault": Served(concepts=["star"], steps=2, guidance=3.0, size=64, fingerprint=STAR)}
+        app = create_app(engine, served, store, Limits(**{"burst": 1000, "rate_per_minute": 60000, **limits}))
+        return TestClient(app), store, tokens, gate
+
+    yield make
     gate.release.set()
-    engine.stop()
+    for engine in engines:
+        engine.stop()
+
+
+@pytest.fixture
+def server(make_server):
+    return make_server()
 
 
 def ask(client, token, **body):
@@ -308,3 +321,145 @@ def test_check_days_accepts_the_sane_range():
     for days in (math.nan, math.inf, -math.inf, 0, -0.0, 36_526, 1e300):
         with pytest.raises(ConceptVaultError):
             check_days(days)
+
+
+# -- the server: limits that follow the model, anonymous callers, headers, strict bodies ---------------
+
+
+@pytest.mark.parametrize(
+    "body, status",
+    [
+        (dict(height=1024, width=1024, steps=1), 422),  # 16 times the model's 64-pixel side
+        (dict(height=136), 422),  # just past twice the model's side
+        (dict(height=128, width=128), 200),
+        (dict(steps=100, seeds=list(range(8))), 200),  # 800 units: the most one request may ask
+        (dict(steps=100, seeds=list(range(8)), height=72), 422),  # a little more than 800
+        (dict(steps=100, seeds=list(range(4)), height=128, width=128), 422),  # 1600 units
+    ],
+)
+def test_limits_follow_the_models_own_size_and_bound_one_requests_work(server, body, status):
+    client, store, tokens, gate = server
+    gate.release.set()
+    response = ask(client, tokens["ada"], **body)
+    assert response.status_code == status, response.text
+    if status == 422:
+        assert gate.calls == []
+
+
+def test_unauthenticated_callers_are_rate_limited_per_address_and_store_no_prompt(make_server):
+    client, store, tokens, gate = make_server(anonymous_burst=3, anonymous_per_minute=0.001)
+    before = store.audit_count()
+    statuses = [ask(client, None, prompt="p" * 400).status_code for _ in range(8)]
+    statuses += [ask(client, "not-a-token").status_code for _ in range(2)]
+    statuses.append(
+        client.post("/v1/generate", content=b"{bad", headers={"Content-Type": "application/json"}).status_code
+    )
+    statuses.append(client.get("/v1/admin/grants").status_code)
+    assert statuses[:3] == [401, 401, 401] and set(statuses[3:]) == {429}
+    assert store.audit_count() == before + 3  # refusals beyond the rate write nothing
+    assert all(r["prompt"] is None and r["user"] is None for r in store.history(limit=3))
+    assert ask(client, tokens["ada"]).status_code != 429  # a user with a token is not held back by others
+
+
+def test_an_authenticated_422_and_a_non_admin_on_an_admin_route_are_recorded_with_the_user(server):
+    client, store, tokens, gate = server
+    headers = {"Authorization": f"Bearer {tokens['ada']}"}
+    assert client.post("/v1/generate", json={"prompt": 5}, headers=headers).status_code == 422
+    assert client.get("/v1/admin/grants", headers=headers).status_code == 403
+    assert client.delete("/v1/admin/grants/1", headers=headers).status_code == 403
+    assert [r["status"] for r in store.history("ada")] == [403, 403, 422]
+
+
+def test_every_response_carries_the_security_headers(server):
+    client, store, tokens, gate = server
+    gate.release.set()
+    responses = [
+        client.get("/"),
+        client.get("/healthz"),
+        client.get("/metrics"),
+        client.get("/docs"),
+        client.get("/v1/me"),
+        ask(client, tokens["ada"]),
+        ask(client, tokens["ada"], seeds=["3"]),
+        client.post("/v1/generate", content=b"x" * 40_000, headers={"Content-Type": "application/json"}),
+        client.get("/no/such/route"),
+    ]
+    for response in responses:
+        assert response.headers["X-Frame-Options"] == "DENY", response.url
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        policy = response.headers["Content-Security-Policy"]
+        assert "frame-ancestors 'none'" in policy and "default-src 'none'" in policy
+    page_policy = responses[0].headers["Content-Security-Policy"]
+    assert "script-src 'sha256-" in page_policy and "unsafe-inline" not in page_policy
+
+
+def test_the_page_policy_allows_exactly_the_pages_own_script():
+    import base64
+    import hashlib
+    import re
+
+    from conceptvault.serve.app import _PAGE_POLICY
+    from conceptvault.serve.page import PAGE
+
+    (script,) = re.findall(r"<script>(.*?)</script>", PAGE, flags=re.S)
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    assert f"script-src 'sha256-{digest}';" in _PAGE_POLICY
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"seeds": ["3"]},
+        {"seeds": [True]},
+        {"seeds": [1.5]},
+        {"steps": "2"},
+        {"steps": 2.5},
+        {"prompt": 5},
+        {"concepts": "star"},
+        {"guidance": "7"},
+        {"height": True},
+    ],
+)
+def test_request_bodies_are_read_strictly(server, body):
+    client, store, tokens, gate = server
+    response = ask(client, tokens["ada"], **body)
+    assert response.status_code == 422, response.text
+    assert gate.calls == []
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_a_non_finite_guidance_is_a_422(server, constant):
+    client, store, tokens, gate = server
+    body = '{"prompt": "a star", "guidance": ' + constant + "}"
+    response = client.post(
+        "/v1/generate",
+        content=body,
+        headers={"Authorization": f"Bearer {tokens['ada']}", "Content-Type": "application/json"},
+    )
+    assert response.status_code == 422, response.text
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--rate", "nan", "--rate must be a finite number above 0"),
+        ("--rate", "0", "--rate must be a finite number above 0"),
+        ("--rate", "-5", "--rate must be a finite number above 0"),
+        ("--rate", "inf", "--rate must be a finite number above 0"),
+        ("--port", "70000", "--port must be a finite number from 1 to 65535"),
+        ("--port", "0", "--port must be at least 1"),
+        ("--queue", "1000000000", "--queue must be a finite number from 1 to"),
+        ("--max-batch", "100000", "--max-batch must be a finite number from 1 to"),
+    ],
+)
+def test_serve_refuses_impossible_options_before_loading(tmp_path, capsys, option, value, message):
+    code, out, err = run(capsys, "serve", tmp_path / "no.vault", "--db", tmp_path / "g.sqlite", option, value)
+    assert one_line_error(code, out, err) and message in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["rate_per_minute", "anonymous_per_minute", "size_factor", "max_work"])
+@pytest.mark.parametrize("value", [math.nan, math.inf, 0.0, -1.0])
+def test_server_limits_must_be_finite_and_positive(name, value):
+    with pytest.raises(ConceptVaultError, match=name):
+        Limits(**{name: value})

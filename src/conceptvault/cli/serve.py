@@ -17,10 +17,15 @@ from .common import (
     app,
     as_text,
     check_positive,
+    check_range,
     console,
     read_passphrase,
     say,
 )
+
+MAX_QUEUE = 10_000
+MAX_BATCH = 256
+MAX_RATE = 60_000.0  # a thousand a second: beyond it the limit means nothing
 
 
 @app.command("serve")
@@ -28,10 +33,12 @@ def serve_command(
     vaults: Annotated[list[Path], typer.Argument(help="Vault folders to serve (each with its keys).")],
     db: Annotated[str, typer.Option(help="Grants database: a SQLite file, or a SQLAlchemy URL (postgresql://...).")],
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
-    queue: Annotated[int, typer.Option(help="Requests that may wait; more are refused with 429.")] = 32,
-    max_batch: Annotated[int, typer.Option(help="Images generated in one pipeline call.")] = 8,
-    rate: Annotated[float, typer.Option(help="Requests per minute per user.")] = 60.0,
+    port: Annotated[int, typer.Option(help="Port to listen on (1 to 65535).")] = 8000,
+    queue: Annotated[
+        int, typer.Option(help=f"Requests that may wait (at most {MAX_QUEUE}); more are refused with 429.")
+    ] = 32,
+    max_batch: Annotated[int, typer.Option(help=f"Images generated in one pipeline call (at most {MAX_BATCH}).")] = 8,
+    rate: Annotated[float, typer.Option(help=f"Requests per minute per user (above 0, at most {MAX_RATE:g}).")] = 60.0,
     passphrase_file: PassphraseOption = None,
     device: DeviceOption = None,
 ) -> None:
@@ -41,6 +48,10 @@ def serve_command(
     from ..serve import Limits, build_server
 
     check_positive(port=port, queue=queue, max_batch=max_batch)
+    check_range("port", port, 1, 65535)
+    check_range("queue", queue, 1, MAX_QUEUE)
+    check_range("max_batch", max_batch, 1, MAX_BATCH)
+    check_range("rate", rate, 0, MAX_RATE, above=True)
     passphrase = read_passphrase(passphrase_file) or os.environ.get("CONCEPTVAULT_PASSPHRASE") or None
     app_, engine = build_server(
         vaults,

@@ -2,8 +2,15 @@
 
 ``POST /v1/generate`` switches a key on for a request only when the caller asked for that concept and
 holds a live grant for it; asking without one is a 403, never a silent fallback to the public model.
-Every request, refused or served, is appended to the audit log. Keys live in the engine's pipelines
-and appear in no response, log line, error message or metric.
+Every request, refused or served, is appended to the audit log; a caller without a valid token is held
+to a few requests a minute per address, and its rows keep no prompt, so that it cannot grow the log
+without bound. Keys live in the engine's pipelines and appear in no response, log line, error message or
+metric.
+
+Limits follow the model: an image side may be at most ``size_factor`` times the model's native side, and
+one request's work (steps x images x pixels, in native images) is bounded, so that one caller cannot hold
+the single worker for minutes. Every response carries a Content-Security-Policy, X-Frame-Options: DENY
+and X-Content-Type-Options: nosniff.
 """
 
 from __future__ import annotations
@@ -11,6 +18,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import math
+import re
 import threading
 import time
 from collections import deque
@@ -34,10 +43,23 @@ class Limits:
     max_prompt_chars: int = 500
     max_seeds: int = 8
     max_steps: int = 100
-    max_size: int = 1024
+    max_size: int = 1024  # an image side, whatever the model
+    size_factor: float = 2.0  # an image side at most this times the model's native side
+    max_work: float = 800.0  # steps x images x (pixels / native pixels) of one request: 8 native images of 100 steps
     rate_per_minute: float = 60.0  # per user, refilled continuously
     burst: int = 20
+    anonymous_per_minute: float = 10.0  # requests without a valid token, per address
+    anonymous_burst: int = 10
     timeout_seconds: float = 600.0
+
+    def __post_init__(self) -> None:
+        for name in ("rate_per_minute", "anonymous_per_minute", "size_factor", "max_work", "timeout_seconds"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ConceptVaultError(f"the server's {name} must be a finite number above 0; got {value!r}.")
+        for name in ("max_body_bytes", "max_prompt_chars", "max_seeds", "max_steps", "max_size", "burst"):
+            if getattr(self, name) < 1:
+                raise ConceptVaultError(f"the server's {name} must be at least 1; got {getattr(self, name)!r}.")
 
 
 # request bodies are read strictly: "3" is no seed, true is no number, NaN and Infinity are no guidance
@@ -138,10 +160,38 @@ class _Refused(Exception):
         self.status, self.message = status, message
 
 
+def _hashes(pattern: str, page: str) -> str:
+    return " ".join(
+        "'sha256-" + base64.b64encode(hashlib.sha256(body.encode("utf-8")).digest()).decode("ascii") + "'"
+        for body in dict.fromkeys(re.findall(pattern, page, flags=re.S))
+    )
+
+
+# the page runs its own inline script and styles only (by hash), talks to this server only, shows data: images
+_SCRIPTS = _hashes(r"<script>(.*?)</script>", PAGE)
+_STYLES = _hashes(r"<style>(.*?)</style>", PAGE) + " " + _hashes(r' style="([^"]*)"', PAGE)
+_PAGE_POLICY = (
+    "default-src 'none'; "
+    f"script-src {_SCRIPTS}; "
+    f"style-src 'unsafe-hashes' {_STYLES}; "
+    "img-src data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+# FastAPI's API docs load Swagger UI and ReDoc from their CDN
+_DOCS_POLICY = (
+    "default-src 'none'; script-src 'unsafe-inline' https://cdn.jsdelivr.net; "
+    "style-src 'unsafe-inline' https://cdn.jsdelivr.net https://fonts.googleapis.com; "
+    "font-src https://fonts.gstatic.com; img-src data: https://fastapi.tiangolo.com https://cdn.redoc.ly; "
+    "worker-src blob:; connect-src 'self'; frame-ancestors 'none'"
+)
+_API_POLICY = "default-src 'none'; frame-ancestors 'none'"
+_SECURITY_HEADERS = {"X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+
+
 def create_app(engine: Engine, served: dict[str, Served], store: AccessStore, limits: Limits | None = None) -> FastAPI:
     limits = limits or Limits()
     app = FastAPI(title="ConceptVault", description="Generate from hidden-concept vaults; keys only with a grant.")
     rate = RateLimiter(limits.rate_per_minute, limits.burst)
+    anonymous = RateLimiter(limits.anonymous_per_minute, limits.anonymous_burst)  # per address
     metrics = Metrics()
     app.state.metrics, app.state.store, app.state.engine = metrics, store, engine
 
@@ -155,6 +205,17 @@ def create_app(engine: Engine, served: dict[str, Served], store: AccessStore, li
         metrics.record(status, time.perf_counter() - started)
         return JSONResponse({"error": message}, status_code=status)
 
+    def unauthenticated(request: Request, status: int, message: str) -> JSONResponse:
+        """A refusal of a caller without a valid token: recorded (without prompt) while its address stays
+        under its rate; beyond it a 429 that writes nothing, so that no one can grow the audit log at will."""
+        address = request.client.host if request.client else "unknown"
+        if not anonymous.allow(address):
+            metrics.record(429, 0.0)
+            return JSONResponse({"error": "too many requests without a valid token; slow down."}, status_code=429)
+        store.audit(user=None, vault=None, prompt=None, status=status, outcome=message[:200])
+        metrics.record(status, 0.0)
+        return JSONResponse({"error": message}, status_code=status)
+
     @app.middleware("http")
     async def body_limit(request: Request, call_next):
         length = request.headers.get("content-length")
@@ -162,17 +223,37 @@ def create_app(engine: Engine, served: dict[str, Served], store: AccessStore, li
             length is None or not length.isdigit() or int(length) > limits.max_body_bytes
         ):
             message = f"the request body must state its length and be at most {limits.max_body_bytes} bytes."
-            store.audit(user=None, vault=None, prompt=None, status=413, outcome=message)
+            caller = caller_of(request)
+            if caller is None:
+                return unauthenticated(request, 413, message)
+            store.audit(user=caller.name, vault=None, prompt=None, status=413, outcome=message)
             metrics.record(413, 0.0)
             return JSONResponse({"error": message}, status_code=413)
         return await call_next(request)
 
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next):  # outermost: added last
+        response = await call_next(request)
+        path = request.url.path
+        if path == "/":
+            policy = _PAGE_POLICY
+        elif path in (app.docs_url, app.redoc_url, "/docs/oauth2-redirect"):
+            policy = _DOCS_POLICY
+        else:
+            policy = _API_POLICY
+        response.headers["Content-Security-Policy"] = policy
+        response.headers.update(_SECURITY_HEADERS)
+        return response
+
     @app.exception_handler(RequestValidationError)
     async def malformed(request: Request, error: RequestValidationError):
         first = error.errors()[0] if error.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")[:100] or "body"
         message = f"malformed request: {where}: {first.get('msg', 'invalid')}."
-        store.audit(user=None, vault=None, prompt=None, status=422, outcome=message)
+        caller = caller_of(request)
+        if caller is None:
+            return unauthenticated(request, 422, message)
+        store.audit(user=caller.name, vault=None, prompt=None, status=422, outcome=message)
         metrics.record(422, 0.0)
         return JSONResponse({"error": message}, status_code=422)
 
@@ -187,7 +268,7 @@ def create_app(engine: Engine, served: dict[str, Served], store: AccessStore, li
             seeds=body.seeds[: limits.max_seeds],
         )
         if caller is None:
-            return refuse(401, "a valid bearer token is required.", started, **audit)
+            return unauthenticated(request, 401, "a valid bearer token is required.")
         if not rate.allow(caller.name):
             return refuse(429, "too many requests; slow down.", started, caller, **audit)
         try:
@@ -255,9 +336,13 @@ def create_app(engine: Engine, served: dict[str, Served], store: AccessStore, li
     def admin_of(request: Request) -> Caller | JSONResponse:
         caller = caller_of(request)
         if caller is None:
-            return JSONResponse({"error": "a valid bearer token is required."}, status_code=401)
+            return unauthenticated(request, 401, "a valid bearer token is required.")
         if not caller.admin:
-            return JSONResponse({"error": "this needs an administrator's token."}, status_code=403)
+            message = "this needs an administrator's token."
+            store.audit(
+                user=caller.name, vault=None, prompt=None, status=403, outcome=f"{message} ({request.method} admin)"
+            )
+            return JSONResponse({"error": message}, status_code=403)
         return caller
 
     @app.get("/v1/admin/grants")
@@ -336,9 +421,19 @@ def _job(body: GenerateRequest, served: dict[str, Served], store: AccessStore, c
     guidance = body.guidance if body.guidance is not None else item.guidance
     if not 1 <= steps <= limits.max_steps or not 0 <= guidance <= 30:
         raise _Refused(422, f"steps must be 1 to {limits.max_steps} and guidance 0 to 30.")
+    largest = min(limits.max_size, int(item.size * limits.size_factor) // 8 * 8)
     for side in (body.height, body.width):
-        if side is not None and (side % 8 or not 8 <= side <= limits.max_size):
-            raise _Refused(422, f"height and width must be multiples of 8 up to {limits.max_size}.")
+        if side is not None and (side % 8 or not 8 <= side <= largest):
+            raise _Refused(
+                422, f"height and width must be multiples of 8 up to {largest} ({item.size} is the model's own size)."
+            )
+    work = steps * len(body.seeds) * (body.height or item.size) * (body.width or item.size) / item.size**2
+    if work > limits.max_work:
+        raise _Refused(
+            422,
+            f"the request asks for {work:.0f} units of work (steps x images x pixels of the model's {item.size}-pixel "
+            f"image); at most {limits.max_work:.0f} per request: ask for fewer steps, seeds or pixels.",
+        )
     asked = list(dict.fromkeys(body.concepts))
     unknown = [c for c in asked if c not in item.concepts]
     if unknown:
