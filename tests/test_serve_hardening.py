@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from conceptvault.cli import main
@@ -348,6 +350,7 @@ def test_limits_follow_the_models_own_size_and_bound_one_requests_work(server, b
 
 def test_unauthenticated_callers_are_rate_limited_per_address_and_store_no_prompt(make_server):
     client, store, tokens, gate = make_server(anonymous_burst=3, anonymous_per_minute=0.001)
+    gate.release.set()
     before = store.audit_count()
     statuses = [ask(client, None, prompt="p" * 400).status_code for _ in range(8)]
     statuses += [ask(client, "not-a-token").status_code for _ in range(2)]
@@ -463,3 +466,131 @@ def test_serve_refuses_impossible_options_before_loading(tmp_path, capsys, optio
 def test_server_limits_must_be_finite_and_positive(name, value):
     with pytest.raises(ConceptVaultError, match=name):
         Limits(**{name: value})
+
+
+# -- the queue: callers in turn, a caller who gave up leaves it -----------------------------------------
+
+
+def test_a_small_request_behind_another_callers_large_ones_waits_for_one_call_only(gate):
+    engine = Engine({"v": object()}, queue_size=16, max_batch=8)
+
+    def job(user, prompt, steps):  # distinct steps: no two of them share a call
+        return Job("v", prompt, "", list(range(8 if user == "eve" else 1)), steps, 3.0, None, None, (), user=user)
+
+    running = engine.submit(job("eve", "e1", 50))
+    assert gate.entered.wait(5)
+    waiting = [engine.submit(job("eve", f"e{n}", 50 + n)) for n in (2, 3, 4)]
+    small = engine.submit(job("ada", "a1", 2))
+    gate.release.set()
+    for future in [running, *waiting, small]:
+        future.result(timeout=5)
+    engine.stop()
+    order = [prompts[0] for prompts, *_ in gate.calls]
+    assert order == ["e1", "a1", "e2", "e3", "e4"]
+
+
+def test_one_caller_cannot_fill_the_queue(gate):
+    from conceptvault.serve.engine import QueueFull
+
+    engine = Engine({"v": object()}, queue_size=8, max_batch=8, max_per_user=2)
+    engine.submit(Job("v", "first", "", [0], 2, 3.0, None, None, (), user="eve"))
+    assert gate.entered.wait(5)
+    engine.submit(Job("v", "a", "", [0], 3, 3.0, None, None, (), user="eve"))
+    engine.submit(Job("v", "b", "", [0], 4, 3.0, None, None, (), user="eve"))
+    with pytest.raises(QueueFull):
+        engine.submit(Job("v", "c", "", [0], 5, 3.0, None, None, (), user="eve"))
+    engine.submit(Job("v", "d", "", [0], 5, 3.0, None, None, (), user="ada"))  # another caller still gets in
+    gate.release.set()
+    engine.stop()
+
+
+def test_a_request_whose_caller_gave_up_is_taken_out_of_the_queue(make_server):
+    client, store, tokens, gate = make_server(timeout_seconds=0.3)
+    answers = {}
+    first = threading.Thread(target=lambda: answers.setdefault("first", ask(client, tokens["ada"], prompt="a")))
+    first.start()
+    assert gate.entered.wait(5)
+    assert ask(client, tokens["root"], prompt="given up").status_code == 503  # times out while queued
+    assert client.get("/healthz").json()["queue"] == 0
+    gate.release.set()
+    first.join(10)
+    assert [prompts for prompts, *_ in gate.calls] == [["a"]]  # the abandoned request never ran
+
+
+# -- the audit log: administrators' refusals and failures ----------------------------------------------
+
+
+def test_an_administrators_refusals_and_server_failures_are_recorded(server, monkeypatch):
+    client, store, tokens, gate = server
+    body = {"user": "ada", "vault": "star.vault", "concept": "star"}
+    assert client.post("/v1/admin/grants", json={**body, "concept": "moon"}, headers=admin(tokens)).status_code == 404
+    assert client.post("/v1/admin/grants", json={**body, "days": -1}, headers=admin(tokens)).status_code == 422
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(store, "grant", broken)
+    response = client.post("/v1/admin/grants", json=body, headers=admin(tokens))
+    assert response.status_code == 500 and "database" not in response.text
+    assert [r["status"] for r in store.history("root")] == [500, 422, 404]
+
+
+# -- user names -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["аda", "ADA", "Ada", "ada\u200b", "ad\u0430"])
+def test_a_user_name_cannot_pass_for_another(tmp_path, name):
+    store = AccessStore(str(tmp_path / "grants.sqlite"))
+    store.add_user("ada")
+    with pytest.raises(ConceptVaultError):
+        store.add_user(name)
+    assert [u["name"] for u in store.users()] == ["ada"]
+
+
+# -- a Hypothesis pass over request bodies: never a 5xx, never a traceback, nothing run on refusal ---------
+
+_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=20),
+    st.lists(st.one_of(st.integers(-5, 2**64), st.text(max_size=3), st.booleans(), st.floats()), max_size=10),
+)
+_bodies = st.dictionaries(
+    st.sampled_from(
+        ["prompt", "negative_prompt", "vault", "seeds", "steps", "guidance", "height", "width", "concepts", "x"]
+    ),
+    _values,
+    max_size=6,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=_bodies)
+def test_any_generate_body_is_answered_without_a_server_error(server, body):
+    client, store, tokens, gate = server
+    gate.release.set()
+    text = json.dumps(body, allow_nan=True)
+    response = client.post(
+        "/v1/generate",
+        content=text,
+        headers={"Authorization": f"Bearer {tokens['ada']}", "Content-Type": "application/json"},
+    )
+    assert response.status_code < 500, (body, response.text)
+    assert response.status_code in (200, 403, 404, 413, 422, 429), (body, response.text)
+    if response.status_code != 200:
+        assert "error" in response.json()
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    body=st.dictionaries(st.sampled_from(["user", "vault", "concept", "days"]), _values, max_size=4),
+    grant_id=st.integers(min_value=-(2**70), max_value=2**70),
+)
+def test_any_admin_body_or_id_is_answered_without_a_server_error(server, body, grant_id):
+    client, store, tokens, gate = server
+    text = json.dumps(body, allow_nan=True)
+    headers = {**admin(tokens), "Content-Type": "application/json"}
+    assert client.post("/v1/admin/grants", content=text, headers=headers).status_code < 500
+    assert client.delete(f"/v1/admin/grants/{grant_id}", headers=admin(tokens)).status_code < 500

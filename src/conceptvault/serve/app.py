@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import logging
 import math
 import re
 import threading
@@ -35,6 +36,8 @@ from ..errors import ConceptVaultError
 from .engine import Engine, Job, NoLongerGranted, QueueFull
 from .page import PAGE
 from .store import AccessStore, Caller, check_days
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -291,6 +294,7 @@ def create_app(engine: Engine, served: dict[str, Served], store: AccessStore, li
                 **audit,
             )
         except FutureTimeout:
+            engine.cancel(job)  # the caller gives up: a job still waiting does not run for no one
             return refuse(503, "generation took too long.", started, caller, **audit)
         except Exception:
             return refuse(500, "generation failed.", started, caller, **audit)
@@ -345,6 +349,21 @@ def create_app(engine: Engine, served: dict[str, Served], store: AccessStore, li
             return JSONResponse({"error": message}, status_code=403)
         return caller
 
+    def admin_answer(caller: Caller, status: int, message: str, vault: str | None = None) -> JSONResponse:
+        """Record what an administrator did or was refused, and answer it."""
+        store.audit(user=caller.name, vault=vault, prompt=None, status=status, outcome=message)
+        return JSONResponse({"error": message}, status_code=status)
+
+    def admin_failed(caller: Caller, what: str, vault: str | None = None) -> JSONResponse:
+        """An administrator's request that failed on the server (the database): logged, recorded, a plain 500."""
+        logger.exception("%s failed", what)
+        try:
+            store.audit(user=caller.name, vault=vault, prompt=None, status=500, outcome=f"{what} failed")
+        except Exception:  # the database itself is what failed: the log line above is the record
+            logger.exception("cannot record the failure in the audit log")
+        metrics.record(500, 0.0)
+        return JSONResponse({"error": f"{what} failed on the server; see its log."}, status_code=500)
+
     @app.get("/v1/admin/grants")
     def list_grants(request: Request):
         caller = admin_of(request)
@@ -356,26 +375,22 @@ def create_app(engine: Engine, served: dict[str, Served], store: AccessStore, li
         if isinstance(caller, JSONResponse):
             return caller
         if body.vault not in served or body.concept not in served[body.vault].concepts:
-            return JSONResponse(
-                {"error": f"no vault {body.vault!r} with a key for {body.concept!r} is served."}, status_code=404
-            )
+            message = f"no vault {body.vault!r} with a key for {body.concept!r} is served."
+            return admin_answer(caller, 404, message[:300])
         try:
             check_days(body.days)
         except ConceptVaultError as error:
-            return JSONResponse({"error": str(error)}, status_code=422)
+            return admin_answer(caller, 422, str(error), body.vault)
         try:
             grant_id = store.grant(
                 body.user, body.vault, body.concept, body.days, fingerprint=served[body.vault].fingerprint
             )
         except ConceptVaultError as error:
-            return JSONResponse({"error": str(error)}, status_code=404)
-        store.audit(
-            user=caller.name,
-            vault=body.vault,
-            prompt=None,
-            status=200,
-            outcome=f"granted {body.concept!r} to {body.user!r} (grant {grant_id})",
-        )
+            return admin_answer(caller, 404, str(error)[:300], body.vault)
+        except Exception:
+            return admin_failed(caller, "adding a grant", body.vault)
+        outcome = f"granted {body.concept!r} to {body.user!r} (grant {grant_id})"
+        store.audit(user=caller.name, vault=body.vault, prompt=None, status=200, outcome=outcome)
         return {"id": grant_id}
 
     @app.delete("/v1/admin/grants/{grant_id}")
@@ -386,7 +401,9 @@ def create_app(engine: Engine, served: dict[str, Served], store: AccessStore, li
         try:
             store.revoke(grant_id)
         except ConceptVaultError as error:
-            return JSONResponse({"error": str(error)}, status_code=404)
+            return admin_answer(caller, 404, str(error)[:300])
+        except Exception:
+            return admin_failed(caller, f"revoking grant {grant_id}")
         store.audit(user=caller.name, vault=None, prompt=None, status=200, outcome=f"revoked grant {grant_id}")
         return {"revoked": grant_id}
 
@@ -457,6 +474,7 @@ def _job(body: GenerateRequest, served: dict[str, Served], store: AccessStore, c
         body.width,
         tuple(asked),
         still_granted if asked else None,
+        caller.name,
     )
 
 

@@ -1,9 +1,12 @@
 """The generation engine of a served vault: one warm pipeline per vault, one bounded queue, batches.
 
-Requests wait in a bounded queue (a full queue is refused at once, never blocked on); one worker thread
-takes the oldest request and every waiting request it can share a pipeline call with (same vault,
-sampler settings, size, negative prompt and unlocked keys), up to ``max_batch`` images, and runs them
-as one call. The keys stay in the worker's pipelines; a request only names which to switch on.
+Requests wait in a bounded queue (a full queue is refused at once, never blocked on), each caller with
+at most ``max_per_user`` waiting; one worker thread takes the oldest request of the caller served least
+recently (so a small request behind another caller's large ones waits for one call, not for all of them)
+and every waiting request it can share a pipeline call with (same vault, sampler settings, size, negative
+prompt and unlocked keys), up to ``max_batch`` images, and runs them as one call. A request whose caller
+gave up (timed out) is taken out of the queue. The keys stay in the worker's pipelines; a request only
+names which to switch on.
 
 A request that switches a key on carries its ``authorize`` check, which the worker runs again when it
 takes the request from the queue: a grant revoked (or expired) while the request waited stops it.
@@ -43,17 +46,21 @@ class Job:
     width: int | None
     keys: tuple[str, ...]
     authorize: Callable[[], bool] | None = None  # run again when taken from the queue: False stops the job
-    future: Future = field(default_factory=Future)
+    user: str | None = None  # whose request: the queue takes callers in turn
+    future: Future = field(default_factory=Future, compare=False)
 
     def batch_key(self) -> tuple:
         return self.vault, self.negative, self.steps, self.guidance, self.height, self.width, self.keys
 
 
 class Engine:
-    def __init__(self, pipelines: dict, queue_size: int = 32, max_batch: int = 8):
+    def __init__(self, pipelines: dict, queue_size: int = 32, max_batch: int = 8, max_per_user: int | None = None):
         self.pipelines = pipelines  # vault name -> pipeline with the vault applied and its keys attached
         self.queue_size, self.max_batch = queue_size, max_batch
+        self.max_per_user = max_per_user or max(1, queue_size // 4)
         self._jobs: deque[Job] = deque()
+        self._turns: dict[str | None, int] = {}  # caller -> the batch that last served them
+        self._taken = 0  # batches taken from the queue
         self._ready = threading.Condition()
         self._stopped = False
         self.batches = 0
@@ -68,9 +75,20 @@ class Engine:
         with self._ready:
             if len(self._jobs) >= self.queue_size:
                 raise QueueFull
+            if job.user is not None and sum(j.user == job.user for j in self._jobs) >= self.max_per_user:
+                raise QueueFull
             self._jobs.append(job)
             self._ready.notify()
         return job.future
+
+    def cancel(self, job: Job) -> bool:
+        """Take a job that has not started out of the queue (its caller gave up); False if it already ran."""
+        with self._ready:
+            for index, waiting in enumerate(self._jobs):
+                if waiting is job:
+                    del self._jobs[index]
+                    return True
+        return False
 
     def stop(self) -> None:
         with self._ready:
@@ -78,19 +96,27 @@ class Engine:
             self._ready.notify_all()
 
     def _take(self) -> list[Job]:
-        """The oldest job and the waiting jobs that can share its call, up to max_batch images."""
+        """The oldest job of the caller served least recently, and the waiting jobs that can share its call,
+        up to max_batch images."""
         with self._ready:
             while not self._jobs and not self._stopped:
                 self._ready.wait()
             if self._stopped:
                 return []
-            first = self._jobs.popleft()
+            first = min(self._jobs, key=lambda job: self._turns.get(job.user, -1))  # min keeps the oldest of ties
             batch, images = [first], len(first.seeds)
-            for job in list(self._jobs):
-                if job.batch_key() == first.batch_key() and images + len(job.seeds) <= self.max_batch:
-                    self._jobs.remove(job)
+            for job in self._jobs:
+                if (
+                    job is not first
+                    and job.batch_key() == first.batch_key()
+                    and images + len(job.seeds) <= self.max_batch
+                ):
                     batch.append(job)
                     images += len(job.seeds)
+            self._jobs = deque(job for job in self._jobs if not any(job is taken for taken in batch))
+            self._taken += 1
+            for job in batch:
+                self._turns[job.user] = self._taken
             return batch
 
     @staticmethod

@@ -32,6 +32,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    func,
     inspect,
     select,
     text,
@@ -107,6 +108,7 @@ def _aware(moment: datetime | None) -> datetime | None:
 
 MAX_GRANT_DAYS = 36_525  # a hundred years: longer is a typing slip, and overflows the date arithmetic
 _FINGERPRINT = re.compile(r"[0-9a-f]{64}")
+_USER_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")  # ASCII only: no homoglyph of another user's name
 _PASSWORD = re.compile(r"([^:/@]*:)[^/@]*@")  # user:password@
 
 
@@ -213,10 +215,13 @@ class AccessStore:
     # -- users ----------------------------------------------------------------------------------------
     def add_user(self, name: str, admin: bool = False) -> str:
         """Add a user; returns their bearer token (shown once, stored only as a hash)."""
-        if not name or len(name) > 64 or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-            raise ConceptVaultError(f"a user name is 1-64 letters, digits, '-', '_' or '.'; got {name!r}.")
+        if not _USER_NAME.fullmatch(name):
+            raise ConceptVaultError(f"a user name is 1-64 ASCII letters, digits, '-', '_' or '.'; got {name!r}.")
         token = secrets.token_urlsafe(32)
         with self.session() as session:
+            taken = session.scalar(select(User.name).where(func.lower(User.name) == name.lower()))
+            if taken is not None:  # Ada and ada would be two users the log and the page cannot tell apart
+                raise ConceptVaultError(f"there is already a user named {taken!r}; choose a name unlike it.")
             session.add(User(name=name, token_hash=hash_token(token), admin=admin, created=_now()))
             try:
                 session.commit()
