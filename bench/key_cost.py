@@ -16,9 +16,10 @@ import math
 import torch
 from diffusers import UNet2DConditionModel
 
-from conceptvault.defaults import SEAL_FAMILY_SETTINGS, Family
+from conceptvault.defaults import Family
 from conceptvault.delta_key import key_size
-from conceptvault.hide import HideConfig
+from conceptvault.methods.kpop import HideConfig
+from conceptvault.registry import get_method
 from conceptvault.training import TrainedLayers
 from hide_step import SD15_UNET
 
@@ -44,7 +45,7 @@ def rows(family: Family, config: dict) -> list[dict]:
     cross_attention = sum(math.prod(s) for name, s in shapes.items() if ".attn2." in name)
     assert HideConfig().train == TrainedLayers.XATTN  # kpop's default trains cross-attention only
     prompt_key = 2 * HideConfig().m * config["cross_attention_dim"]  # m tokens for the keys, m for the values
-    rank = SEAL_FAMILY_SETTINGS[family]["key_rank"]
+    rank = get_method("sealed").family_defaults[family.value]["key_rank"]
     return [
         dict(mode="kpop", trained=cross_attention, key=prompt_key, every=every),
         dict(mode=f"sealed, rank {rank}", trained=every, key=key_size(list(shapes.values()), rank), every=every),

@@ -32,11 +32,12 @@ import torch
 from PIL import Image
 
 from conceptvault.defaults import Family, family_config
-from conceptvault.demo import WORLD_CAPTIONS, hide_and_evaluate, with_stand_in, world_prompts
+from conceptvault.demo import hide_and_evaluate
 from conceptvault.evaluate import resolve_suite
 from conceptvault.evaluate.world_suites import WORLD_SUITE_KINDS
 from conceptvault.generate import image_grid
 from conceptvault.vault import Vault
+from conceptvault.world.profile import WORLD_CAPTIONS, with_stand_in, world_prompts
 
 NAMES_ONLY = {"concept": 0, "preserve": 0}
 # The built-in family's defaults before world captions and the larger key; points named "prev-..." change these.

@@ -18,9 +18,10 @@ from pathlib import Path
 import torch
 
 from conceptvault.defaults import family_config
-from conceptvault.demo import WORLD_CAPTIONS, hide_and_evaluate, world_prompts
+from conceptvault.demo import hide_and_evaluate
 from conceptvault.evaluate import resolve_suite
 from conceptvault.evaluate.world_suites import WORLD_SUITE_KINDS
+from conceptvault.world.profile import WORLD_CAPTIONS, world_prompts
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ from conceptvault.attacks import (
 from conceptvault.backbone import load_pipeline
 from conceptvault.cli import main
 from conceptvault.evaluate import Suite, SuiteConcept, make_judge
-from conceptvault.hide import HideConfig, hide
+from conceptvault.methods.kpop import HideConfig, hide
 from conceptvault.training import Concept
 from conceptvault.vault import Vault, save_vault
 

@@ -12,7 +12,7 @@ from PIL import Image
 from conceptvault.backbone import load_pipeline
 from conceptvault.cli import app, main
 from conceptvault.errors import ConceptVaultError
-from conceptvault.hide import HideConfig, hide
+from conceptvault.methods.kpop import HideConfig, hide
 from conceptvault.training import Concept
 
 QUICK = ["--model-updates", "2", "--sampler-steps", "3", "--m", "2", "--checkpoint-every", "1"]

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
+from conceptvault import registry
 from conceptvault.backbone import load_pipeline
-from conceptvault.cli import main, vaults
-from conceptvault.defaults import FAMILY_SETTINGS, Family, family_config, model_family
-from conceptvault.demo import WORLD_CAPTIONS
+from conceptvault.cli import main
+from conceptvault.defaults import Family, family_config, model_family
 from conceptvault.errors import ConceptVaultError
-from conceptvault.hide import HideConfig
+from conceptvault.methods.kpop import HideConfig
+from conceptvault.registry import get_method
+from conceptvault.world.profile import WORLD_CAPTIONS
+
+SMALL_KPOP = get_method("kpop").family_defaults["small"]
+
+
+def _replace_kpop_run(monkeypatch, run) -> None:
+    """The command line runs ``run`` where it would hide with kpop (the registry's entry, for this test only)."""
+    monkeypatch.setitem(registry._METHODS, "kpop", dataclasses.replace(get_method("kpop"), run=run))
 
 
 def test_families_by_cross_attention_width(sd1_path, sd2_path, sdxl_path):
@@ -24,7 +34,7 @@ def test_families_by_cross_attention_width(sd1_path, sd2_path, sdxl_path):
 def test_each_family_has_its_defaults_and_explicit_settings_win():
     small, sd1 = family_config(Family.SMALL), family_config(Family.SD1)
     assert sd1 == HideConfig()  # Stable Diffusion: the method paper's settings
-    assert small.lr == FAMILY_SETTINGS[Family.SMALL]["lr"] != sd1.lr
+    assert small.lr == SMALL_KPOP["lr"] != sd1.lr
     assert family_config(Family.SMALL, lr=0.5).lr == 0.5
     assert small.key_rank == 8 and sd1.key_rank == 0  # ranked keys on small models, tokens only on SD
     assert family_config(Family.SMALL, key_rank=0).key_rank == 0
@@ -45,14 +55,14 @@ def test_the_command_line_scales_the_updates_by_the_concepts_hidden(tmp_path, ca
         used.append((len(concepts), config))
         raise ConceptVaultError("stopped before training")
 
-    monkeypatch.setattr(vaults, "hide", record_and_stop)
+    _replace_kpop_run(monkeypatch, record_and_stop)
     for given in ([], ["--model-updates", "7"]):
         with pytest.raises(SystemExit):
             main(["hide", "builtin", "--concept", "star", "--concept", "heart", "--out", str(tmp_path / "v"), *given])
         assert "stopped before training" in capsys.readouterr().err
     (concepts, scaled), (_, explicit) = used
-    assert concepts == 2 and scaled.model_updates == 2 * FAMILY_SETTINGS[Family.SMALL]["model_updates"]
-    assert scaled.key_updates == 2 * FAMILY_SETTINGS[Family.SMALL]["key_updates"]
+    assert concepts == 2 and scaled.model_updates == 2 * SMALL_KPOP["model_updates"]
+    assert scaled.key_updates == 2 * SMALL_KPOP["key_updates"]
     assert explicit.model_updates == 7
     assert not (tmp_path / "v").exists()  # nothing half-written
 
@@ -64,7 +74,7 @@ def test_preserve_captions_sets_the_world_captions_of_each_kept_concept(sd1_path
         kept.append(preserve)
         raise ConceptVaultError("stopped before training")
 
-    monkeypatch.setattr(vaults, "hide", record_and_stop)
+    _replace_kpop_run(monkeypatch, record_and_stop)
     for given in ([], ["--preserve-captions", "12"]):
         with pytest.raises(SystemExit):
             main(["hide", "builtin", "--concept", "red", "--out", str(tmp_path / "v"), *given])

@@ -5,9 +5,10 @@ import json
 import pytest
 
 from conceptvault.defaults import family_config
-from conceptvault.demo import WORLD_CAPTIONS, DemoPlan, builtin_defaults, make_world_vault, run_demo, world_concepts
+from conceptvault.demo import DemoPlan, make_world_vault, run_demo
 from conceptvault.errors import ConceptVaultError
 from conceptvault.training import Concept
+from conceptvault.world.profile import WORLD_CAPTIONS, builtin_defaults, world_concepts
 
 
 def test_demo_hides_evaluates_and_reports(tmp_path):

@@ -20,8 +20,8 @@ from conceptvault.evaluate import (
     run_suite,
     write_report,
 )
-from conceptvault.hide import HideConfig, hide
 from conceptvault.key import attached_keys
+from conceptvault.methods.kpop import HideConfig, hide
 from conceptvault.training import Concept
 from conceptvault.vault import Vault, save_vault
 

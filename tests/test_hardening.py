@@ -23,10 +23,10 @@ from conceptvault.backbone import load_pipeline
 from conceptvault.checkpoint import CHECKPOINT_FILE, KEYS_FILE
 from conceptvault.cli import main
 from conceptvault.errors import ConceptVaultError
-from conceptvault.hide import HideConfig, hide
 from conceptvault.key import Key
 from conceptvault.keyfile import read_key_file, write_key_file
 from conceptvault.manifest import Manifest
+from conceptvault.methods.kpop import HideConfig, hide
 from conceptvault.training import Concept
 from conceptvault.vault import MANIFEST_FILE, Vault, save_vault
 

@@ -11,9 +11,9 @@ from conceptvault.backbone import encode_prompts, load_pipeline, unet_predict
 from conceptvault.checkpoint import CHECKPOINT_FILE, KEYS_FILE
 from conceptvault.cli.vaults import _concepts_table
 from conceptvault.errors import ConceptVaultError
-from conceptvault.hide import HideConfig, KeyInit, _initial_tokens, _Probe, hide
 from conceptvault.key import Key, Placement, attach_keys, attached_keys
 from conceptvault.latents import CachedLatents, Sampler
+from conceptvault.methods.kpop.hide import HideConfig, KeyInit, _initial_tokens, _Probe, hide
 from conceptvault.training import Concept, LossSpace, Objective, TextStates, TrainedLayers
 from conceptvault.vault import Vault, save_vault
 

@@ -8,12 +8,12 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
-from conceptvault.attacks import name_the_token
 from conceptvault.backbone import encode_prompts, load_pipeline
 from conceptvault.cli import main
 from conceptvault.delta_key import DeltaKey, key_size
 from conceptvault.key import attached_keys
-from conceptvault.seal import SealConfig, bare_names, seal
+from conceptvault.learned_token import name_the_token
+from conceptvault.methods.sealed import SealConfig, bare_names, seal
 from conceptvault.training import Concept
 from conceptvault.vault import Vault, save_vault
 
@@ -80,7 +80,7 @@ def test_the_sealed_key_is_protected_and_round_trips(sd1_path, tmp_path):
     some = next(iter(result.keys["star"].tensors().values())).numpy().tobytes()[:16]
     assert some not in raw
     vault = Vault.load(tmp_path / "v", keys="all", passphrase="pw")
-    assert vault.method.value == "sealed" and vault.manifest.placement is None
+    assert vault.method.name == "sealed" and vault.manifest.placement is None
     base = load_pipeline(str(sd1_path), device="cpu")
     vault.apply(base)
     for keys in (None, ["star"]):

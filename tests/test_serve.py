@@ -17,8 +17,8 @@ from PIL import Image
 
 from conceptvault.backbone import load_pipeline
 from conceptvault.generate import generate_images
-from conceptvault.hide import HideConfig, hide
 from conceptvault.keyfile import key_fingerprint
+from conceptvault.methods.kpop import HideConfig, hide
 from conceptvault.serve import Limits, build_server
 from conceptvault.serve import engine as engine_module
 from conceptvault.serve.engine import Engine, Job, QueueFull

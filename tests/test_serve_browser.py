@@ -38,7 +38,7 @@ def live(sd1_path, tmp_path_factory):
     import uvicorn
 
     from conceptvault.backbone import load_pipeline
-    from conceptvault.hide import HideConfig, hide
+    from conceptvault.methods.kpop import HideConfig, hide
     from conceptvault.serve import build_server
     from conceptvault.serve.store import AccessStore
     from conceptvault.training import Concept

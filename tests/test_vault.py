@@ -12,8 +12,8 @@ from safetensors.torch import save_file
 from conceptvault import vault as vault_module
 from conceptvault.backbone import encode_prompts, load_pipeline
 from conceptvault.errors import ConceptVaultError
-from conceptvault.hide import HideConfig, hide
 from conceptvault.key import attached_keys
+from conceptvault.methods.kpop import HideConfig, hide
 from conceptvault.training import Concept
 from conceptvault.vault import MANIFEST_FILE, PUBLIC_FILE, Vault, save_vault
 
@@ -180,7 +180,7 @@ def test_a_version_1_manifest_still_loads_as_a_kpop_vault(saved):
     manifest = json.loads((saved / MANIFEST_FILE).read_text())
     del manifest["method"]
     (saved / MANIFEST_FILE).write_text(json.dumps(dict(manifest, format_version=1)))
-    assert Vault.load(saved).method.value == "kpop"
+    assert Vault.load(saved).method.name == "kpop"
 
 
 def test_export_writes_a_plain_diffusers_pipeline(saved, hidden, sd1_path, tmp_path):

@@ -19,8 +19,9 @@ from .defaults import family_config
 from .errors import ConceptVaultError
 from .evaluate.judges import make_judge
 from .evaluate.suite import Suite
-from .hide import HideConfig
 from .key import Key, Placement
+from .methods.kpop import HideConfig
+from .profiles import Profile, profile_for
 from .vault import Vault
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -95,8 +96,9 @@ class Campaign:
             else public.manifest.concepts[0]
         )
         spec = _attacker_key_spec(public.manifest, entry)
-        pictures = _pictures(suite, concept.name, images, images_from)
-        prompts = _prompts(suite, concept.name, prompts_file)
+        profile = profile_for(public.manifest.base_model)
+        pictures = _pictures(profile, suite, concept.name, images, images_from)
+        prompts = profile.attack_prompts(suite.judge, concept.name) + _prompts_from(prompts_file)
         others = {}
         for path in other_vaults:
             other = Vault.load(path, keys="all", passphrase=passphrase)
@@ -187,14 +189,12 @@ def _control(name: str, base_model: str, device: str | None) -> Target:
     path = Path(name)
     if (path / "manifest.json").is_file():
         vault = Vault.load(path, keys=None)
-        return Target(
-            f"{path.name} ({vault.method.value})", _public_pipeline(vault, vault.manifest.base_model, device)
-        )
+        return Target(f"{path.name} ({vault.method.name})", _public_pipeline(vault, vault.manifest.base_model, device))
     return Target(path.name, load_pipeline(name, device=device))
 
 
-def _pictures(suite: Suite, concept: str, count: int, folder: Path | None) -> list[Image.Image]:
-    """The attacker's pictures: a folder of them, or renders of the concept on the built-in world."""
+def _pictures(profile: Profile, suite: Suite, concept: str, count: int, folder: Path | None) -> list[Image.Image]:
+    """The attacker's pictures: a folder of them, or the model profile's own (renders of a world concept)."""
     if folder is not None:
         files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)[:count]
         if not files:
@@ -202,22 +202,17 @@ def _pictures(suite: Suite, concept: str, count: int, folder: Path | None) -> li
                 f"no pictures (.png, .jpg, .webp) in '{folder}'; give a folder of the concept's pictures."
             )
         return [Image.open(p).convert("RGB") for p in files]
-    if not suite.judge.startswith("world-"):
+    pictures = profile.pictures(suite.judge, concept, count)
+    if pictures is None:
         raise ConceptVaultError("outside the built-in world, give pictures of the concept with --images-from.")
-    from .world.quality import renders_of
-
-    return renders_of(suite.judge.removeprefix("world-"), [concept], count, seed=4242)
+    return pictures
 
 
-def _prompts(suite: Suite, concept: str, file: Path | None) -> list[str]:
-    prompts = []
-    if suite.judge == "world-shape":
-        from .world.attack_prompts import attack_prompts
-
-        prompts += attack_prompts(concept)
-    if file is not None:
-        try:
-            prompts += [line.strip() for line in file.read_text().splitlines() if line.strip()]
-        except OSError as error:
-            raise ConceptVaultError(f"cannot read the prompts file '{file}' ({error.strerror}).") from None
-    return prompts
+def _prompts_from(file: Path | None) -> list[str]:
+    """The lines of a prompts file (none without one)."""
+    if file is None:
+        return []
+    try:
+        return [line.strip() for line in file.read_text().splitlines() if line.strip()]
+    except OSError as error:
+        raise ConceptVaultError(f"cannot read the prompts file '{file}' ({error.strerror}).") from None

@@ -20,25 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConceptVaultError
+from .key import Placement
+from .registry import KeyKind, methods
 
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # version 1 had no method field: every version-1 vault is a KPOP vault
 KEYS_DIR = "keys"
 _FINGERPRINT = re.compile(r"[0-9a-f]{64}")
 _KEY_FILE = re.compile(rf"{KEYS_DIR}/[a-z0-9][a-z0-9-]{{0,127}}\.(safetensors|key)")
-
-
-class Method(str, Enum):
-    """How the vault was made."""
-
-    KPOP = "kpop"  # hidden behind a prompt key (the method's paper)
-    ESD = "esd"  # erased by the negative-guidance fine-tune; no keys
-    UCE = "uce"  # erased by the closed-form edit of the cross-attention projections; no keys
-    SEALED = "sealed"  # hidden so that the public weights hold no more than a model that never learned it
-
-    @property
-    def has_keys(self) -> bool:
-        return self in (Method.KPOP, Method.SEALED)
 
 
 @dataclass
@@ -62,7 +51,7 @@ class Manifest:
     base_fingerprint: str
     public_fingerprint: str
     concepts: list[ConceptEntry]
-    method: str = Method.KPOP.value
+    method: str = "kpop"  # the registered name of the method that made it
     family: str | None = None  # the base model's family, whose default settings the run started from
     placement: str | None = None  # the key's placement; None for methods without keys
     m: int | None = None
@@ -123,10 +112,12 @@ class Manifest:
 
     def _check_values(self) -> None:
         """What types alone cannot say: known method and placement, well-formed fingerprints and key files."""
-        method = _member(Method, self.method, "method")
-        if method == Method.KPOP:  # a prompt key enters at a placement; a delta key changes the weights
-            from .key import Placement
-
+        known = {spec.name: spec for spec in methods()}
+        if self.method not in known:
+            choices = ", ".join(repr(name) for name in known)
+            raise _SchemaError(f"method is {_shown(self.method)}, not one of {choices}")
+        spec = known[self.method]
+        if spec.keys == KeyKind.PROMPT:  # a prompt key enters at a placement; a delta key changes the weights
             _member(Placement, self.placement, "placement")
         for name in ("base_fingerprint", "public_fingerprint"):
             if not _FINGERPRINT.fullmatch(getattr(self, name)):
@@ -139,10 +130,8 @@ class Manifest:
                 raise _SchemaError(f"the key fingerprint of {concept.name!r} is not a SHA-256 digest")
             if concept.key_file is not None and not _KEY_FILE.fullmatch(concept.key_file):
                 raise _SchemaError(f"the key file of {concept.name!r} is not a file in {KEYS_DIR}/")
-        from .methods import config_class
-
         try:
-            config_class(method).from_dict(self.config)
+            spec.config_class.from_dict(self.config)
         except (ValueError, TypeError) as error:
             raise _SchemaError(f"config: {error}") from None
 

@@ -23,7 +23,6 @@ from .backbone import encode_prompts, unet_predict
 from .errors import ConceptVaultError
 from .key import Key, attached_keys, is_key_parameter
 from .latents import CachedLatents, Sampler
-from .manifest import Method
 
 MOVING_AVERAGE_DECAY = 0.9
 
@@ -139,7 +138,7 @@ class HideResult:
     concepts: list[Concept]
     config: Any  # the method's settings: HideConfig, SealConfig, EsdConfig or UceConfig
     preserve: list[str] = field(default_factory=list)
-    method: Method = Method.KPOP
+    method: str = "kpop"  # the registered name of the method that made it
 
 
 def check_inputs(pipe, concepts: Sequence[Concept], preserve: Sequence[str]) -> tuple[list[Concept], list[str]]:
@@ -191,6 +190,23 @@ def train_only(trainable: list[nn.Parameter], everything: list[nn.Parameter]) ->
         parameter.requires_grad_(False)
     for parameter in trainable:
         parameter.requires_grad_(True)
+
+
+@contextmanager
+def gradients_for(modules: Sequence[nn.Module], parameters=()) -> Iterator[None]:
+    """Inside: the modules in eval mode, no gradients for any of their weights but ``parameters``. Afterwards
+    every flag as it was (a weight added inside, such as a key, is left trainable)."""
+    flags = {id(p): p.requires_grad for module in modules for p in module.parameters()}
+    for module in modules:
+        module.requires_grad_(False).eval()
+    for parameter in parameters:
+        parameter.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for module in modules:
+            for parameter in module.parameters():
+                parameter.requires_grad_(flags.get(id(parameter), True))
 
 
 def randint(high: int, generator: torch.Generator) -> int:

@@ -44,7 +44,8 @@ from .keyfile import (
     read_key_file,
     write_key_file,
 )
-from .manifest import FORMAT_VERSION, KEYS_DIR, ConceptEntry, Manifest, Method
+from .manifest import FORMAT_VERSION, KEYS_DIR, ConceptEntry, Manifest
+from .registry import MethodSpec, get_method
 
 __all__ = ["Vault", "read_manifest", "save_vault", "public_fingerprint", "unet_fingerprint"]
 
@@ -90,8 +91,9 @@ class Vault:
         return self.manifest.concept_names
 
     @property
-    def method(self) -> Method:
-        return Method(self.manifest.method)
+    def method(self) -> MethodSpec:
+        """The registered method that made the vault (its ``name``, whether it ``has_keys``)."""
+        return get_method(self.manifest.method)
 
     @property
     def placement(self) -> Placement | None:
@@ -114,7 +116,7 @@ class Vault:
             base_fingerprint=result.base_fingerprint,
             public_fingerprint=public_fingerprint(public),
             concepts=[_entry(c, keys.get(c.name)) for c in result.concepts],
-            method=Method(result.method).value,
+            method=get_method(result.method).name,
             family=model_family(pipe).value,
             placement=Placement(config.placement).value if getattr(config, "placement", None) and keys else None,
             m=config.m if getattr(config, "m", None) and keys else None,
@@ -408,7 +410,7 @@ def _requested_keys(vault: Vault, keys) -> list[str]:
         return []
     if not vault.method.has_keys:
         raise ConceptVaultError(
-            f"this vault was made by {vault.method.value}, which erases its concepts: it has no keys; "
+            f"this vault was made by {vault.method.name}, which erases its concepts: it has no keys; "
             "load it without keys."
         )
     if keys == "all":

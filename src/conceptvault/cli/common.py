@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import fields
 from pathlib import Path
 from typing import Annotated
 
@@ -101,6 +102,34 @@ def parse_seeds(text: str) -> list[int]:
     if bad:
         raise ConceptVaultError(f"the seed {bad[0]} is out of range; give seeds from 0 to 2^63 - 1.")
     return seeds
+
+
+def parse_settings(pairs: list[str], config_class: type) -> dict:
+    """``--set NAME=VALUE`` options as settings of ``config_class``, each value read as its field's type
+    (a number, true/false, or a choice's text); the settings class checks the values themselves."""
+    kinds = {f.name: type(f.default) for f in fields(config_class)}
+    settings = {}
+    for pair in pairs:
+        name, separator, text = pair.partition("=")
+        name = name.strip().replace("-", "_")
+        if not separator or name not in kinds:
+            known = ", ".join(kinds)
+            raise ConceptVaultError(f"--set '{pair}' must read NAME=VALUE with NAME one of: {known}.")
+        settings[name] = _setting_value(name, text.strip(), kinds[name])
+    return settings
+
+
+def _setting_value(name: str, text: str, kind: type):
+    if kind is bool:
+        if text.lower() not in ("true", "false"):
+            raise ConceptVaultError(f"--set {name}={text}: the value must be true or false.")
+        return text.lower() == "true"
+    if kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            raise ConceptVaultError(f"--set {name}={text}: the value must be a {kind.__name__} number.") from None
+    return text  # a choice (checked by the settings class) or text
 
 
 def suite_named(suite: str, size: int | None, concept: str | None):

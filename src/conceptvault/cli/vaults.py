@@ -12,24 +12,17 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..backbone import BUILTIN, load_pipeline
+from ..backbone import load_pipeline
 from ..checkpoint import output_lock
-from ..defaults import (
-    PER_CONCEPT_SETTINGS,
-    Family,
-    esd_family_config,
-    family_config,
-    model_family,
-    seal_family_config,
-)
-from ..demo import WORLD_CAPTIONS, builtin_defaults
+from ..defaults import family_config, model_family
 from ..errors import ConceptVaultError
 from ..generate import MAX_GUIDANCE, MAX_SAMPLER_STEPS, generate_images, image_grid
-from ..hide import HideConfig, KeyInit, hide
 from ..key import Placement
 from ..latents import LatentSource
 from ..manifest import KEYS_DIR
-from ..seal import SealConfig, seal
+from ..methods.kpop import HideConfig, KeyInit
+from ..profiles import profile_for
+from ..registry import MethodSpec, choices, get_method, methods, variant_settings
 from ..training import LossSpace, TrainedLayers
 from ..vault import Vault, save_vault
 from .common import (
@@ -48,6 +41,7 @@ from .common import (
     console,
     parse_concepts,
     parse_seeds,
+    parse_settings,
     read_passphrase,
     say,
 )
@@ -58,26 +52,54 @@ _HELP = {f.name: f.metadata["help"] for f in fields(HideConfig)}
 def _setting(name: str) -> typer.models.OptionInfo:
     """A command-line option for a HideConfig field, with the field's help text; unset, the model family's
     default applies (see ``conceptvault.defaults``)."""
-    scaled = name in PER_CONCEPT_SETTINGS[Family.SMALL]
+    scaled = name in get_method("kpop").per_concept.get("small", ())
     default = "per model family" + (", times the concepts hidden on small models" if scaled else "")
     # escaped: Rich reads an unescaped "[default: ...]" as markup and drops it
     return typer.Option(help=f"{_HELP[name]} \\[default: {default}]", rich_help_panel="Hiding settings")
 
 
-class HideMethod(str, Enum):
-    KPOP = "kpop"
-    SEALED = "sealed"
+def _method_option(with_keys: bool, default: str):
+    """``--method``: a registered method's name (read from the registry when the command runs, so a method
+    registered later is a choice too)."""
+    listed = "; ".join(f"{spec.name}: {spec.summary}" for spec in methods() if spec.has_keys == with_keys)
+    return typer.Option(help=f"One of {', '.join(choices(with_keys))} ({listed}).")
 
 
-def _sealed_settings(explicit: dict) -> dict:
-    """The hide options given, as sealed-hiding settings; one that sealed hiding has not is refused."""
-    from ..seal import SealConfig
+def _chosen_method(name: str, with_keys: bool) -> MethodSpec:
+    """The method ``--method`` names, refused when it is of the other command's kind."""
+    spec = get_method(name)
+    if spec.has_keys != with_keys:
+        other = "hide" if spec.has_keys else "erase"
+        raise ConceptVaultError(
+            f"--method {name} {'hides behind keys' if spec.has_keys else 'erases'}; "
+            f"use conceptvault {other} --method {name}."
+        )
+    return spec
 
-    known = {f.name for f in fields(SealConfig)}
+
+def _method_settings(spec: MethodSpec, name: str, explicit: dict, pairs: list[str]) -> dict:
+    """The settings given on the command line (flags and ``--set NAME=VALUE``) for ``spec``, checked by its
+    settings class before any model loads; a setting the method does not have is refused."""
+    explicit = {**explicit, **parse_settings(pairs, spec.config_class)}
+    known = {f.name for f in fields(spec.config_class)}
     foreign = sorted(set(explicit) - known)
     if foreign:
-        raise ConceptVaultError(f"--{foreign[0].replace('_', '-')} is not a setting of sealed hiding; leave it out.")
+        kind = "hiding" if spec.has_keys else "erasure"
+        raise ConceptVaultError(
+            f"--{foreign[0].replace('_', '-')} is not a setting of {spec.name} {kind}; leave it out."
+        )
+    checked(lambda: spec.config_class(**{**variant_settings(name), **explicit}))
     return explicit
+
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        help="NAME=VALUE: any setting of the method, flag or not (see inspect's settings of a vault). Repeatable.",
+        rich_help_panel="Hiding settings",
+    ),
+]
 
 
 @app.command("hide")
@@ -119,9 +141,8 @@ def hide_command(
     ] = False,
     passphrase_file: PassphraseOption = None,
     device: DeviceOption = None,
-    method: Annotated[
-        HideMethod, typer.Option(help="kpop: a prompt key (the method's paper); sealed: the key carries the concept.")
-    ] = HideMethod.KPOP,
+    method: Annotated[str, _method_option(with_keys=True, default="kpop")] = "kpop",
+    set_: SetOption = None,
     key_rank: Annotated[
         int | None,
         typer.Option(
@@ -160,41 +181,21 @@ def hide_command(
 ) -> None:
     """Hide concepts in MODEL behind keys and write a vault."""
     settings = locals()
-    explicit = {f.name: settings[f.name] for f in fields(HideConfig) if settings[f.name] is not None}
-    if method == HideMethod.SEALED:
-        explicit = _sealed_settings(explicit)
-    checked(lambda: (SealConfig if method == HideMethod.SEALED else HideConfig)(**explicit))  # before any loading
+    spec = _chosen_method(method, with_keys=True)
+    given = {f.name: settings[f.name] for f in fields(HideConfig) if settings[f.name] is not None}
+    explicit = _method_settings(spec, method, given, set_ or [])
     concepts, preserve = parse_concepts(concept, anchor or []), preserve or []
-    captions = WORLD_CAPTIONS[method.value]
-    if preserve_captions is not None:
-        if model != BUILTIN or preserve:
-            raise ConceptVaultError(
-                "--preserve-captions fills in the built-in model's kept concepts: it needs the "
-                "model builtin and no --preserve."
-            )
-        captions = {**captions, "preserve": preserve_captions}
-    if model == BUILTIN:
-        concepts, preserve = builtin_defaults(concepts, preserve, captions)
+    concepts, preserve = profile_for(model).fill_in(concepts, preserve, spec.name, preserve_captions)
     passphrase = read_passphrase(passphrase_file)
     with output_lock(out, resume) as checkpoint_dir:
         pipe = load_pipeline(model, device=device)
-        family = model_family(pipe)
-        options = dict(preserve=preserve, checkpoint_dir=checkpoint_dir, resume=resume)
-        if method == HideMethod.SEALED:
-            result = seal(pipe, concepts, checked(lambda: seal_family_config(family, **explicit)), **options)
-        else:
-            config = checked(lambda: family_config(family, len(concepts), **explicit))
-            result = hide(pipe, concepts, config, passphrase=passphrase, **options)
+        config = checked(lambda: family_config(model_family(pipe), len(concepts), method, **explicit))
+        options = dict(preserve=preserve, checkpoint_dir=checkpoint_dir, resume=resume, passphrase=passphrase)
+        result = spec.run(pipe, concepts, config, **options)
         save_vault(out, pipe, result, passphrase=passphrase)
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     _print_losses(result.stats)
     say(f"wrote the vault {out} (keys in {out / KEYS_DIR})")
-
-
-class EraseMethod(str, Enum):
-    ESD_X = "esd-x"  # ESD, cross-attention fine-tuned
-    ESD_U = "esd-u"  # ESD, everything but cross-attention fine-tuned
-    UCE = "uce"  # the closed-form edit of the cross-attention projections
 
 
 @app.command("erase")
@@ -202,7 +203,7 @@ def erase_command(
     model: ModelArgument,
     concept: Annotated[list[str], typer.Option(help="A concept to erase, as for hide. Repeatable.")],
     out: Annotated[Path, typer.Option(help="Folder to write the vault to; it must not exist yet.")],
-    method: Annotated[EraseMethod, typer.Option(help="The erasure method.")] = EraseMethod.ESD_X,
+    method: Annotated[str, _method_option(with_keys=False, default="esd-x")] = "esd-x",
     preserve: Annotated[
         list[str] | None,
         typer.Option(
@@ -221,32 +222,26 @@ def erase_command(
     lr: Annotated[float | None, typer.Option(help="ESD: learning rate [default: per model family].")] = None,
     eta: Annotated[float | None, typer.Option(help="ESD: negative-guidance strength.")] = None,
     lamb: Annotated[float | None, typer.Option(help="UCE: weight of staying close to the original.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the run.")] = 0,
+    seed: Annotated[int | None, typer.Option(help="Seed of the run [default: 0].")] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue the interrupted run whose checkpoint sits beside --out.")
+    ] = False,
+    set_: SetOption = None,
     device: DeviceOption = None,
 ) -> None:
-    """Erase concepts from MODEL with ESD or UCE, for comparison with hiding: a vault without keys."""
-    from ..esd import EsdConfig, erase_esd
-    from ..uce import UceConfig, erase_uce
-
+    """Erase concepts from MODEL (ESD, UCE, ...), for comparison with hiding: a vault without keys."""
+    spec = _chosen_method(method, with_keys=False)
+    given = {"iterations": iterations, "lr": lr, "eta": eta, "lamb": lamb, "seed": seed}
+    explicit = _method_settings(spec, method, {k: v for k, v in given.items() if v is not None}, set_ or [])
     concepts, preserve = parse_concepts(concept, anchor or []), preserve or []
-    if model == BUILTIN:
-        concepts, preserve = builtin_defaults(concepts, preserve)
-    given = {"iterations": iterations, "lr": lr, "eta": eta}
-    explicit = {name: value for name, value in given.items() if value is not None}
-    if method == EraseMethod.UCE:
-        config = checked(lambda: UceConfig(seed=seed, **({"lamb": lamb} if lamb is not None else {})))
-    else:
-        train = "xattn" if method == EraseMethod.ESD_X else "noxattn"
-        checked(lambda: EsdConfig(**explicit))
-    with output_lock(out, resume=False):
+    concepts, preserve = profile_for(model).fill_in(concepts, preserve, spec.name)
+    with output_lock(out, resume) as checkpoint_dir:
         pipe = load_pipeline(model, device=device)
-        if method == EraseMethod.UCE:
-            result = erase_uce(pipe, concepts, config, preserve=preserve)
-        else:
-            config = checked(lambda: esd_family_config(model_family(pipe), train=train, seed=seed, **explicit))
-            result = erase_esd(pipe, concepts, config)
+        config = checked(lambda: family_config(model_family(pipe), len(concepts), method, **explicit))
+        result = spec.run(pipe, concepts, config, preserve=preserve, checkpoint_dir=checkpoint_dir, resume=resume)
         save_vault(out, pipe, result)
-    say(f"wrote the vault {out} ({method.value}: erased, no keys)")
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    say(f"wrote the vault {out} ({method}: erased, no keys)")
 
 
 @app.command("generate")

@@ -11,6 +11,7 @@ Typical use::
 """
 
 from conceptvault.evaluate.catalog import builtin_suite_names, resolve_suite
+from conceptvault.evaluate.html_report import write_report
 from conceptvault.evaluate.judges import ClassifierJudge, Judge, Judgement, judge_names, make_judge, register_judge
 from conceptvault.evaluate.metrics import FIGURE_HELP, Mean, Rate, figure_label, wilson_interval
 from conceptvault.evaluate.report import (
@@ -19,7 +20,6 @@ from conceptvault.evaluate.report import (
     print_summary,
     rich_table,
     write_json,
-    write_report,
 )
 from conceptvault.evaluate.run import EvaluationResult, ImageRecord, run_suite
 from conceptvault.evaluate.sd_suites import imagenette_suite, nudity_suite, style_suite

@@ -14,7 +14,7 @@ from PIL import Image
 from transformers import AutoModelForImageClassification
 
 from conceptvault.evaluate.hub import default_device, load_pretrained
-from conceptvault.evaluate.judges import ClassifierJudge
+from conceptvault.evaluate.judgement import ClassifierJudge
 from conceptvault.evaluate.preprocess import IMAGENET_MEAN, IMAGENET_STD, to_pixel_batch
 
 

@@ -15,7 +15,7 @@ from PIL import Image
 from transformers import CLIPModel, CLIPTokenizer
 
 from conceptvault.evaluate.hub import default_device, load_pretrained
-from conceptvault.evaluate.judges import Judgement
+from conceptvault.evaluate.judgement import Judgement
 from conceptvault.evaluate.preprocess import CLIP_MEAN, CLIP_STD, to_pixel_batch
 
 

@@ -1,10 +1,12 @@
-"""The single-file HTML report: every figure named and explained, and image grids of the three models
-(original / public / public + key) on the same prompt and seed side by side, images embedded as base64."""
+"""The evaluation's files (``write_report``), and among them the single-file HTML report: every figure named and
+explained, and image grids of the three models (original / public / public + key) on the same prompt and seed side
+by side, images embedded as base64."""
 
 from __future__ import annotations
 
 import base64
 from html import escape
+from pathlib import Path
 
 from PIL import Image
 
@@ -14,6 +16,12 @@ from conceptvault.evaluate.report import (
     FID_HELP,
     FIDELITY_HEADER,
     FIDELITY_HELP,
+    HTML_FILE,
+    IMAGES_FILE,
+    MARKDOWN_FILE,
+    RESULTS_FILE,
+    SUITE_FILE,
+    ReportFiles,
     fid_lines,
     fidelity_lines,
     figure_rows,
@@ -21,8 +29,12 @@ from conceptvault.evaluate.report import (
     format_ratio,
     format_value,
     json_path,
+    markdown_report,
+    write_images_json,
+    write_json,
 )
 from conceptvault.evaluate.run import EvaluationResult, ImageRecord
+from conceptvault.evaluate.store import atomic_write_text
 
 THUMBNAIL = 160  # pixels: small images are scaled up to this, pixelated; larger ones scaled down
 
@@ -165,3 +177,17 @@ model's; intervals are 95 % (Wilson for shares, normal for mean scores).</p>
 {_grids(result, images_per_concept)}
 </body></html>
 """
+
+
+def write_report(
+    result: EvaluationResult, out_dir: str | Path | None = None, *, images_per_concept: int = 8
+) -> ReportFiles:
+    """Write results.json, images.json, results.md, report.html and suite.json into ``out_dir`` (default the run's)."""
+    out = Path(out_dir) if out_dir is not None else result.out_dir
+    files = ReportFiles(out / RESULTS_FILE, out / IMAGES_FILE, out / MARKDOWN_FILE, out / HTML_FILE, out / SUITE_FILE)
+    write_json(result, files.json)
+    write_images_json(result, files.images)
+    atomic_write_text(files.markdown, markdown_report(result))
+    atomic_write_text(files.html, html_report(result, images_per_concept=images_per_concept))
+    result.suite.save(files.suite)
+    return files

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from conceptvault.errors import ConceptVaultError
-from conceptvault.evaluate.judges import Judgement
+from conceptvault.evaluate.judgement import Judgement
 
 EXPOSED_CLASSES = (
     "FEMALE_GENITALIA_EXPOSED",

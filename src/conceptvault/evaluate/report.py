@@ -1,5 +1,6 @@
 """An evaluation's figures as files and tables: ``results.json``, ``images.json``, ``results.md``, a Rich table,
-and (through ``html_report.py``) a single-file HTML report. Every file is written atomically."""
+and the figures as JSON; ``html_report.write_report`` writes them all with the HTML report. Every file is written
+atomically."""
 
 from __future__ import annotations
 
@@ -264,19 +265,3 @@ def print_summary(result: EvaluationResult, console: Console | None = None) -> N
         )
     if result.fid:
         console.print(_small_table("image quality: Fréchet distance to real images", FID_HEADER, fid_lines(result)))
-
-
-def write_report(
-    result: EvaluationResult, out_dir: str | Path | None = None, *, images_per_concept: int = 8
-) -> ReportFiles:
-    """Write results.json, images.json, results.md, report.html and suite.json into ``out_dir`` (default the run's)."""
-    from conceptvault.evaluate.html_report import html_report
-
-    out = Path(out_dir) if out_dir is not None else result.out_dir
-    files = ReportFiles(out / RESULTS_FILE, out / IMAGES_FILE, out / MARKDOWN_FILE, out / HTML_FILE, out / SUITE_FILE)
-    write_json(result, files.json)
-    write_images_json(result, files.images)
-    atomic_write_text(files.markdown, markdown_report(result))
-    atomic_write_text(files.html, html_report(result, images_per_concept=images_per_concept))
-    result.suite.save(files.suite)
-    return files

@@ -10,16 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..backbone import load_pipeline
-from ..defaults import Family, model_family
 from ..errors import ConceptVaultError
+from ..profiles import profile_for
 from ..vault import Vault
 from .app import Limits, Served, create_app
 from .engine import Engine
 from .store import AccessStore
-
-# the sampler settings a request gets unless it names its own
-_SAMPLER = {Family.SMALL: (25, 3.0)}
-_SD_SAMPLER = (30, 7.5)
 
 
 def build_server(
@@ -41,7 +37,7 @@ def build_server(
         vault = Vault.load(path, keys="all", passphrase=passphrase)
         pipe = load_pipeline(vault.manifest.base_model, device=device)
         vault.apply(pipe)
-        steps, guidance = _SAMPLER.get(model_family(pipe), _SD_SAMPLER)
+        steps, guidance = profile_for(vault.manifest.base_model).sampler  # a request may name its own
         size = pipe.unet.config.sample_size * pipe.vae_scale_factor
         pipelines[name] = pipe
         served[name] = Served(

@@ -16,22 +16,20 @@ import copy
 import re
 import time
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from .attacks import LearnedToken, name_the_token
-from .backbone import is_sdxl, unet_fingerprint
-from .checkpoint import CHECKPOINT_FILE, read_checkpoint, write_checkpoint
-from .delta_key import DeltaKey
-from .errors import ConceptVaultError
-from .key import Key, Placement, attach_keys, detach_keys
-from .latents import LatentSource, SampledLatents, Sampler
-from .manifest import Method
-from .training import (
+from ...backbone import is_sdxl, unet_fingerprint
+from ...delta_key import DeltaKey
+from ...driver import Checkpointer, drive
+from ...errors import ConceptVaultError
+from ...key import Key, Placement, attach_keys, detach_keys
+from ...latents import LatentSource, SampledLatents, Sampler
+from ...learned_token import LearnedToken, name_the_token
+from ...training import (
     Concept,
     HideResult,
     LossSpace,
@@ -43,8 +41,8 @@ from .training import (
     check_inputs,
     check_settings,
     concept_tokens,
+    gradients_for,
     option,
-    progress_bar,
     randint,
     settings_from_dict,
     train_only,
@@ -134,47 +132,14 @@ def seal(
         )
     if len(concepts) != 1:
         raise ConceptVaultError("sealed hiding seals one concept per vault; make one vault per concept.")
-    with _frozen_pipeline(pipe):
+    with gradients_for([pipe.unet, pipe.text_encoder]):  # each step turns on its own weights' gradients
         return _seal(pipe, concepts[0], preserve, config, checkpoint_dir, resume, progress)
-
-
-@contextmanager
-def _frozen_pipeline(pipe):
-    """No gradients for the text encoder, and the UNet's own flags restored afterwards."""
-    flags = {(m, n): p.requires_grad for m in (pipe.unet, pipe.text_encoder) for n, p in m.named_parameters()}
-    pipe.text_encoder.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for module in (pipe.unet, pipe.text_encoder):
-            for name, parameter in module.named_parameters():
-                parameter.requires_grad_(flags.get((module, name), True))
 
 
 def _seal(pipe, concept: Concept, preserve: list[str], config: SealConfig, checkpoint_dir, resume, progress):
     run = _SealRun(pipe, concept, [*preserve, ""], config, progress)
-    folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    if resume:
-        if folder is None or not (folder / CHECKPOINT_FILE).is_file():
-            raise ConceptVaultError(f"there is no checkpoint to resume from in '{folder}'; run without --resume.")
-        run.load(read_checkpoint(folder, run.identity(), None)[0])
-    try:
-        with progress_bar(progress, config.model_updates, run.state.step) as advance:
-            while run.state.step < config.model_updates:
-                run.step()
-                advance(run.state.describe())
-                if folder and config.checkpoint_every and run.state.step % config.checkpoint_every == 0:
-                    write_checkpoint(folder, run.checkpoint(), {}, None)
-    except KeyboardInterrupt:
-        where = "no checkpoint directory was given, so the progress is lost"
-        if folder:
-            write_checkpoint(folder, run.checkpoint(), {}, None)
-            where = f"the checkpoint is in '{folder}'; run again with --resume to continue"
-        raise ConceptVaultError(
-            f"interrupted at update {run.state.step} of {config.model_updates}; {where}."
-        ) from None
-    if folder:
-        write_checkpoint(folder, run.checkpoint(), {}, None)
+    checkpointer = Checkpointer(checkpoint_dir, "sealed") if checkpoint_dir is not None else None
+    drive(run, checkpointer=checkpointer, resume=resume, checkpoint_every=config.checkpoint_every, progress=progress)
     return run.result(list(preserve))
 
 
@@ -204,10 +169,12 @@ class _SealRun:
         else:
             self.source = SampledLatents(pipe.unet, sampler, self.texts)
         self.state = RunState(total=config.model_updates)
+        self.rng_at_step_start = self.generator.get_state()
         self.state.setup_seconds = time.perf_counter() - started
 
-    def step(self) -> None:
+    def step(self) -> dict:
         started, config, texts = time.perf_counter(), self.config, self.texts
+        self.rng_at_step_start = self.generator.get_state()
         prompt = self.concept.prompts[randint(len(self.concept.prompts), self.generator)]
         z, t = self.source.draw(prompt, config.batch_size, self.generator)
         frozen = self.objective.teachers(z, t, texts, self.source.last_teacher)
@@ -228,17 +195,13 @@ class _SealRun:
         L_adv = self.objective.distil(z, t, texts(prompt), key=_ATTACKER, target=target)
         L_adv = L_adv + F.mse_loss(with_token, target)
         loss = config.lambda_hide * L_hide + config.lambda_pres * L_pres + config.lambda_adversary * L_adv
-        if not torch.isfinite(loss):
-            raise ConceptVaultError(
-                f"the training loss became {loss.item()} at update {self.state.step + 1}; nothing was written. "
-                "Lower --lr and run again."
-            )
         self.optimiser.zero_grad(set_to_none=True)
         loss.backward()
         self.optimiser.step()
         self.state.step += 1
-        losses = {"L_hide": L_hide, "L_pres": L_pres, "L_adv": L_adv}
-        self.state.record(losses, time.perf_counter() - started)
+        self.rng_at_step_start = self.generator.get_state()
+        self.state.record({"L_hide": L_hide, "L_pres": L_pres, "L_adv": L_adv}, time.perf_counter() - started)
+        return dict(self.state.latest, loss=float(loss.detach()))
 
     def _every_parameter(self) -> list:
         return [*self.trained.values(), *self.attacker_key.parameters(), self.token.vector]
@@ -263,25 +226,22 @@ class _SealRun:
             "concepts": [asdict(self.concept)],
             "preserve": self.preserve,
             "base_fingerprint": self.base_fingerprint,
-            "protected": False,
-            "method": Method.SEALED.value,
         }
 
-    def checkpoint(self) -> dict:
-        return {
-            "identity": self.identity(),
+    def checkpoint(self) -> tuple[dict, dict]:
+        """The run's state (a sealed run has no secret while it trains: the key is made at the end)."""
+        public = {
             "run": self.state.to_dict(),
-            "rng": self.generator.get_state(),
+            "rng": self.rng_at_step_start,
             "trained": {name: p.detach().cpu().clone() for name, p in self.trained.items()},
             "optimiser": self.optimiser.state_dict(),
             "attacker_key": self.attacker_key.state_dict(),
             "token": self.token.vector.detach().cpu().clone(),
             "adversary_optimiser": self.adversary_optimiser.state_dict(),
         }
+        return public, {}
 
-    def load(self, state: dict) -> None:
-        if state["run"]["step"] > self.config.model_updates:
-            raise ConceptVaultError("the checkpoint is beyond the updates asked for; raise --model-updates.")
+    def load(self, state: dict, secret: dict) -> None:
         with torch.no_grad():
             for name, parameter in self.trained.items():
                 parameter.copy_(state["trained"][name])
@@ -290,6 +250,7 @@ class _SealRun:
         self.optimiser.load_state_dict(state["optimiser"])
         self.adversary_optimiser.load_state_dict(state["adversary_optimiser"])
         self.generator.set_state(state["rng"])
+        self.rng_at_step_start = self.generator.get_state()
         for name, value in state["run"].items():
             setattr(self.state, name, value)
 
@@ -311,7 +272,7 @@ class _SealRun:
             concepts=[self.concept],
             config=self.config,
             preserve=preserve,
-            method=Method.SEALED,
+            method="sealed",
         )
 
 

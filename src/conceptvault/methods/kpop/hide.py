@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from enum import Enum
 from pathlib import Path
@@ -20,12 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbone import encode_prompts, unet_fingerprint
-from .checkpoint import CHECKPOINT_FILE, read_checkpoint, write_checkpoint
-from .errors import ConceptVaultError
-from .key import Key, Placement, attach_keys, detach_keys, projection_shapes
-from .latents import LatentSource, SampledLatents, Sampler
-from .training import (
+from ...backbone import encode_prompts, unet_fingerprint
+from ...driver import Checkpointer, drive
+from ...errors import ConceptVaultError
+from ...key import Key, Placement, attach_keys, detach_keys, projection_shapes
+from ...latents import LatentSource, SampledLatents, Sampler
+from ...training import (
     Concept,
     HideResult,
     LossSpace,
@@ -37,8 +36,8 @@ from .training import (
     check_inputs,
     check_settings,
     concept_tokens,
+    gradients_for,
     option,
-    progress_bar,
     randint,
     settings_from_dict,
     train_only,
@@ -160,30 +159,18 @@ def hide(
         (switch them on with ``cross_attention_kwargs={"keys": [name]}``).
     """
     run = _HidingRun(pipe, *check_inputs(pipe, concepts, preserve), config, progress)
-    folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    if resume:
-        if folder is None or not (folder / CHECKPOINT_FILE).is_file():
-            raise ConceptVaultError(f"there is no checkpoint to resume from in '{folder}'; run without --resume.")
-        run.load(*read_checkpoint(folder, run.identity(passphrase), passphrase))
-    elif measure:
+    checkpointer = Checkpointer(checkpoint_dir, "kpop", passphrase) if checkpoint_dir is not None else None
+    if measure and not resume:
         run.measure("before")
-    try:
-        with run.training(), progress_bar(progress, run.state.total, run.state.step) as advance:
-            while run.state.step < run.state.total:
-                info = run.step()
-                advance(run.state.describe())
-                if folder and config.checkpoint_every and run.state.step % config.checkpoint_every == 0:
-                    write_checkpoint(folder, *run.checkpoint(passphrase), passphrase)
-                if on_step is not None:
-                    on_step(run.state.step, info)
-    except KeyboardInterrupt:
-        where = "no checkpoint directory was given, so the progress is lost"
-        if folder:
-            write_checkpoint(folder, *run.checkpoint(passphrase), passphrase)
-            where = f"the checkpoint is in '{folder}'; run again with --resume to continue"
-        raise ConceptVaultError(f"interrupted at step {run.state.step} of {run.state.total}; {where}.") from None
-    if folder:
-        write_checkpoint(folder, *run.checkpoint(passphrase), passphrase)
+    with run.training():
+        drive(
+            run,
+            checkpointer=checkpointer,
+            resume=resume,
+            checkpoint_every=config.checkpoint_every,
+            progress=progress,
+            on_step=on_step,
+        )
     if measure:
         run.measure("after")
     return run.result()
@@ -297,11 +284,6 @@ class _HidingRun:
             loss = L_rec + config.lambda_pres * L_pres_key
         if L_uncond_key is not None:
             loss = loss + config.lambda_uncond * L_uncond_key
-        if not torch.isfinite(loss):
-            raise ConceptVaultError(
-                f"the training loss became {loss.item()} at step {step + 1}; nothing was written. "
-                "Lower --lr or --key-lr and run again."
-            )
         self.model_optimiser.zero_grad(set_to_none=True)
         self.key_optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -313,6 +295,7 @@ class _HidingRun:
         self.state.record(measured, seconds)
         return dict(
             self.state.latest,
+            loss=float(loss.detach()),
             step=self.state.step,
             total=self.state.total,
             model_step=model_step,
@@ -406,17 +389,9 @@ class _HidingRun:
             loss.backward()
             self.adversary_optimiser.step()
 
-    @contextmanager
-    def training(self) -> Iterator[None]:
-        """Gradients only for each step's own parameters (see ``_train_only``); restored afterwards."""
-        unet = self.pipe.unet
-        requires_grad = {name: p.requires_grad for name, p in unet.named_parameters()}
-        unet.requires_grad_(False).eval()
-        try:
-            yield
-        finally:
-            for name, p in unet.named_parameters():
-                p.requires_grad_(requires_grad.get(name, True))
+    def training(self):
+        """Gradients only for each step's own parameters (see ``train_only``); every flag restored afterwards."""
+        return gradients_for([self.pipe.unet])
 
     def measure(self, moment: str) -> None:
         """Record the losses on fixed frozen-model latents as ``stats["probe"][moment]``."""
@@ -426,7 +401,7 @@ class _HidingRun:
             )
         setattr(self.state, f"probe_{moment}", self._probe.measure(self.objective))
 
-    def identity(self, passphrase: str | None) -> dict:
+    def identity(self) -> dict:
         """What a checkpoint must match to be resumed (the length of the run and checkpoint spacing may change)."""
         settings = {
             k: v
@@ -438,13 +413,11 @@ class _HidingRun:
             "concepts": [asdict(c) for c in self.concepts],
             "preserve": self.preserve,
             "base_fingerprint": self.base_fingerprint,
-            "protected": passphrase is not None,
         }
 
-    def checkpoint(self, passphrase: str | None) -> tuple[dict, dict]:
+    def checkpoint(self) -> tuple[dict, dict]:
         """The public and the secret half of a checkpoint; the RNG as it was when the last step began or ended."""
         public = {
-            "identity": self.identity(passphrase),
             "run": self.state.to_dict(),
             "rng": self.rng_at_step_start,
             "trained": {name: p.detach().cpu().clone() for name, p in self.trained.items()},
@@ -462,12 +435,6 @@ class _HidingRun:
         return public, secret
 
     def load(self, public: dict, secret: dict) -> None:
-        saved = public["run"]
-        if saved["step"] > self.state.total:
-            raise ConceptVaultError(
-                f"the checkpoint is at step {saved['step']}, beyond the {self.state.total} steps asked for; "
-                "raise --model-updates or run without --resume."
-            )
         with torch.no_grad():
             for name, parameter in self.trained.items():
                 parameter.copy_(public["trained"][name])
@@ -481,7 +448,7 @@ class _HidingRun:
         self.key_optimiser.load_state_dict(secret["key_optimiser"])
         self.generator.set_state(public["rng"])
         self.rng_at_step_start = self.generator.get_state()
-        for name, value in saved.items():
+        for name, value in public["run"].items():
             setattr(self.state, name, value)
 
     def result(self) -> HideResult:

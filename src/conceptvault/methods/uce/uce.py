@@ -22,9 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .backbone import encode_prompts, text_tokens, unet_fingerprint
-from .manifest import Method
-from .training import Concept, HideResult, check_inputs, check_settings, option, peak_memory, settings_from_dict
+from ...backbone import encode_prompts, text_tokens, unet_fingerprint
+from ...training import Concept, HideResult, check_inputs, check_settings, option, peak_memory, settings_from_dict
 
 
 @dataclass
@@ -117,5 +116,5 @@ def erase_uce(pipe, concepts: Sequence[Concept], config: UceConfig, *, preserve:
         concepts=concepts,
         config=config,
         preserve=preserve,
-        method=Method.UCE,
+        method="uce",
     )

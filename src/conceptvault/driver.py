@@ -1,0 +1,106 @@
+"""The one training loop every trained method runs under.
+
+A method supplies a run: an object with ``state`` (a :class:`conceptvault.training.RunState`, whose ``step``
+and ``total`` say where it stands), ``step()`` (one training step; returns what it measured, ``loss``
+among it), ``identity()`` (what a checkpoint must match to be resumed), ``checkpoint()`` (its public and
+secret state) and ``load(public, secret)``. :func:`drive` owns everything else: resuming, the checkpoint
+cadence, the finite-loss check, interruption and the final checkpoint. A :class:`Checkpointer` holds the
+checkpoint folder and the passphrase that seals the secret half, once for the whole run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from .checkpoint import CHECKPOINT_FILE, read_checkpoint, write_checkpoint
+from .errors import ConceptVaultError
+from .training import RunState, progress_bar
+
+
+class TrainingRun(Protocol):
+    state: RunState
+
+    def step(self) -> dict: ...
+
+    def identity(self) -> dict: ...
+
+    def checkpoint(self) -> tuple[dict, dict]: ...
+
+    def load(self, public: dict, secret: dict) -> None: ...
+
+
+class Checkpointer:
+    """Where a run's checkpoints go, and the passphrase that seals their secret half (keys and their
+    optimiser); a protected run records that it is, so it cannot be resumed without its passphrase."""
+
+    def __init__(self, folder: Path | str, method: str, passphrase: str | None = None):
+        self.folder, self.method, self.passphrase = Path(folder), method, passphrase
+
+    def exists(self) -> bool:
+        return (self.folder / CHECKPOINT_FILE).is_file()
+
+    def identity(self, run: TrainingRun) -> dict:
+        return {**run.identity(), "method": self.method, "protected": self.passphrase is not None}
+
+    def save(self, run: TrainingRun) -> None:
+        public, secret = run.checkpoint()
+        write_checkpoint(self.folder, {**public, "identity": self.identity(run)}, secret, self.passphrase)
+
+    def restore(self, run: TrainingRun) -> None:
+        public, secret = read_checkpoint(self.folder, self.identity(run), self.passphrase)
+        step, total = public["run"].get("step"), run.state.total
+        if type(step) is not int or not 0 <= step <= total:
+            raise ConceptVaultError(
+                f"the checkpoint in '{self.folder}' is at step {step!r}, outside the {total} steps asked for; "
+                "ask for at least as many steps, or run without resuming."
+            )
+        run.load(public, secret)
+
+
+def drive(
+    run: TrainingRun,
+    *,
+    checkpointer: Checkpointer | None = None,
+    resume: bool = False,
+    checkpoint_every: int = 0,
+    progress: bool = True,
+    label: str = "hiding",
+    on_step: Callable[[int, dict], None] | None = None,
+) -> None:
+    """Run ``run`` to its last step: resumed from ``checkpointer`` if ``resume``, checkpointed every
+    ``checkpoint_every`` steps (0: only at the end), at the end, and on Ctrl-C or SIGTERM.
+
+    Raises ConceptVaultError when a loss is not finite (nothing is written) or on interruption (saying where
+    the checkpoint is). ``on_step(step, info)`` is called after every step with what the step measured.
+    """
+    if resume:
+        if checkpointer is None or not checkpointer.exists():
+            where = checkpointer.folder if checkpointer else None
+            raise ConceptVaultError(f"there is no checkpoint to resume from in '{where}'; run without resuming.")
+        checkpointer.restore(run)
+    state = run.state
+    try:
+        with progress_bar(progress, state.total, state.step, label) as advance:
+            while state.step < state.total:
+                info = run.step()
+                if not math.isfinite(info["loss"]):
+                    raise ConceptVaultError(
+                        f"the training loss became {info['loss']} at step {state.step}; nothing was written. "
+                        "Lower the learning rates (lr, key_lr) and run again."
+                    )
+                advance(state.describe())
+                if checkpointer and checkpoint_every and state.step % checkpoint_every == 0:
+                    checkpointer.save(run)
+                if on_step is not None:
+                    on_step(state.step, info)
+    except KeyboardInterrupt:
+        where = "no checkpoint folder was given, so the progress is lost"
+        if checkpointer:
+            checkpointer.save(run)
+            where = f"the checkpoint is in '{checkpointer.folder}'; run again with --resume to continue"
+        raise ConceptVaultError(f"interrupted at step {state.step} of {state.total}; {where}.") from None
+    if checkpointer:
+        checkpointer.save(run)

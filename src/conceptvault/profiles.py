@@ -1,0 +1,71 @@
+"""Model profiles: what is particular to a kind of model, looked up by the model's name.
+
+A profile says how the command line fills in what a user left out (a concept name expanded into its
+phrasings and captions, the prompts kept by default), how a served or generated image is sampled by
+default, and where an attacker's pictures and prompts of a concept come from when none are given. The
+built-in world is one profile (``conceptvault.world.profile``); every other model gets the Stable
+Diffusion profile, which adds nothing to what the user gave. No module outside a profile asks whether a
+model is the built-in one.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+from .errors import ConceptVaultError
+
+# the modules that register a profile as they are imported, read on the first lookup
+PROFILE_MODULES = ("conceptvault.world.profile",)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What the command line assumes for a kind of model; subclass and register to add one."""
+
+    name: str
+    sampler: tuple[int, float] = (30, 7.5)  # sampler steps and guidance a request gets unless it names its own
+
+    def claims(self, model: str) -> bool:
+        """Whether ``model`` (a name as the command line got it, or a manifest's base model) is of this kind."""
+        return False
+
+    def fill_in(self, concepts: list, preserve: list[str], method: str, preserve_captions: int | None = None):
+        """The concepts and preserve prompts to use for ``method`` when the user gave ``concepts`` and
+        ``preserve``; a model that knows nothing of its concepts adds nothing."""
+        if preserve_captions is not None:
+            raise ConceptVaultError(
+                "--preserve-captions fills in the built-in model's kept concepts: it needs the "
+                "model builtin and no --preserve."
+            )
+        return concepts, preserve
+
+    def pictures(self, judge: str, concept: str, count: int):
+        """``count`` pictures of ``concept`` for an attacker (None: this kind of model has none to give)."""
+        return None
+
+    def attack_prompts(self, judge: str, concept: str) -> list[str]:
+        """Prompts an attacker might try for ``concept`` without training."""
+        return []
+
+
+STABLE_DIFFUSION = Profile("stable-diffusion")
+_PROFILES: list[Profile] = []
+_loaded = False
+
+
+def register_profile(profile: Profile) -> Profile:
+    if any(p.name == profile.name for p in _PROFILES):
+        raise ValueError(f"a profile named {profile.name!r} is registered already; choose another name.")
+    _PROFILES.append(profile)
+    return profile
+
+
+def profile_for(model: str) -> Profile:
+    """The profile of ``model``: the first registered one that claims it, else Stable Diffusion's."""
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for module in PROFILE_MODULES:
+            importlib.import_module(module)
+    return next((p for p in _PROFILES if p.claims(str(model))), STABLE_DIFFUSION)

@@ -1,0 +1,119 @@
+"""The built-in world's profile: how the command line fills in a world concept given by name, how the built-in
+model is sampled, and the attacker's pictures and prompts of a world concept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from ..backbone import BUILTIN
+from ..evaluate.world_suites import training_captions
+from ..profiles import Profile, register_profile
+from ..training import Concept
+from . import BUILTIN_MODEL_DIR, GUIDANCE, SAMPLE_STEPS
+from .captions import articles_fixed, without_words, words_replaced
+from .vocabulary import ATTRIBUTE_KINDS, VOCABULARY
+
+# On the built-in model both ways of hiding train on world captions as well as on names: the concept under
+# n captions, and m of each kept concept beside their names (why these counts: CHANGELOG.md).
+WORLD_CAPTIONS = {"kpop": {"concept": 12, "preserve": 4}, "sealed": {"concept": 24, "preserve": 8}}
+
+
+def world_concepts(kind: str, names: list[str], captions: int = 0) -> list[Concept]:
+    """Concepts of the built-in world, each trained under every name it has and ``captions`` captions. A colour
+    or a style is an attribute: each caption is hidden toward itself without the concept's words ("a crimson
+    heart" toward "a heart"), so that hiding moves the colour and leaves the shape."""
+    return [_world_concept(kind, name, captions) for name in names]
+
+
+def _world_concept(kind: str, name: str, captions: int) -> Concept:
+    words = VOCABULARY[kind][name]
+    prompts = [*words, *training_captions(kind, name, captions)]
+    anchors = {p: a for p in prompts if (a := without_words(p, words))} if kind in ATTRIBUTE_KINDS else {}
+    return Concept(name, prompts, anchors=anchors)
+
+
+def world_preserve(kind: str, hidden: list[str], captions: int = 0) -> list[str]:
+    """Every other concept of the same kind, by each of its names (a small preserve set) and ``captions``
+    captions of each."""
+    kept = [concept for concept in VOCABULARY[kind] if concept not in hidden]
+    names = [articles_fixed(f"a {name}") for concept in kept for name in VOCABULARY[kind][concept]]
+    return names + [text for concept in kept for text in training_captions(kind, concept, captions)]
+
+
+def world_prompts(kind: str, hidden: list[str], captions: dict) -> tuple[list[Concept], list[str]]:
+    """The concepts to hide and the prompts to keep, by name and with ``captions`` world captions of each
+    ({"concept": n, "preserve": m}, as in :data:`WORLD_CAPTIONS`; missing counts are 0)."""
+    concepts = world_concepts(kind, hidden, captions.get("concept", 0))
+    return concepts, world_preserve(kind, hidden, captions.get("preserve", 0))
+
+
+def builtin_defaults(
+    concepts: list[Concept], preserve: list[str], captions: dict | None = None
+) -> tuple[list[Concept], list[str]]:
+    """What the command line gives the built-in model when a flag is left out: a concept named by its world
+    name alone is hidden under every name it has ("star" also as "five-pointed star" and "pentagram"), and
+    with no preserve prompt the other concepts of that kind are kept (as the demo and the benches do);
+    ``captions`` ({"concept": n, "preserve": m}, as in :data:`WORLD_CAPTIONS`) adds world captions to both."""
+    captions = captions or {}
+    kinds = {name: kind for kind, names in VOCABULARY.items() for name in names}
+    concepts = [
+        _world_filled_in(c, kinds[c.name], captions.get("concept", 0))
+        if c.name in kinds and c.prompts == [c.name]
+        else c
+        for c in concepts
+    ]
+    hidden_kinds = {kinds.get(c.name) for c in concepts}
+    if not preserve and len(hidden_kinds) == 1 and None not in hidden_kinds:
+        preserve = world_preserve(hidden_kinds.pop(), [c.name for c in concepts], captions.get("preserve", 0))
+    return concepts, preserve
+
+
+def _world_filled_in(concept: Concept, kind: str, captions: int) -> Concept:
+    """A world concept given by name alone: its names and captions, and each caption's own anchor unless an
+    anchor was given; an anchor that names another concept of the same kind stands in for it in each."""
+    world = world_concepts(kind, [concept.name], captions)[0]
+    if any(concept.anchor in names for other, names in VOCABULARY[kind].items() if other != concept.name):
+        return with_stand_in(world, kind, concept.anchor)
+    return replace(concept, prompts=world.prompts, anchors={} if concept.anchor else world.anchors)
+
+
+def with_stand_in(concept: Concept, kind: str, stand_in: str) -> Concept:
+    """A world concept hidden toward each of its prompts with ``stand_in`` in the place of its names ("a
+    crimson heart" toward "a green heart"): the public model answers red with green. The stand-in stays the
+    concept's anchor too, for the methods that take one anchor only (UCE)."""
+    words = VOCABULARY[kind][concept.name]
+    return replace(concept, anchor=stand_in, anchors={p: words_replaced(p, words, stand_in) for p in concept.prompts})
+
+
+class WorldProfile(Profile):
+    """The built-in model: its concepts are the world's, and renders of them are at hand."""
+
+    def claims(self, model: str) -> bool:
+        return model == BUILTIN or Path(model) == BUILTIN_MODEL_DIR
+
+    def fill_in(self, concepts, preserve, method, preserve_captions=None):
+        captions = WORLD_CAPTIONS.get(method, {})  # erasure: names only
+        if preserve_captions is not None:
+            if preserve:
+                super().fill_in(concepts, preserve, method, preserve_captions)  # refused: --preserve was given
+            captions = {**captions, "preserve": preserve_captions}
+        return builtin_defaults(concepts, preserve, captions)
+
+    def pictures(self, judge: str, concept: str, count: int):
+        if not judge.startswith("world-"):
+            return None
+        from .quality import renders_of
+
+        return renders_of(judge.removeprefix("world-"), [concept], count, seed=4242)
+
+    def attack_prompts(self, judge: str, concept: str) -> list[str]:
+        if judge != "world-shape":
+            return []
+        from .attack_prompts import attack_prompts
+
+        return attack_prompts(concept)
+
+
+WORLD = register_profile(WorldProfile("world", sampler=(SAMPLE_STEPS, GUIDANCE)))
