@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # CPU build of torch on machines without a GPU; users with CUDA install their own torch first.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test lint bench setup clean
+.PHONY: demo test lint bench results setup clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ lint: setup
 
 bench: setup
 	$(PY) bench/hide_step.py
+
+# docs/results.md from the records in bench/results/ (a new demo run: bench/render_results.py --add demo-out/demo-star.json)
+results: setup
+	$(PY) bench/render_results.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
