@@ -86,8 +86,8 @@ def hide_worker(spec: dict) -> dict:
     """Run a short hide and time each step; returns per-step seconds, sampler calls and memory."""
     import torch
 
+    from conceptvault.concepts import Concept
     from conceptvault.methods.kpop import HideConfig, hide
-    from conceptvault.training import Concept
 
     torch.set_num_threads(spec["threads"])
     pipe = build_pipeline(spec["model"], spec["latent_size"])

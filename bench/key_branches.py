@@ -20,7 +20,7 @@ import torch
 from conceptvault.backbone import BUILTIN, load_pipeline, unet_predict
 from conceptvault.evaluate.world_suites import world_concept
 from conceptvault.latents import Sampler
-from conceptvault.training import TextStates
+from conceptvault.objective import TextStates
 from conceptvault.vault import Vault
 from conceptvault.world import GUIDANCE, SAMPLE_STEPS
 from conceptvault.world.vocabulary import VOCABULARY

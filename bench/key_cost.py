@@ -20,7 +20,7 @@ from conceptvault.defaults import Family
 from conceptvault.delta_key import key_size
 from conceptvault.methods.kpop import HideConfig
 from conceptvault.registry import get_method
-from conceptvault.training import TrainedLayers
+from conceptvault.settings import TrainedLayers
 from hide_step import SD15_UNET
 
 SD21_UNET = {

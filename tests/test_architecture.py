@@ -7,9 +7,19 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "conceptvault"
 
-# modules below the methods: none of them may import a method (methods/), the command line, the demo, serving
-GROUND = {"errors", "registry", "profiles", "manifest", "key", "delta_key", "keyfile", "checkpoint", "backbone"}
-UPPER = ("methods", "cli", "demo", "serve", "attack_campaign", "world.profile")
+# The layers of ARCHITECTURE.md, lowest first: a module imports from its own layer or below, never above.
+LAYERS = [
+    ("ground", ("errors", "registry", "profiles", "delta_key", "key", "learned_token")),
+    (
+        "model",
+        ("keyfile", "backbone", "latents", "settings", "concepts", "objective", "training", "manifest")
+        + ("checkpoint", "single_file", "vault", "generate", "defaults"),
+    ),
+    ("driver", ("driver",)),
+    ("methods", ("methods",)),
+    ("measure", ("evaluate", "world", "attacks", "attack_report", "attack_campaign", "records")),
+    ("edge", ("world.profile", "demo", "serve", "cli", "console", "")),
+]
 
 
 def _module_name(path: Path) -> str:
@@ -66,9 +76,12 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-def test_the_graph_walker_finds_a_cycle():
+def test_the_graph_walker_finds_a_cycle_and_the_layers():
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
+    names = [name for name, _ in LAYERS]
+    assert names[_layer("world.profile")] == "edge" and names[_layer("world.render")] == "measure"
+    assert names[_layer("methods.kpop.hide")] == "methods" and names[_layer("registry")] == "ground"
 
 
 def test_the_package_has_no_import_cycle():
@@ -77,8 +90,33 @@ def test_the_package_has_no_import_cycle():
     assert _cycle(graph) is None, " -> ".join(_cycle(graph))
 
 
-def test_the_ground_floor_imports_no_method_and_no_upper_layer():
+def _layer(module: str) -> int:
+    """The layer of ``module``: that of the longest prefix listed (``world.profile`` before ``world``)."""
+    matches = [
+        (len(prefix), index)
+        for index, (_, prefixes) in enumerate(LAYERS)
+        for prefix in prefixes
+        if module == prefix or (prefix and module.startswith(prefix + "."))
+    ]
+    assert matches, f"{module} is in no layer of ARCHITECTURE.md; add it there and to LAYERS"
+    return max(matches)[1]
+
+
+def test_every_import_goes_to_the_same_layer_or_below():
     graph = _graph()
-    for module in GROUND:
-        upward = sorted(m for m in graph[module] if m.startswith(UPPER))
-        assert not upward, f"{module} imports {upward}"
+    upward = [
+        f"{module} ({LAYERS[_layer(module)][0]}) imports {target} ({LAYERS[_layer(target)][0]})"
+        for module, targets in sorted(graph.items())
+        for target in sorted(targets)
+        if _layer(target) > _layer(module)
+    ]
+    assert not upward, "\n".join(upward)
+
+
+def test_no_method_imports_another():
+    graph = _graph()
+    for module, targets in graph.items():
+        if module.startswith("methods."):
+            own = module.split(".")[1]
+            others = sorted(t for t in targets if t.startswith("methods.") and t.split(".")[1] != own)
+            assert not others, f"{module} imports {others}"

@@ -11,9 +11,9 @@ from PIL import Image
 
 from conceptvault.backbone import load_pipeline
 from conceptvault.cli import app, main
+from conceptvault.concepts import Concept
 from conceptvault.errors import ConceptVaultError
 from conceptvault.methods.kpop import HideConfig, hide
-from conceptvault.training import Concept
 
 QUICK = ["--model-updates", "2", "--sampler-steps", "3", "--m", "2", "--checkpoint-every", "1"]
 

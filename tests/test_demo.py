@@ -4,10 +4,10 @@ import json
 
 import pytest
 
+from conceptvault.concepts import Concept
 from conceptvault.defaults import family_config
 from conceptvault.demo import DemoPlan, make_world_vault, run_demo
 from conceptvault.errors import ConceptVaultError
-from conceptvault.training import Concept
 from conceptvault.world.profile import WORLD_CAPTIONS, builtin_defaults, world_concepts
 
 

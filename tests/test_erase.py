@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -11,12 +12,14 @@ from PIL import Image
 import toy_judges  # noqa: F401  (registers the test-brightness judge)
 from conceptvault.backbone import encode_prompts, load_pipeline
 from conceptvault.cli import main
+from conceptvault.concepts import Concept
+from conceptvault.defaults import family_config, model_family
 from conceptvault.errors import ConceptVaultError
 from conceptvault.evaluate import Suite, SuiteConcept
 from conceptvault.latents import Sampler
 from conceptvault.methods.esd import EsdConfig, erase_esd
 from conceptvault.methods.uce import UceConfig, concept_token_states, erase_uce
-from conceptvault.training import Concept, Objective
+from conceptvault.objective import Objective
 from conceptvault.vault import Vault, save_vault
 
 QUICK_ESD = EsdConfig(iterations=6, lr=1e-3, sampler_steps=3, batch_size=2)
@@ -149,3 +152,39 @@ def test_compare_puts_hiding_and_erasure_side_by_side(sd1_path, tmp_path, capsys
     html = (tmp_path / "cmp" / "comparison.html").read_text()
     assert html.count("<th>hidden</th>") == 2 and "hidden + key" in html and html.count("<th>erased</th>") == 2
     assert Image.open(tmp_path / "cmp" / "comparison.png").size[0] > 300
+
+
+def test_esd_interrupted_and_resumed_equals_straight(tiny_path, tmp_path):
+    config = EsdConfig(iterations=6, lr=1e-3, sampler_steps=3, batch_size=2, checkpoint_every=2)
+    straight = erase_esd(load_pipeline(str(tiny_path), device="cpu"), [Concept("star")], config, progress=False)
+
+    def stop_at_three(step: int, info: dict) -> None:
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(ConceptVaultError, match="interrupted at step 3 of 6.*--resume"):
+        pipe = load_pipeline(str(tiny_path), device="cpu")
+        erase_esd(pipe, [Concept("star")], config, checkpoint_dir=tmp_path, progress=False, on_step=stop_at_three)
+    pipe = load_pipeline(str(tiny_path), device="cpu")
+    resumed = erase_esd(pipe, [Concept("star")], config, checkpoint_dir=tmp_path, resume=True, progress=False)
+
+    assert straight.public.keys() == resumed.public.keys()
+    assert all(torch.equal(straight.public[n], resumed.public[n]) for n in straight.public)
+    assert straight.stats["final"] == resumed.stats["final"] and resumed.stats["steps"] == 6
+    with pytest.raises(ConceptVaultError, match="made with lr=0.001, not 0.01"):
+        pipe = load_pipeline(str(tiny_path), device="cpu")
+        erase_esd(pipe, [Concept("star")], replace(config, lr=1e-2), checkpoint_dir=tmp_path, resume=True)
+
+
+def test_erase_resumes_from_the_command_line(tiny_path, tmp_path, capsys):
+    vault = tmp_path / "vault"
+    checkpoint = tmp_path / "vault.checkpoint"
+    args = ["erase", tiny_path, "--concept", "star", "--method", "esd-x", "--out", vault, "--iterations", "2"]
+    code, _, err = run(capsys, *args, "--resume")
+    assert code == 1 and "no checkpoint to resume from" in err and not vault.exists()
+    pipe = load_pipeline(str(tiny_path), device="cpu")
+    config = family_config(model_family(pipe), 1, "esd-x", iterations=1)  # what the command line would run, shorter
+    erase_esd(pipe, [Concept("star")], config, checkpoint_dir=checkpoint, progress=False)
+    code, _, err = run(capsys, *args, "--resume")
+    assert code == 0, err
+    assert Vault.load(vault).manifest.stats["steps"] == 2 and not checkpoint.exists()

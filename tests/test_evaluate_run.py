@@ -9,6 +9,7 @@ import torch
 
 import toy_judges  # noqa: F401  (registers the test-brightness judge)
 from conceptvault.backbone import load_pipeline, unet_fingerprint
+from conceptvault.concepts import Concept
 from conceptvault.errors import ConceptVaultError
 from conceptvault.evaluate import (
     Suite,
@@ -22,7 +23,6 @@ from conceptvault.evaluate import (
 )
 from conceptvault.key import attached_keys
 from conceptvault.methods.kpop import HideConfig, hide
-from conceptvault.training import Concept
 from conceptvault.vault import Vault, save_vault
 
 STEPS = 2

@@ -22,12 +22,12 @@ from conceptvault import keyfile
 from conceptvault.backbone import load_pipeline
 from conceptvault.checkpoint import CHECKPOINT_FILE, KEYS_FILE
 from conceptvault.cli import main
+from conceptvault.concepts import Concept
 from conceptvault.errors import ConceptVaultError
 from conceptvault.key import Key
 from conceptvault.keyfile import read_key_file, write_key_file
 from conceptvault.manifest import Manifest
 from conceptvault.methods.kpop import HideConfig, hide
-from conceptvault.training import Concept
 from conceptvault.vault import MANIFEST_FILE, Vault, save_vault
 
 QUICK = HideConfig(model_updates=2, sampler_steps=3, m=2, checkpoint_every=1)

@@ -10,11 +10,13 @@ from rich.console import Console
 from conceptvault.backbone import encode_prompts, load_pipeline, unet_predict
 from conceptvault.checkpoint import CHECKPOINT_FILE, KEYS_FILE
 from conceptvault.cli.vaults import _concepts_table
+from conceptvault.concepts import Concept
 from conceptvault.errors import ConceptVaultError
 from conceptvault.key import Key, Placement, attach_keys, attached_keys
 from conceptvault.latents import CachedLatents, Sampler
 from conceptvault.methods.kpop.hide import HideConfig, KeyInit, _initial_tokens, _Probe, hide
-from conceptvault.training import Concept, LossSpace, Objective, TextStates, TrainedLayers
+from conceptvault.objective import Objective, TextStates
+from conceptvault.settings import LossSpace, TrainedLayers
 from conceptvault.vault import Vault, save_vault
 
 # A quick configuration: tiny sampler, few updates, no progress bar.

@@ -9,10 +9,10 @@ from diffusers import StableDiffusionXLPipeline
 import toy_judges  # noqa: F401  (registers the test-brightness judge)
 from conceptvault.backbone import encode_prompts, load_pipeline, unet_predict
 from conceptvault.cli import main
+from conceptvault.concepts import Concept
 from conceptvault.evaluate import Suite, SuiteConcept, run_suite
 from conceptvault.key import Key, attach_keys, detach_keys
 from conceptvault.methods.kpop import HideConfig, hide
-from conceptvault.training import Concept
 from conceptvault.vault import Vault, save_vault
 
 

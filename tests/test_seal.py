@@ -10,11 +10,11 @@ from diffusers import StableDiffusionPipeline
 
 from conceptvault.backbone import encode_prompts, load_pipeline
 from conceptvault.cli import main
+from conceptvault.concepts import Concept
 from conceptvault.delta_key import DeltaKey, key_size
 from conceptvault.key import attached_keys
 from conceptvault.learned_token import name_the_token
 from conceptvault.methods.sealed import SealConfig, bare_names, seal
-from conceptvault.training import Concept
 from conceptvault.vault import Vault, save_vault
 
 QUICK = SealConfig(

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from conceptvault.backbone import load_pipeline
+from conceptvault.concepts import Concept
 from conceptvault.generate import generate_images
 from conceptvault.keyfile import key_fingerprint
 from conceptvault.methods.kpop import HideConfig, hide
@@ -23,7 +24,6 @@ from conceptvault.serve import Limits, build_server
 from conceptvault.serve import engine as engine_module
 from conceptvault.serve.engine import Engine, Job, QueueFull
 from conceptvault.serve.store import AccessStore, Grant
-from conceptvault.training import Concept
 from conceptvault.vault import Vault, read_manifest, save_vault
 
 

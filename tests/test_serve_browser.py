@@ -38,10 +38,10 @@ def live(sd1_path, tmp_path_factory):
     import uvicorn
 
     from conceptvault.backbone import load_pipeline
+    from conceptvault.concepts import Concept
     from conceptvault.methods.kpop import HideConfig, hide
     from conceptvault.serve import build_server
     from conceptvault.serve.store import AccessStore
-    from conceptvault.training import Concept
     from conceptvault.vault import save_vault
 
     folder = tmp_path_factory.mktemp("browser")

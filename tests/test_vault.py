@@ -11,10 +11,10 @@ from safetensors.torch import save_file
 
 from conceptvault import vault as vault_module
 from conceptvault.backbone import encode_prompts, load_pipeline
+from conceptvault.concepts import Concept
 from conceptvault.errors import ConceptVaultError
 from conceptvault.key import attached_keys
 from conceptvault.methods.kpop import HideConfig, hide
-from conceptvault.training import Concept
 from conceptvault.vault import MANIFEST_FILE, PUBLIC_FILE, Vault, save_vault
 
 CONCEPTS = [Concept.parse("star|five-pointed star"), Concept("heart", anchor="a shape")]

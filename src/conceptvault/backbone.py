@@ -22,7 +22,7 @@ from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusio
 from .errors import ConceptVaultError
 from .key import is_key_parameter
 
-BUILTIN = "builtin"  # the built-in Shapes model, resolved through conceptvault.world.BUILTIN_MODEL_DIR
+BUILTIN = "builtin"  # the built-in Shapes model: its profile (conceptvault.world.profile) names its folder
 COMPONENTS = ("unet", "text_encoder", "vae", "tokenizer", "scheduler")
 SDXL_COMPONENTS = (*COMPONENTS, "text_encoder_2", "tokenizer_2")
 PIPELINES = (StableDiffusionPipeline, StableDiffusionXLPipeline)
@@ -69,14 +69,12 @@ def load_pipeline(
 
 def _resolve_source(model: str) -> str:
     """A local folder (checked) or a hub id (passed on)."""
-    if model == BUILTIN:
-        folder = _builtin_folder()
-        if not (folder / "model_index.json").is_file():
-            raise ConceptVaultError(
-                f"the built-in model is not built yet (no model_index.json in '{folder}'); build it first, "
-                "or give a diffusers pipeline folder or a hub id."
-            )
-        return str(_check_folder(folder, shown_as="the built-in model"))
+    from .profiles import profile_for  # a profile may name a folder of its own for a model (the built-in one)
+
+    profile = profile_for(model)
+    folder = profile.model_folder(model)
+    if folder is not None:
+        return str(_check_folder(folder, shown_as=profile.title))
     path = Path(model).expanduser()
     if path.exists():
         return str(_check_folder(path, shown_as=model))
@@ -86,17 +84,6 @@ def _resolve_source(model: str) -> str:
             f"such as 'runwayml/stable-diffusion-v1-5', or '{BUILTIN}'."
         )
     return model
-
-
-def _builtin_folder() -> Path:
-    try:
-        from .world import BUILTIN_MODEL_DIR
-    except ImportError:
-        raise ConceptVaultError(
-            "the built-in model is not part of this installation; "
-            "give a diffusers pipeline folder or a hub id instead."
-        ) from None
-    return Path(BUILTIN_MODEL_DIR)
 
 
 def _looks_like_path(model: str) -> bool:

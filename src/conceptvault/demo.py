@@ -16,12 +16,12 @@ from rich.console import Console
 
 from conceptvault.backbone import BUILTIN, load_pipeline
 from conceptvault.checkpoint import CHECKPOINT_FILE, output_lock
+from conceptvault.concepts import Concept
 from conceptvault.defaults import Family, family_config
 from conceptvault.evaluate import print_summary, resolve_suite, run_suite, write_report
 from conceptvault.methods.kpop import HideConfig, hide
 from conceptvault.records import evaluation_record, write_record
 from conceptvault.registry import get_method
-from conceptvault.training import Concept
 from conceptvault.vault import Vault, save_vault
 from conceptvault.world.profile import WORLD_CAPTIONS, world_prompts
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from .checkpoint import CHECKPOINT_FILE, read_checkpoint, write_checkpoint
 from .errors import ConceptVaultError
@@ -22,6 +22,7 @@ from .training import RunState, progress_bar
 
 class TrainingRun(Protocol):
     state: RunState
+    config: Any  # the method's settings; ``checkpoint_every`` among them
 
     def step(self) -> dict: ...
 
@@ -38,6 +39,11 @@ class Checkpointer:
 
     def __init__(self, folder: Path | str, method: str, passphrase: str | None = None):
         self.folder, self.method, self.passphrase = Path(folder), method, passphrase
+
+    @classmethod
+    def at(cls, folder: Path | str | None, method: str, passphrase: str | None = None) -> Checkpointer | None:
+        """A checkpointer for ``folder``, or None where no folder was given (the run keeps no checkpoints)."""
+        return None if folder is None else cls(folder, method, passphrase)
 
     def exists(self) -> bool:
         return (self.folder / CHECKPOINT_FILE).is_file()
@@ -65,13 +71,12 @@ def drive(
     *,
     checkpointer: Checkpointer | None = None,
     resume: bool = False,
-    checkpoint_every: int = 0,
     progress: bool = True,
     label: str = "hiding",
     on_step: Callable[[int, dict], None] | None = None,
 ) -> None:
     """Run ``run`` to its last step: resumed from ``checkpointer`` if ``resume``, checkpointed every
-    ``checkpoint_every`` steps (0: only at the end), at the end, and on Ctrl-C or SIGTERM.
+    ``run.config.checkpoint_every`` steps (0: only at the end), at the end, and on Ctrl-C or SIGTERM.
 
     Raises ConceptVaultError when a loss is not finite (nothing is written) or on interruption (saying where
     the checkpoint is). ``on_step(step, info)`` is called after every step with what the step measured.
@@ -81,7 +86,7 @@ def drive(
             where = checkpointer.folder if checkpointer else None
             raise ConceptVaultError(f"there is no checkpoint to resume from in '{where}'; run without resuming.")
         checkpointer.restore(run)
-    state = run.state
+    state, every = run.state, run.config.checkpoint_every
     try:
         with progress_bar(progress, state.total, state.step, label) as advance:
             while state.step < state.total:
@@ -89,10 +94,10 @@ def drive(
                 if not math.isfinite(info["loss"]):
                     raise ConceptVaultError(
                         f"the training loss became {info['loss']} at step {state.step}; nothing was written. "
-                        "Lower the learning rates (lr, key_lr) and run again."
+                        "Lower the learning rates (lr, and key_lr where the method has one) and run again."
                     )
                 advance(state.describe())
-                if checkpointer and checkpoint_every and state.step % checkpoint_every == 0:
+                if checkpointer and every and state.step % every == 0:
                     checkpointer.save(run)
                 if on_step is not None:
                     on_step(state.step, info)

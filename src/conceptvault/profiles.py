@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from pathlib import Path
 
 from .errors import ConceptVaultError
 
@@ -24,11 +25,16 @@ class Profile:
     """What the command line assumes for a kind of model; subclass and register to add one."""
 
     name: str
+    title: str = "the model"  # how errors name a model of this kind
     sampler: tuple[int, float] = (30, 7.5)  # sampler steps and guidance a request gets unless it names its own
 
     def claims(self, model: str) -> bool:
         """Whether ``model`` (a name as the command line got it, or a manifest's base model) is of this kind."""
         return False
+
+    def model_folder(self, model: str) -> Path | None:
+        """The pipeline folder to load for ``model`` (None: load it as given, a folder or a hub id)."""
+        return None
 
     def fill_in(self, concepts: list, preserve: list[str], method: str, preserve_captions: int | None = None):
         """The concepts and preserve prompts to use for ``method`` when the user gave ``concepts`` and
@@ -49,7 +55,7 @@ class Profile:
         return []
 
 
-STABLE_DIFFUSION = Profile("stable-diffusion")
+STABLE_DIFFUSION = Profile("stable-diffusion", "the model")
 _PROFILES: list[Profile] = []
 _loaded = False
 

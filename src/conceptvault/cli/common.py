@@ -17,8 +17,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
+from ..concepts import Concept
 from ..errors import ConceptVaultError
-from ..training import Concept
 
 app = typer.Typer(
     name="conceptvault",

@@ -23,7 +23,7 @@ from ..manifest import KEYS_DIR
 from ..methods.kpop import HideConfig, KeyInit
 from ..profiles import profile_for
 from ..registry import MethodSpec, choices, get_method, methods, variant_settings
-from ..training import LossSpace, TrainedLayers
+from ..settings import LossSpace, TrainedLayers
 from ..vault import Vault, save_vault
 from .common import (
     DeviceOption,

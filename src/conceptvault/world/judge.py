@@ -139,8 +139,8 @@ def train_judge(steps: int = 3000, batch_size: int = 64, seed: int = 0, progress
     negatives labelled ``REJECT``; blur, resampling and noise stand in for what a decoder does to them.
 
     Passing every other batch through the model's VAE instead made a judge that reads decoded renders a
-    little better (99.4 % shape against 98.1 %) but names more negatives a shape (2.5 % against 1.1 %,
-    most of them two overlapping shapes), so the judge learns from renders alone."""
+    little better but names more negatives a shape (most of them two overlapping shapes), so the judge
+    learns from renders alone (the figures: docs/builtin-model.md)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)

@@ -7,11 +7,13 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from .. import world
 from ..backbone import BUILTIN
+from ..concepts import Concept
+from ..errors import ConceptVaultError
 from ..evaluate.world_suites import training_captions
 from ..profiles import Profile, register_profile
-from ..training import Concept
-from . import BUILTIN_MODEL_DIR, GUIDANCE, SAMPLE_STEPS
+from . import GUIDANCE, SAMPLE_STEPS
 from .captions import articles_fixed, without_words, words_replaced
 from .vocabulary import ATTRIBUTE_KINDS, VOCABULARY
 
@@ -91,7 +93,16 @@ class WorldProfile(Profile):
     """The built-in model: its concepts are the world's, and renders of them are at hand."""
 
     def claims(self, model: str) -> bool:
-        return model == BUILTIN or Path(model) == BUILTIN_MODEL_DIR
+        return model == BUILTIN or Path(model) == Path(world.BUILTIN_MODEL_DIR)
+
+    def model_folder(self, model: str) -> Path:
+        folder = Path(world.BUILTIN_MODEL_DIR)  # read when asked: a test may point it elsewhere
+        if not (folder / "model_index.json").is_file():
+            raise ConceptVaultError(
+                f"the built-in model is not built yet (no model_index.json in '{folder}'); build it "
+                "first, or give a diffusers pipeline folder or a hub id."
+            )
+        return folder
 
     def fill_in(self, concepts, preserve, method, preserve_captions=None):
         captions = WORLD_CAPTIONS.get(method, {})  # erasure: names only
@@ -116,4 +127,4 @@ class WorldProfile(Profile):
         return attack_prompts(concept)
 
 
-WORLD = register_profile(WorldProfile("world", sampler=(SAMPLE_STEPS, GUIDANCE)))
+WORLD = register_profile(WorldProfile("world", "the built-in model", sampler=(SAMPLE_STEPS, GUIDANCE)))

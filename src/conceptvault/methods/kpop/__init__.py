@@ -9,7 +9,7 @@ __all__ = ["HideConfig", "KeyInit", "hide"]
 # Small models (the built-in one) take larger learning rates and far fewer updates, a larger key that reaches
 # every cross-attention layer with rank-8 projection changes, losses in x0 space, cached trajectories and a
 # key-only phase against the final public weights. Stable Diffusion starts from the paper's settings (the
-# config's own defaults). Why each value: CHANGELOG.md, "How the built-in defaults came about".
+# config's own defaults). Why each value: CHANGELOG.md.
 _SMALL = dict(
     key_rank=8,
     loss_space="x0",

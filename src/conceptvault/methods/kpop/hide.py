@@ -8,38 +8,33 @@ branch); preserve prompts are held to the original with and without the key. Mod
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ...backbone import encode_prompts, unet_fingerprint
+from ...concepts import Concept, HideResult, check_inputs
 from ...driver import Checkpointer, drive
 from ...errors import ConceptVaultError
 from ...key import Key, Placement, attach_keys, detach_keys, projection_shapes
-from ...latents import LatentSource, SampledLatents, Sampler
+from ...latents import Sampler
+from ...objective import Objective, TextStates
+from ...settings import LossSpace, SamplerSettings, TrainedLayers, option, settings_from_dict
 from ...training import (
-    Concept,
-    HideResult,
-    LossSpace,
-    Objective,
     RunState,
-    TextStates,
-    TrainedLayers,
-    cached_latents,
-    check_inputs,
-    check_settings,
+    TrainedRun,
     concept_tokens,
+    frozen_copy,
     gradients_for,
-    option,
+    latent_source,
     randint,
-    settings_from_dict,
     train_only,
     trainable_parameters,
 )
@@ -51,7 +46,7 @@ class KeyInit(str, Enum):
 
 
 @dataclass
-class HideConfig:
+class HideConfig(SamplerSettings):
     """Every setting of a hiding run; stored in the vault's manifest."""
 
     model_updates: int = option(1000, "Number of model updates; training runs model_updates * k steps.")
@@ -81,43 +76,26 @@ class HideConfig:
     )
     key_change_lr: float = option(1e-3, "Adam learning rate of the key's projection changes (key_rank > 0).")
     placement: Placement = option(Placement.MID, "Cross-attention layers that receive the key.")
-    latents: LatentSource = option(
-        LatentSource.SAMPLE, "Make z_t by sampling with the current model, or from a cache."
-    )
-    sampler_steps: int = option(50, "DDIM steps of the sampler that makes z_t.")
-    guidance: float = option(3.0, "Classifier-free guidance of the sampler that makes z_t.")
-    cache_trajectories: int = option(4, "Frozen-model trajectories cached per prompt (latents=cache).")
-    batch_size: int = option(1, "Latents per training step.")
-    seed: int = option(0, "Seed of every random choice in the run.")
     key_updates: int = option(0, "Key-only updates after the model updates, against the final public weights.")
     adversary_every: int = option(
         0,
         "Hardened hiding: every this many model updates, learn an attacker key against the current public "
-        "weights, and train the weights to defeat it (0: off). The owner's key is defeated too: on the "
-        "built-in model, every 2 updates left the key holder the star on 5 % of seeds.",
+        "weights, and train the weights to defeat it (0: off). Measured on the built-in model, it defeats "
+        "the owner's key too (docs/security.md).",
     )
     adversary_steps: int = option(20, "Steps of each inner attacker-key inversion (hardened hiding).")
     lambda_adversary: float = option(1.0, "Weight of defeating the attacker key (hardened hiding).")
     checkpoint_every: int = option(50, "Training steps between checkpoints (0: only at the end and on Ctrl-C).")
 
-    def __post_init__(self):
-        check_settings(
-            self,
-            positive=(
-                "model_updates",
-                "k",
-                "lr",
-                "key_lr",
-                "key_change_lr",
-                "m",
-                "sampler_steps",
-                "cache_trajectories",
-                "batch_size",
-            ),
-        )
-
-    def to_dict(self) -> dict:
-        return {name: value.value if isinstance(value, Enum) else value for name, value in asdict(self).items()}
+    positive: ClassVar[tuple[str, ...]] = (
+        *SamplerSettings.positive,
+        "model_updates",
+        "k",
+        "lr",
+        "key_lr",
+        "key_change_lr",
+        "m",
+    )
 
     @classmethod
     def from_dict(cls, values: dict) -> HideConfig:
@@ -159,7 +137,7 @@ def hide(
         (switch them on with ``cross_attention_kwargs={"keys": [name]}``).
     """
     run = _HidingRun(pipe, *check_inputs(pipe, concepts, preserve), config, progress)
-    checkpointer = Checkpointer(checkpoint_dir, "kpop", passphrase) if checkpoint_dir is not None else None
+    checkpointer = Checkpointer.at(checkpoint_dir, "kpop", passphrase)
     if measure and not resume:
         run.measure("before")
     with run.training():
@@ -167,7 +145,6 @@ def hide(
             run,
             checkpointer=checkpointer,
             resume=resume,
-            checkpoint_every=config.checkpoint_every,
             progress=progress,
             on_step=on_step,
         )
@@ -194,19 +171,21 @@ class _Draw:
     frozen_kept: torch.Tensor | None = None
 
 
-class _HidingRun:
+class _HidingRun(TrainedRun):
     """One hiding run: the frozen teacher, the trained weights, the keys, their optimisers and the data.
 
     ``step()`` is one training step; model updates (every ``k``-th step) and key-only updates alternate,
     then ``key_updates`` key-only steps follow against the final public weights.
     """
 
+    length_settings = ("model_updates", "key_updates")
+
     def __init__(self, pipe, concepts: list[Concept], preserve: list[str], config: HideConfig, progress: bool = False):
         started = time.perf_counter()
         self.pipe, self.concepts, self.preserve, self.config = pipe, concepts, preserve, config
         self.generator = torch.Generator().manual_seed(config.seed)
         self.base_fingerprint = unet_fingerprint(pipe.unet)
-        self.frozen_unet = copy.deepcopy(pipe.unet).requires_grad_(False).eval()
+        self.frozen_unet = frozen_copy(pipe.unet)
         anchors = [a for c in concepts for a in c.every_anchor()]
         prompts = [*(p for c in concepts for p in c.prompts), *anchors, *preserve, ""]
         self.texts = TextStates(pipe, prompts)
@@ -232,7 +211,7 @@ class _HidingRun:
         self.trained = trainable_parameters(pipe.unet, config.train)
         self.key_parameters = [p for key in self.keys.values() for p in key.parameters()]
         self.adversary_parameters = [p for key in self.adversaries.values() for p in key.parameters()]
-        self.model_optimiser = torch.optim.Adam(self.trained.values(), lr=config.lr)
+        self.optimiser = torch.optim.Adam(self.trained.values(), lr=config.lr)
         groups = [{"params": [p for key in self.keys.values() for p in key.tokens()], "lr": config.key_lr}]
         if config.key_rank:
             changes = [p for key in self.keys.values() for p in key.changes.parameters()]
@@ -242,18 +221,13 @@ class _HidingRun:
             torch.optim.Adam(self.adversary_parameters, lr=config.key_lr) if self.adversaries else None
         )
         self.objective = Objective(pipe.unet, self.frozen_unet, pipe.scheduler.config, config)
-        sampler = Sampler.for_pipeline(pipe, config.sampler_steps, config.guidance, self.texts(""))
-        if config.latents == LatentSource.CACHE:
-            cached = [*(p for c in concepts for p in c.prompts), *preserve]
-            self.source = cached_latents(
-                self.frozen_unet, sampler, self.texts, cached, config.cache_trajectories, self.generator, progress
-            )
-        else:
-            self.source = SampledLatents(pipe.unet, sampler, self.texts)
-        self.sampler = sampler
+        cached = [*(p for c in concepts for p in c.prompts), *preserve]
+        self.sampler, self.source = latent_source(
+            pipe, self.frozen_unet, self.texts, cached, config, self.generator, progress
+        )
         self._probe: _Probe | None = None  # made on first use: it costs a few sampler runs
         self.state = RunState(total=config.model_updates * config.k + config.key_updates)
-        self.rng_at_step_start = self.generator.get_state()
+        self.at_step_boundary()
         self.state.setup_seconds = time.perf_counter() - started
 
     def is_model_step(self, step: int) -> bool:
@@ -266,7 +240,7 @@ class _HidingRun:
     def step(self) -> dict:
         """One training step: draw latents, compute the losses, update the model or the keys."""
         started, config, step = time.perf_counter(), self.config, self.state.step
-        self.rng_at_step_start = self.generator.get_state()
+        self.at_step_boundary()
         model_step = self.is_model_step(step)
         draw = self._draw()
         if model_step and self.adversaries and (step // config.k) % config.adversary_every == 0:
@@ -284,12 +258,12 @@ class _HidingRun:
             loss = L_rec + config.lambda_pres * L_pres_key
         if L_uncond_key is not None:
             loss = loss + config.lambda_uncond * L_uncond_key
-        self.model_optimiser.zero_grad(set_to_none=True)
+        self.optimiser.zero_grad(set_to_none=True)
         self.key_optimiser.zero_grad(set_to_none=True)
         loss.backward()
-        (self.model_optimiser if model_step else self.key_optimiser).step()
+        (self.optimiser if model_step else self.key_optimiser).step()
         self.state.step = step + 1
-        self.rng_at_step_start = self.generator.get_state()
+        self.at_step_boundary()
         seconds = time.perf_counter() - started
         measured = _measured(L_hide, L_rec, L_pres, L_pres_key, L_uncond_key, preserved=draw.kept is not None)
         self.state.record(measured, seconds)
@@ -401,27 +375,10 @@ class _HidingRun:
             )
         setattr(self.state, f"probe_{moment}", self._probe.measure(self.objective))
 
-    def identity(self) -> dict:
-        """What a checkpoint must match to be resumed (the length of the run and checkpoint spacing may change)."""
-        settings = {
-            k: v
-            for k, v in self.config.to_dict().items()
-            if k not in ("model_updates", "key_updates", "checkpoint_every")
-        }
-        return {
-            "config": settings,
-            "concepts": [asdict(c) for c in self.concepts],
-            "preserve": self.preserve,
-            "base_fingerprint": self.base_fingerprint,
-        }
-
     def checkpoint(self) -> tuple[dict, dict]:
         """The public and the secret half of a checkpoint; the RNG as it was when the last step began or ended."""
         public = {
-            "run": self.state.to_dict(),
-            "rng": self.rng_at_step_start,
-            "trained": {name: p.detach().cpu().clone() for name, p in self.trained.items()},
-            "model_optimiser": self.model_optimiser.state_dict(),
+            **self.trained_state(),
             "adversaries": {name: key.state_dict() for name, key in self.adversaries.items()},
             "adversary_optimiser": self.adversary_optimiser.state_dict() if self.adversary_optimiser else None,
         }
@@ -435,26 +392,21 @@ class _HidingRun:
         return public, secret
 
     def load(self, public: dict, secret: dict) -> None:
-        with torch.no_grad():
-            for name, parameter in self.trained.items():
-                parameter.copy_(public["trained"][name])
-            for name, key in self.keys.items():
-                key.load_state_dict(secret["keys"][name])
-        self.model_optimiser.load_state_dict(public["model_optimiser"])
+        self.load_trained_state(public)
+        for name, key in self.keys.items():
+            key.load_state_dict(secret["keys"][name])
         for name, key in self.adversaries.items():
             key.load_state_dict(public["adversaries"][name])
         if self.adversary_optimiser:
             self.adversary_optimiser.load_state_dict(public["adversary_optimiser"])
         self.key_optimiser.load_state_dict(secret["key_optimiser"])
-        self.generator.set_state(public["rng"])
-        self.rng_at_step_start = self.generator.get_state()
-        for name, value in public["run"].items():
-            setattr(self.state, name, value)
 
     def result(self) -> HideResult:
         public = {name: p.detach().cpu().clone() for name, p in self.trained.items()}
         if not all(torch.isfinite(t).all() for t in public.values()):
-            raise ConceptVaultError("training left non-finite weights; nothing was written. Lower --lr and run again.")
+            raise ConceptVaultError(
+                "training left non-finite weights; nothing was written. Lower the learning rate (lr) and run again."
+            )
         if self.adversaries:  # the attacker keys were a training device only: keep the real keys attached
             detach_keys(self.pipe.unet)
             attach_keys(self.pipe.unet, self.keys, self.config.placement)

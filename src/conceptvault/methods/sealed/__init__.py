@@ -15,7 +15,7 @@ def _run(pipe, concepts, config, *, preserve=(), checkpoint_dir=None, resume=Fal
 
 
 # Stable Diffusion: a whole weight change would be a copy of the UNet, so the key keeps each tensor's 64
-# strongest directions. Why each value: CHANGELOG.md, "How the built-in defaults came about".
+# strongest directions. Why each value: CHANGELOG.md.
 register_method(
     MethodSpec(
         name="sealed",

@@ -12,39 +12,34 @@ model, so the key holder gets the concept back as it was, while the public weigh
 
 from __future__ import annotations
 
-import copy
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from ...backbone import is_sdxl, unet_fingerprint
+from ...concepts import Concept, HideResult, check_inputs
 from ...delta_key import DeltaKey
 from ...driver import Checkpointer, drive
 from ...errors import ConceptVaultError
 from ...key import Key, Placement, attach_keys, detach_keys
-from ...latents import LatentSource, SampledLatents, Sampler
+from ...latents import LatentSource
 from ...learned_token import LearnedToken, name_the_token
+from ...objective import Objective, TextStates
+from ...settings import LossSpace, SamplerSettings, TrainedLayers, option
 from ...training import (
-    Concept,
-    HideResult,
-    LossSpace,
-    Objective,
     RunState,
-    TextStates,
-    TrainedLayers,
-    cached_latents,
-    check_inputs,
-    check_settings,
+    TrainedRun,
     concept_tokens,
+    frozen_copy,
     gradients_for,
-    option,
+    latent_source,
     randint,
-    settings_from_dict,
     train_only,
     trainable_parameters,
 )
@@ -53,7 +48,7 @@ _ATTACKER = "~attacker"
 
 
 @dataclass
-class SealConfig:
+class SealConfig(SamplerSettings):
     """Every setting of a sealed hiding run; stored in the vault's manifest."""
 
     model_updates: int = option(1000, "Updates of the public weights.")
@@ -72,34 +67,16 @@ class SealConfig:
     latents: LatentSource = option(
         LatentSource.CACHE, "Make z_t from cached frozen-model trajectories or by sampling."
     )
-    sampler_steps: int = option(50, "DDIM steps of the sampler that makes z_t.")
-    guidance: float = option(3.0, "Classifier-free guidance of the sampler that makes z_t.")
-    cache_trajectories: int = option(4, "Frozen-model trajectories cached per prompt (latents=cache).")
-    batch_size: int = option(1, "Latents per training step.")
-    seed: int = option(0, "Seed of every random choice in the run.")
     checkpoint_every: int = option(50, "Updates between checkpoints (0: only at the end and on Ctrl-C).")
 
-    def __post_init__(self):
-        check_settings(
-            self,
-            positive=(
-                "model_updates",
-                "lr",
-                "adversary_steps",
-                "adversary_lr",
-                "adversary_m",
-                "sampler_steps",
-                "cache_trajectories",
-                "batch_size",
-            ),
-        )
-
-    def to_dict(self) -> dict:
-        return {name: getattr(value, "value", value) for name, value in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, values: dict) -> SealConfig:
-        return settings_from_dict(cls, values)
+    positive: ClassVar[tuple[str, ...]] = (
+        *SamplerSettings.positive,
+        "model_updates",
+        "lr",
+        "adversary_steps",
+        "adversary_lr",
+        "adversary_m",
+    )
 
 
 def seal(
@@ -138,18 +115,23 @@ def seal(
 
 def _seal(pipe, concept: Concept, preserve: list[str], config: SealConfig, checkpoint_dir, resume, progress):
     run = _SealRun(pipe, concept, [*preserve, ""], config, progress)
-    checkpointer = Checkpointer(checkpoint_dir, "sealed") if checkpoint_dir is not None else None
-    drive(run, checkpointer=checkpointer, resume=resume, checkpoint_every=config.checkpoint_every, progress=progress)
+    checkpointer = Checkpointer.at(checkpoint_dir, "sealed")
+    drive(run, checkpointer=checkpointer, resume=resume, progress=progress)
     return run.result(list(preserve))
 
 
-class _SealRun:
+class _SealRun(TrainedRun):
+    """One sealing run: the frozen original, the public weights in training, the attacker key and token."""
+
+    length_settings = ("model_updates",)
+
     def __init__(self, pipe, concept: Concept, preserve: list[str], config: SealConfig, progress: bool = False):
         started = time.perf_counter()
         self.pipe, self.concept, self.preserve, self.config = pipe, concept, preserve, config
+        self.concepts = [concept]
         self.generator = torch.Generator().manual_seed(config.seed)
         self.base_fingerprint = unet_fingerprint(pipe.unet)
-        self.frozen_unet = copy.deepcopy(pipe.unet).requires_grad_(False).eval()
+        self.frozen_unet = frozen_copy(pipe.unet)
         self.texts = TextStates(pipe, [*concept.prompts, *concept.every_anchor(), *preserve])
         init = concept_tokens(pipe, concept.name, config.adversary_m)
         self.attacker_key = Key(config.adversary_m, self.texts.width, init=init)
@@ -160,21 +142,15 @@ class _SealRun:
         adversary = [*self.attacker_key.parameters(), self.token.vector]
         self.adversary_optimiser = torch.optim.Adam(adversary, lr=config.adversary_lr)
         self.objective = Objective(pipe.unet, self.frozen_unet, pipe.scheduler.config, config)
-        sampler = Sampler.for_pipeline(pipe, config.sampler_steps, config.guidance, self.texts(""))
-        if config.latents == LatentSource.CACHE:
-            prompts = [*concept.prompts, *(p for p in preserve if p)]
-            self.source = cached_latents(
-                self.frozen_unet, sampler, self.texts, prompts, config.cache_trajectories, self.generator, progress
-            )
-        else:
-            self.source = SampledLatents(pipe.unet, sampler, self.texts)
+        cached = [*concept.prompts, *(p for p in preserve if p)]
+        _, self.source = latent_source(pipe, self.frozen_unet, self.texts, cached, config, self.generator, progress)
         self.state = RunState(total=config.model_updates)
-        self.rng_at_step_start = self.generator.get_state()
+        self.at_step_boundary()
         self.state.setup_seconds = time.perf_counter() - started
 
     def step(self) -> dict:
         started, config, texts = time.perf_counter(), self.config, self.texts
-        self.rng_at_step_start = self.generator.get_state()
+        self.at_step_boundary()
         prompt = self.concept.prompts[randint(len(self.concept.prompts), self.generator)]
         z, t = self.source.draw(prompt, config.batch_size, self.generator)
         frozen = self.objective.teachers(z, t, texts, self.source.last_teacher)
@@ -199,7 +175,7 @@ class _SealRun:
         loss.backward()
         self.optimiser.step()
         self.state.step += 1
-        self.rng_at_step_start = self.generator.get_state()
+        self.at_step_boundary()
         self.state.record({"L_hide": L_hide, "L_pres": L_pres, "L_adv": L_adv}, time.perf_counter() - started)
         return dict(self.state.latest, loss=float(loss.detach()))
 
@@ -219,46 +195,30 @@ class _SealRun:
             loss.backward()
             self.adversary_optimiser.step()
 
-    def identity(self) -> dict:
-        settings = {k: v for k, v in self.config.to_dict().items() if k not in ("model_updates", "checkpoint_every")}
-        return {
-            "config": settings,
-            "concepts": [asdict(self.concept)],
-            "preserve": self.preserve,
-            "base_fingerprint": self.base_fingerprint,
-        }
-
     def checkpoint(self) -> tuple[dict, dict]:
         """The run's state (a sealed run has no secret while it trains: the key is made at the end)."""
         public = {
-            "run": self.state.to_dict(),
-            "rng": self.rng_at_step_start,
-            "trained": {name: p.detach().cpu().clone() for name, p in self.trained.items()},
-            "optimiser": self.optimiser.state_dict(),
+            **self.trained_state(),
             "attacker_key": self.attacker_key.state_dict(),
             "token": self.token.vector.detach().cpu().clone(),
             "adversary_optimiser": self.adversary_optimiser.state_dict(),
         }
         return public, {}
 
-    def load(self, state: dict, secret: dict) -> None:
+    def load(self, public: dict, secret: dict) -> None:
+        self.load_trained_state(public)
         with torch.no_grad():
-            for name, parameter in self.trained.items():
-                parameter.copy_(state["trained"][name])
-            self.token.vector.copy_(state["token"])
-        self.attacker_key.load_state_dict(state["attacker_key"])
-        self.optimiser.load_state_dict(state["optimiser"])
-        self.adversary_optimiser.load_state_dict(state["adversary_optimiser"])
-        self.generator.set_state(state["rng"])
-        self.rng_at_step_start = self.generator.get_state()
-        for name, value in state["run"].items():
-            setattr(self.state, name, value)
+            self.token.vector.copy_(public["token"])
+        self.attacker_key.load_state_dict(public["attacker_key"])
+        self.adversary_optimiser.load_state_dict(public["adversary_optimiser"])
 
     def result(self, preserve: list[str]) -> HideResult:
         detach_keys(self.pipe.unet)  # the attacker key was a training device only
         public = {name: p.detach().cpu().clone() for name, p in self.trained.items()}
         if not all(torch.isfinite(t).all() for t in public.values()):
-            raise ConceptVaultError("training left non-finite weights; nothing was written. Lower --lr and run again.")
+            raise ConceptVaultError(
+                "training left non-finite weights; nothing was written. Lower the learning rate (lr) and run again."
+            )
         original = {name: p.detach().cpu() for name, p in self.frozen_unet.named_parameters() if name in public}
         key = DeltaKey.between(public, original, rank=self.config.key_rank)
         public = {name: tensor for name, tensor in public.items() if name in key.names}  # only what changed

@@ -19,15 +19,18 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from ...backbone import encode_prompts, text_tokens, unet_fingerprint
-from ...training import Concept, HideResult, check_inputs, check_settings, option, peak_memory, settings_from_dict
+from ...concepts import Concept, HideResult, check_inputs
+from ...settings import Settings, option
+from ...training import peak_memory
 
 
 @dataclass
-class UceConfig:
+class UceConfig(Settings):
     """Every setting of a UCE edit; stored in the vault's manifest."""
 
     lamb: float = option(0.1, "Weight of staying close to the original projections (lambda).")
@@ -35,15 +38,7 @@ class UceConfig:
     preserve_scale: float = option(1.0, "Weight of the preserved prompts' terms.")
     seed: int = option(0, "Unused by the closed form; kept so every method's settings carry one.")
 
-    def __post_init__(self):
-        check_settings(self, positive=("lamb",))
-
-    def to_dict(self) -> dict:
-        return dict(vars(self))
-
-    @classmethod
-    def from_dict(cls, values: dict) -> UceConfig:
-        return settings_from_dict(cls, values)
+    positive: ClassVar[tuple[str, ...]] = ("lamb",)
 
 
 def concept_token_states(pipe, prompt: str) -> tuple[torch.Tensor, int]:
