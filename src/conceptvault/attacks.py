@@ -66,6 +66,7 @@ class AttackConfig:
     measure_at: tuple[int, ...] | None = None  # steps at which recovery is measured; None: 0, 1/12 .. all
     random_keys: int = 8
     seed: int = 0
+    weights: str = "xattn"  # what the fine-tuning attack trains (FinetuneWeights)
 
     def __post_init__(self) -> None:
         # a NaN rate trains nothing and its NaN images read as "no star": a false figure of resistance
@@ -76,6 +77,9 @@ class AttackConfig:
                 "an attack needs steps >= 0, images >= 1, batch_size >= 1 and random_keys >= 0; got "
                 f"{self.steps}, {self.images}, {self.batch_size}, {self.random_keys}."
             )
+        if self.weights not in {w.value for w in FinetuneWeights}:
+            choices = ", ".join(w.value for w in FinetuneWeights)
+            raise ValueError(f"weights must be one of {choices}; got {self.weights!r}.")
 
     def checkpoints(self) -> list[int]:
         if self.measure_at is not None:
@@ -369,29 +373,85 @@ class _TokenInversion:
         return self.token.encode(self.prompts(prompts))
 
 
+class FinetuneWeights(str, Enum):
+    """Which of the public UNet's weights a fine-tuning attacker trains."""
+
+    XATTN = "xattn"  # cross-attention only, where the concept's words enter
+    LORA = "lora"  # a low-rank adapter (peft) on every attention projection, self- and cross-attention
+    UNET = "unet"  # every weight
+
+
+LORA_RANK = 4  # the attacker's adapter rank: the size of adapter people share for one concept or style
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
 class _Finetune:
-    """The public UNet's cross-attention weights, fine-tuned; restored afterwards."""
+    """The public UNet fine-tuned, on the weights ``config.weights`` names; restored bit for bit afterwards."""
 
     def __init__(self, pipe, concept: SuiteConcept, config: AttackConfig, spec: KeySpec | None):
-        self.pipe = pipe
-        self.params = {n: p for n, p in pipe.unet.named_parameters() if ".attn2." in n}
-        self.saved = {n: p.detach().clone() for n, p in self.params.items()}
-        self.optimiser = torch.optim.Adam(self.params.values(), lr=config.lr or DEFAULT_LR[Attack.FINETUNE])
+        self.pipe, self.weights = pipe, FinetuneWeights(config.weights)
+        self.lr = config.lr or DEFAULT_LR[Attack.FINETUNE]
         self.keys, self.options = None, None
+        self.params: dict[str, torch.nn.Parameter] = {}
+        self.saved: dict[str, torch.Tensor] = {}
+        self.optimiser = None  # made when the attack is switched on (an adapter's weights exist only then)
 
     def attached(self):
+        unet = self.pipe.unet
+
+        def on():
+            if self.weights == FinetuneWeights.LORA:
+                _add_lora(unet, seed=0)
+                self.params = {n: p for n, p in unet.named_parameters() if "lora_" in n}
+            else:
+                everything = self.weights == FinetuneWeights.UNET
+                self.params = {n: p for n, p in unet.named_parameters() if everything or ".attn2." in n}
+                self.saved = {n: p.detach().clone() for n, p in self.params.items()}
+            for parameter in self.params.values():
+                parameter.requires_grad_(True)
+            self.optimiser = torch.optim.Adam(self.params.values(), lr=self.lr)
+
         def off():
+            if self.weights == FinetuneWeights.LORA:
+                _remove_lora(unet)
+                return
             with torch.no_grad():
                 for name, parameter in self.params.items():
                     parameter.copy_(self.saved[name])
 
-        return _context(lambda: None, off, self.pipe.unet, trainable=list(self.params.values()))
+        return _context(on, off, unet)
 
     def prompts(self, prompts):
         return prompts
 
     def states(self, prompts):
         return encode_prompts(self.pipe, prompts)
+
+
+def _add_lora(unet, seed: int) -> None:
+    """A fresh low-rank adapter on every attention projection (its up-projections start at zero, so the model is
+    unchanged until it trains)."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    config = LoraConfig(r=LORA_RANK, lora_alpha=LORA_RANK, target_modules=LORA_TARGETS, lora_dropout=0.0)
+    with torch.random.fork_rng(devices=[]):  # peft draws the down-projections from torch's global generator
+        torch.manual_seed(seed)
+        inject_adapter_in_model(config, unet, adapter_name="attacker")
+
+
+def _remove_lora(unet) -> None:
+    """Every adapted layer replaced by the layer it wraps: the UNet's modules and weights as before."""
+    from peft.tuners.lora import LoraLayer
+
+    wrapped = [(name, module) for name, module in unet.named_modules() if isinstance(module, LoraLayer)]
+    for name, module in wrapped:
+        parent_name, _, child = name.rpartition(".")
+        setattr(unet.get_submodule(parent_name) if parent_name else unet, child, module.get_base_layer())
+    configs = getattr(unet, "peft_config", None)  # the adapter's record, left by peft on the model
+    if isinstance(configs, dict):
+        configs.pop("attacker", None)
+        if not configs:
+            del unet.peft_config
 
 
 class _context:

@@ -20,7 +20,9 @@ from .common import (
     as_lines,
     check_positive,
     check_range,
+    checked,
     console,
+    parse_seeds,
     read_passphrase,
     say,
     suite_named,
@@ -141,21 +143,58 @@ def attack_command(
     other_keys: Annotated[
         list[Path] | None, typer.Option(help="A vault whose keys the random-key attack also tries. Repeatable.")
     ] = None,
+    sweep: Annotated[
+        bool,
+        typer.Option(
+            help="Fine-tune with every setting of the sweep instead of one (learning rates x trained weights x "
+            "pictures x seeds, recovery measured along the way) and name each model's best; writes OUT/sweep/.",
+            rich_help_panel="Fine-tuning sweep",
+        ),
+    ] = False,
+    sweep_lr: Annotated[
+        str, typer.Option(help="Learning rates, comma-separated.", rich_help_panel="Fine-tuning sweep")
+    ] = "1e-5,1e-4,1e-3",
+    sweep_weights: Annotated[
+        str,
+        typer.Option(
+            help="What the attacker trains, comma-separated: xattn (cross-attention), lora (an adapter on every "
+            "attention projection), unet (every weight).",
+            rich_help_panel="Fine-tuning sweep",
+        ),
+    ] = "xattn,lora,unet",
+    sweep_images: Annotated[
+        str, typer.Option(help="Picture counts, comma-separated.", rich_help_panel="Fine-tuning sweep")
+    ] = "64,256",
+    sweep_seeds: Annotated[
+        str, typer.Option(help="Attack seeds, comma-separated.", rich_help_panel="Fine-tuning sweep")
+    ] = "0,1,2",
     model: ModelOverride = None,
     passphrase_file: PassphraseOption = None,
     device: DeviceOption = None,
 ) -> None:
     """Attack the vault's public model without its key; report unauthorised recovery beside RSR and the original."""
     from ..attack_campaign import Campaign
+    from ..attack_sweep import SweepPlan, run_sweep
 
     check_positive(size=size, steps=steps, images=images)
     check_range("lr", lr, 0, MAX_ATTACK_LR, above=True)
+    plan = None
+    if sweep:
+        plan = checked(
+            lambda: SweepPlan(
+                lrs=tuple(_numbers("--sweep-lr", sweep_lr, float)),
+                weights=tuple(part.strip() for part in sweep_weights.split(",") if part.strip()),
+                images=tuple(_numbers("--sweep-images", sweep_images, int)),
+                seeds=tuple(parse_seeds(sweep_seeds)),
+                steps=steps,
+            )
+        )
     chosen = suite_named(suite, size, concept)
     campaign = Campaign.prepare(
         vault,
         chosen,
         steps=steps,
-        images=images,
+        images=max(images, *plan.images) if plan else images,
         lr=lr,
         images_from=images_from,
         prompts_file=prompts,
@@ -165,10 +204,29 @@ def attack_command(
         passphrase=read_passphrase(passphrase_file),
         device=device,
     )
-    run = campaign.run([Attack(a) for a in attack] if attack else list(Attack), log=say)
-    files = campaign.write(run, out)
-    console.print(as_lines(files["md"].read_text()))
-    say(f"curves: {files['png']}   figures: {files['json']}")
+    chosen_attacks = [Attack(a) for a in attack] if attack else list(Attack)
+    if plan:  # the sweep is the fine-tuning attack
+        chosen_attacks = [a for a in chosen_attacks if a != Attack.FINETUNE]
+    if chosen_attacks:
+        run = campaign.run(chosen_attacks, log=say)
+        files = campaign.write(run, out)
+        console.print(as_lines(files["md"].read_text()))
+        say(f"curves: {files['png']}   figures: {files['json']}")
+    if plan:
+        files = run_sweep(campaign, plan, out / "sweep", log=say)
+        console.print(as_lines(files["md"].read_text()))
+        say(f"best curves: {files['png']}   figures: {files['json']}")
+
+
+def _numbers(option: str, text: str, kind: type) -> list:
+    """A comma-separated list of numbers given to ``option``; anything else is one clear line."""
+    try:
+        values = [kind(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConceptVaultError(f"{option} '{text}' must be comma-separated numbers, such as 1e-4,1e-3.") from None
+    if not values:
+        raise ConceptVaultError(f"{option} names no value; give comma-separated numbers.")
+    return values
 
 
 @app.command("demo")
