@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "conceptvault"
 
 # The layers of ARCHITECTURE.md, lowest first: a module imports from its own layer or below, never above.
 LAYERS = [
-    ("ground", ("errors", "registry", "profiles", "delta_key", "key", "learned_token")),
+    ("ground", ("errors", "digest", "registry", "profiles", "delta_key", "key", "learned_token")),
     (
         "model",
         ("keyfile", "backbone", "latents", "settings", "concepts", "objective", "training", "manifest")
@@ -17,7 +17,7 @@ LAYERS = [
     ),
     ("driver", ("driver",)),
     ("methods", ("methods",)),
-    ("measure", ("evaluate", "world", "attacks", "attack_report", "attack_campaign", "records")),
+    ("measure", ("evaluate", "world", "attacks", "attack_report", "attack_campaign", "attack_sweep", "records")),
     ("edge", ("world.profile", "demo", "serve", "cli", "console", "")),
 ]
 

@@ -10,7 +10,6 @@ stays one tensor everywhere (cached, expanded, concatenated for guidance).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import warnings
@@ -19,6 +18,7 @@ from pathlib import Path
 import torch
 from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
+from .digest import tensor_digest
 from .errors import ConceptVaultError
 from .key import is_key_parameter
 
@@ -189,16 +189,5 @@ def unet_fingerprint(unet: torch.nn.Module) -> str:
 
     Float16 bytes make a model loaded in float16 and the same model in float32 agree.
     """
-    digest = hashlib.sha256()
-    for name, tensor in sorted(unet.state_dict().items()):
-        if is_key_parameter(name):
-            continue
-        digest.update(f"{name}:{tuple(tensor.shape)}".encode())
-        digest.update(_tensor_bytes(tensor))
-    return digest.hexdigest()
-
-
-def _tensor_bytes(tensor: torch.Tensor) -> bytes:
-    if tensor.is_floating_point():
-        tensor = tensor.to(torch.float16)
-    return tensor.detach().reshape(-1).contiguous().cpu().view(torch.uint8).numpy().tobytes()
+    state = {name: tensor for name, tensor in unet.state_dict().items() if not is_key_parameter(name)}
+    return tensor_digest(state, cast=torch.float16)

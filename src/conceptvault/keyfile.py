@@ -25,6 +25,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from .delta_key import DeltaKey
+from .digest import tensor_digest
 from .errors import ConceptVaultError
 from .key import Key
 
@@ -58,11 +59,7 @@ def key_from_tensors(tensors: dict[str, torch.Tensor]):
 
 def key_fingerprint(key) -> str:
     """SHA-256 over the key's tensors by name (float32 bytes)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(key_tensors(key).items()):
-        digest.update(f"{name}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
+    return tensor_digest(key_tensors(key), cast=torch.float32)
 
 
 def key_slug(name: str) -> str:

@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 
 from .backbone import model_name, unet_fingerprint
 from .defaults import model_family
+from .digest import tensor_digest
 from .errors import ConceptVaultError
 from .key import Key, Placement, attach_keys, detach_keys, is_key_parameter
 from .keyfile import (
@@ -56,11 +57,7 @@ _APPLIED_ATTRIBUTE = "conceptvault_applied"  # on a pipeline: the _Applied recor
 
 def public_fingerprint(public: dict[str, torch.Tensor]) -> str:
     """SHA-256 over the public tensors' names, shapes, dtypes and exact bytes; names the vault."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(public.items()):
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-        digest.update(tensor.detach().reshape(-1).contiguous().cpu().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    return tensor_digest(public, with_dtype=True)
 
 
 def _version() -> str:

@@ -10,7 +10,6 @@ evaluation continues where it stopped.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from conceptvault.backbone import unet_fingerprint
+from conceptvault.digest import tensor_digest
 from conceptvault.errors import ConceptVaultError
 from conceptvault.evaluate.fidelity import frechet_distance, psnr, ssim
 from conceptvault.evaluate.judges import Judge, make_judge
@@ -247,19 +247,11 @@ def _check_base(pipe: Any, vault: Vault) -> str:
     return fingerprint
 
 
-def _tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(tensors.items()):
-        digest.update(f"{name}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.detach().float().cpu().numpy().tobytes())
-    return digest.hexdigest()
-
-
 def _identities(vault: Vault, base_fingerprint: str, key_plan: dict, settings: dict) -> dict[str, dict]:
     """What makes each variant's images: a folder holding images made otherwise is refused, never mixed."""
     public = vault.public_fingerprint
     used = sorted({k for keys in key_plan.values() for k in keys})
-    keys = {name: _tensors_digest(vault.keys[name].state_dict()) for name in used}
+    keys = {name: tensor_digest(vault.keys[name].state_dict(), cast=torch.float32) for name in used}
     return {
         ORIGINAL: {"base_unet": base_fingerprint, **settings},
         PUBLIC: {"base_unet": base_fingerprint, "public_weights": public, **settings},
