@@ -19,6 +19,7 @@ LAYERS = [
     ("methods", ("methods",)),
     ("measure", ("evaluate", "world", "attacks", "attack_report", "attack_campaign", "attack_sweep", "records")),
     ("edge", ("world.profile", "demo", "serve", "cli", "console", "")),
+    ("deprecated spellings", ("hide", "seal", "esd", "uce")),
 ]
 
 

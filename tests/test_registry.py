@@ -123,3 +123,20 @@ def test_a_vault_of_a_method_this_install_lacks_is_one_clear_line(toy, sd1_path,
     unregister_method("toy")
     code, _, err = run(capsys, "inspect", erased)
     assert code == 1 and 'method is "toy", not one of' in err and err.count("\n") == 1
+
+
+def test_the_old_spellings_still_work_and_name_the_new_ones():
+    import importlib
+    import sys
+
+    import conceptvault
+
+    for old, new in (("hide", "kpop"), ("seal", "sealed"), ("esd", "esd"), ("uce", "uce")):
+        sys.modules.pop(f"conceptvault.{old}", None)
+        with pytest.warns(DeprecationWarning, match=f"conceptvault.methods.{new} instead"):
+            importlib.import_module(f"conceptvault.{old}")
+        sys.modules.pop(f"conceptvault.{old}")
+        delattr(conceptvault, old)  # importing the module set the package's attribute: the function is the API
+    assert callable(conceptvault.hide) and conceptvault.hide.__module__ == "conceptvault.methods.kpop.hide"
+    with pytest.warns(DeprecationWarning, match="import it from conceptvault.concepts"):
+        from conceptvault.training import Concept  # noqa: F401

@@ -4,8 +4,10 @@ the run's records, peak memory and its progress bar, and where keys start."""
 from __future__ import annotations
 
 import copy
+import importlib
 import math
 import resource
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -214,3 +216,22 @@ class TrainedRun:
         self.at_step_boundary()
         for name, value in public["run"].items():
             setattr(self.state, name, value)
+
+
+# where the names that lived here went: each still works, with a warning that gives its new home
+_MOVED = {
+    **dict.fromkeys(("Concept", "HideResult", "check_inputs"), "concepts"),
+    **dict.fromkeys(("TextStates", "Objective"), "objective"),
+    **dict.fromkeys(("LossSpace", "TrainedLayers", "option", "check_settings", "settings_from_dict"), "settings"),
+}
+
+
+def __getattr__(name: str):
+    if name not in _MOVED:
+        raise AttributeError(f"module 'conceptvault.training' has no attribute {name!r}")
+    warnings.warn(
+        f"conceptvault.training.{name} is deprecated: import it from conceptvault.{_MOVED[name]}.",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return getattr(importlib.import_module(f"conceptvault.{_MOVED[name]}"), name)
