@@ -1,6 +1,9 @@
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported, or it is read too late
+# The models under test are tiny: one thread avoids the cost of synchronising threads, which dominates on a small
+# or busy machine; set for torch and for every command the tests run (which honour it over their own default).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from pathlib import Path  # noqa: E402
 
@@ -9,8 +12,6 @@ import torch  # noqa: E402
 
 from tiny_models import save_tiny_pipeline  # noqa: E402
 
-# The models under test are tiny: one thread avoids the cost of synchronising threads, which dominates
-# on a small or busy machine.
 torch.set_num_threads(1)
 
 

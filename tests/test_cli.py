@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
@@ -161,3 +162,23 @@ def test_the_console_entry_prints_one_line_and_exits_1(tmp_path):
     assert finished.stderr.strip().splitlines() == [
         f"error: '{tmp_path}' is not a ConceptVault vault (it has no manifest.json); give a vault folder."
     ]
+
+
+def test_threads_follow_the_option_the_environment_or_the_free_cores(monkeypatch):
+    from conceptvault.cli.common import free_cores, use_threads
+
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: chosen.append(n))
+    chosen = []
+    use_threads(3)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    use_threads(None)  # the environment rules: torch read it at start, nothing is changed
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.9, 0.0, 0.0))  # this command alone
+    use_threads(None)
+    monkeypatch.setattr(os, "getloadavg", lambda: (5.2, 0.0, 0.0))  # four cores' worth of other work
+    use_threads(None)
+    monkeypatch.setattr(os, "getloadavg", lambda: (40.0, 0.0, 0.0))
+    assert free_cores() == 1
+    assert chosen == [3, 8, 4]

@@ -65,6 +65,14 @@ DeviceOption = Annotated[
     str | None,
     typer.Option(help="Torch device, such as cpu or cuda (default: cuda if available).", callback=_checked_device),
 ]
+ThreadsOption = Annotated[
+    int | None,
+    typer.Option(
+        help="CPU threads for the work (default: OMP_NUM_THREADS if set, else the cores the machine's load "
+        "leaves free, at least 1).",
+        min=1,
+    ),
+]
 ModelOverride = Annotated[
     str | None, typer.Option("--model", help="Base model to load instead of the one named in the vault's manifest.")
 ]
@@ -147,6 +155,27 @@ def check_range(name: str, value: float | None, low: float, high: float, *, abov
     if not math.isfinite(value) or value > high or (value <= low if above else value < low):
         span = f"above {low:g} and at most {high:g}" if above else f"from {low:g} to {high:g}"
         raise ConceptVaultError(f"--{name.replace('_', '-')} must be a finite number {span}; got {value:g}.")
+
+
+def use_threads(threads: int | None) -> int:
+    """Set torch's CPU threads: ``threads`` if given; else what OMP_NUM_THREADS or MKL_NUM_THREADS say (torch
+    reads them itself); else the cores the other work on the machine leaves free. Two jobs that each take every
+    core fight over them and both run several times slower. Returns the number in force."""
+    import torch
+
+    if threads is None and not any(os.environ.get(v) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")):
+        threads = free_cores()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def free_cores() -> int:
+    """The machine's cores less those busy with other work, by the one-minute load average (a command that has
+    just started adds about one to it itself), and at least one."""
+    cores = os.cpu_count() or 1
+    busy = max(0, round(os.getloadavg()[0]) - 1)
+    return max(1, cores - busy)
 
 
 def check_positive(**options: int | None) -> None:

@@ -15,6 +15,7 @@ from .common import (
     DeviceOption,
     ModelOverride,
     PassphraseOption,
+    ThreadsOption,
     VaultArgument,
     app,
     as_lines,
@@ -26,6 +27,7 @@ from .common import (
     read_passphrase,
     say,
     suite_named,
+    use_threads,
 )
 
 
@@ -51,11 +53,13 @@ def evaluate_command(
     model: ModelOverride = None,
     passphrase_file: PassphraseOption = None,
     device: DeviceOption = None,
+    threads: ThreadsOption = None,
 ) -> None:
     """Measure a vault: ESR, PSR, RSR and the key holder's PSR, beside the original model's rates.
 
     On several GPUs: accelerate launch -m conceptvault.cli evaluate VAULT ... (the processes share the images).
     """
+    use_threads(threads)
     from ..evaluate import print_summary, run_suite, write_json, write_report
 
     check_positive(size=size, batch_size=batch_size)
@@ -91,8 +95,10 @@ def compare_command(
     model: ModelOverride = None,
     passphrase_file: PassphraseOption = None,
     device: DeviceOption = None,
+    threads: ThreadsOption = None,
 ) -> None:
     """Measure several vaults (hiding and erasure) on one suite: one table, one chart, one report."""
+    use_threads(threads)
     from ..evaluate.compare import compare, write_comparison
 
     check_positive(size=size, batch_size=batch_size)
@@ -171,8 +177,10 @@ def attack_command(
     model: ModelOverride = None,
     passphrase_file: PassphraseOption = None,
     device: DeviceOption = None,
+    threads: ThreadsOption = None,
 ) -> None:
     """Attack the vault's public model without its key; report unauthorised recovery beside RSR and the original."""
+    use_threads(threads)
     from ..attack_campaign import Campaign
     from ..attack_sweep import SweepPlan, run_sweep
 
@@ -235,8 +243,10 @@ def demo_command(
     shape: Annotated[str, typer.Option(help="The shape of the built-in world to hide.")] = "star",
     images: Annotated[int, typer.Option(help="Images of the hidden shape in the evaluation.")] = 64,
     kept_images: Annotated[int, typer.Option(help="Images of each kept shape in the evaluation.")] = 16,
+    threads: ThreadsOption = None,
 ) -> None:
     """Hide a shape in the built-in model, measure it, and write an HTML report (a few minutes on a CPU)."""
+    use_threads(threads)
     from ..demo import DemoPlan, run_demo
 
     check_positive(images=images, kept_images=kept_images)

@@ -14,6 +14,7 @@ from ..errors import ConceptVaultError
 from .common import (
     DeviceOption,
     PassphraseOption,
+    ThreadsOption,
     app,
     as_text,
     check_positive,
@@ -21,6 +22,7 @@ from .common import (
     console,
     read_passphrase,
     say,
+    use_threads,
 )
 
 MAX_QUEUE = 10_000
@@ -41,8 +43,10 @@ def serve_command(
     rate: Annotated[float, typer.Option(help=f"Requests per minute per user (above 0, at most {MAX_RATE:g}).")] = 60.0,
     passphrase_file: PassphraseOption = None,
     device: DeviceOption = None,
+    threads: ThreadsOption = None,
 ) -> None:
     """Serve vaults over HTTP: the public model to every user, a key only with a live grant (docs at /docs)."""
+    use_threads(threads)
     import uvicorn
 
     from ..serve import Limits, build_server

@@ -30,6 +30,7 @@ from .common import (
     ModelArgument,
     ModelOverride,
     PassphraseOption,
+    ThreadsOption,
     VaultArgument,
     app,
     as_text,
@@ -44,6 +45,7 @@ from .common import (
     parse_settings,
     read_passphrase,
     say,
+    use_threads,
 )
 
 _HELP = {f.name: f.metadata["help"] for f in fields(HideConfig)}
@@ -178,8 +180,10 @@ def hide_command(
     adversary_steps: Annotated[int | None, _setting("adversary_steps")] = None,
     lambda_adversary: Annotated[float | None, _setting("lambda_adversary")] = None,
     checkpoint_every: Annotated[int | None, _setting("checkpoint_every")] = None,
+    threads: ThreadsOption = None,
 ) -> None:
     """Hide concepts in MODEL behind keys and write a vault."""
+    use_threads(threads)
     settings = locals()
     spec = _chosen_method(method, with_keys=True)
     given = {f.name: settings[f.name] for f in fields(HideConfig) if settings[f.name] is not None}
@@ -228,8 +232,10 @@ def erase_command(
     ] = False,
     set_: SetOption = None,
     device: DeviceOption = None,
+    threads: ThreadsOption = None,
 ) -> None:
     """Erase concepts from MODEL (ESD, UCE, ...), for comparison with hiding: a vault without keys."""
+    use_threads(threads)
     spec = _chosen_method(method, with_keys=False)
     given = {"iterations": iterations, "lr": lr, "eta": eta, "lamb": lamb, "seed": seed}
     explicit = _method_settings(spec, method, {k: v for k, v in given.items() if v is not None}, set_ or [])
@@ -258,8 +264,10 @@ def generate_command(
     model: ModelOverride = None,
     passphrase_file: PassphraseOption = None,
     device: DeviceOption = None,
+    threads: ThreadsOption = None,
 ) -> None:
     """Generate PROMPT from the vault's public model, with the named keys switched on."""
+    use_threads(threads)
     seed_list = parse_seeds(seeds)
     check_positive(steps=steps)
     check_range("steps", steps, 1, MAX_SAMPLER_STEPS)
@@ -315,8 +323,10 @@ def export_command(
     ] = ExportFormat.DIFFUSERS,
     model: ModelOverride = None,
     device: DeviceOption = None,
+    threads: ThreadsOption = None,
 ) -> None:
     """Write the vault's public model (no keys), for from_pretrained or for from_single_file and common UIs."""
+    use_threads(threads)
     loaded = Vault.load(vault, keys=None)
     if out.exists():
         raise ConceptVaultError(f"'{out}' already exists; choose another output path or delete it first.")
