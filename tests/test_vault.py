@@ -51,7 +51,8 @@ def test_layout_and_manifest(saved, hidden):
     assert sorted(p.name for p in saved.iterdir()) == sorted([MANIFEST_FILE, "keys", PUBLIC_FILE])
     assert sorted(p.name for p in (saved / "keys").iterdir()) == ["heart.safetensors", "star.safetensors"]
     manifest = json.loads((saved / MANIFEST_FILE).read_text())
-    assert manifest["format_version"] == 2 and manifest["method"] == "kpop"
+    assert manifest["format_version"] == 3 and manifest["method"] == "kpop"
+    assert [e["action"] for e in manifest["history"]] == ["hide"] and manifest["history"][0]["concepts"]
     assert manifest["placement"] == "mid" and manifest["m"] == 3
     assert manifest["base_fingerprint"] == result.base_fingerprint
     assert manifest["config"] == CONFIG.to_dict() and manifest["preserve"] == ["a circle"]

@@ -23,8 +23,9 @@ from .errors import ConceptVaultError
 from .key import Placement
 from .registry import KeyKind, methods
 
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)  # version 1 had no method field: every version-1 vault is a KPOP vault
+FORMAT_VERSION = 3
+# version 1 had no method field (every version-1 vault is a KPOP vault); version 2 no history
+READABLE_VERSIONS = (1, 2, 3)
 KEYS_DIR = "keys"
 _FINGERPRINT = re.compile(r"[0-9a-f]{64}")
 _KEY_FILE = re.compile(rf"{KEYS_DIR}/[a-z0-9][a-z0-9-]{{0,127}}\.(safetensors|key)")
@@ -60,6 +61,7 @@ class Manifest:
     config: dict = field(default_factory=dict)
     preserve: list[str] = field(default_factory=list)
     stats: dict = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)  # what was hidden, added and rotated, when, with which settings
     created: str = ""
     conceptvault_version: str = ""
     format_version: int = FORMAT_VERSION

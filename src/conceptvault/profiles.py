@@ -36,9 +36,12 @@ class Profile:
         """The pipeline folder to load for ``model`` (None: load it as given, a folder or a hub id)."""
         return None
 
-    def fill_in(self, concepts: list, preserve: list[str], method: str, preserve_captions: int | None = None):
+    def fill_in(
+        self, concepts: list, preserve: list[str], method: str, preserve_captions: int | None = None, hidden_already=()
+    ):
         """The concepts and preserve prompts to use for ``method`` when the user gave ``concepts`` and
-        ``preserve``; a model that knows nothing of its concepts adds nothing."""
+        ``preserve`` (``hidden_already``: what a vault they are added to hides, never among the kept); a model
+        that knows nothing of its concepts adds nothing."""
         if preserve_captions is not None:
             raise ConceptVaultError(
                 "--preserve-captions fills in the built-in model's kept concepts: it needs the "

@@ -102,9 +102,13 @@ class Vault:
 
     # -- making one -------------------------------------------------------------------------------
     @classmethod
-    def from_hiding(cls, pipe, result) -> Vault:
+    def from_hiding(
+        cls, pipe, result, *, action: str = "hide", changed: list[str] | None = None, history: list[dict] = ()
+    ) -> Vault:
         """A vault (not yet saved) from a finished :func:`conceptvault.hide` run on ``pipe``; the concepts,
-        settings and preserve prompts come with the result."""
+        settings and preserve prompts come with the result. The run is recorded at the end of ``history`` (the
+        earlier vault's) as ``action`` (``hide``, ``add`` or ``rotate``) of the concepts ``changed`` (all)."""
+        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         public = {name: tensor.detach().cpu().contiguous() for name, tensor in result.public.items()}
         keys = {name: _cpu_copy(key) for name, key in result.keys.items()}
         config = result.config
@@ -122,7 +126,8 @@ class Vault:
             config=config.to_dict(),
             preserve=list(result.preserve),
             stats=result.stats,
-            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            history=[*history, _event(action, changed or [c.name for c in result.concepts], result, created)],
+            created=created,
             conceptvault_version=_version(),
         )
         return cls(path=None, manifest=manifest, public=public, keys=keys)
@@ -346,6 +351,17 @@ def _entry(concept, key) -> ConceptEntry:
     )
 
 
+def _event(action: str, concepts: list[str], result, created: str) -> dict:
+    """One entry of a vault's history: what the run did to which concepts, when, with which settings."""
+    return {
+        "action": action,
+        "concepts": concepts,
+        "created": created,
+        "method": get_method(result.method).name,
+        "settings": result.config.to_dict(),
+    }
+
+
 def _cpu_copy(key):
     """A CPU copy of a prompt key or a delta key, detached from the run that made it."""
     return key_from_tensors(key_tensors(key))
@@ -356,6 +372,11 @@ def _unique_slug(name: str, names: list[str]) -> str:
     if sum(key_slug(other) == slug for other in names) > 1:
         slug = f"{slug}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
     return slug
+
+
+def replace_vault(new: Path | str, target: Path | str) -> None:
+    """Put the complete vault ``new`` in the place of ``target`` (a reader sees one or the other, never half)."""
+    _replace_folder(Path(new), Path(target))
 
 
 def _replace_folder(new: Path, target: Path) -> None:

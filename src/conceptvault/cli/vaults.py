@@ -20,11 +20,11 @@ from ..generate import MAX_GUIDANCE, MAX_SAMPLER_STEPS, generate_images, image_g
 from ..key import Placement
 from ..latents import LatentSource
 from ..manifest import KEYS_DIR
-from ..methods.kpop import HideConfig, KeyInit
+from ..methods.kpop import HideConfig, KeyInit, add_concepts, grown_config, rotate_key
 from ..profiles import profile_for
 from ..registry import MethodSpec, choices, get_method, methods, variant_settings
 from ..settings import LossSpace, TrainedLayers
-from ..vault import Vault, save_vault
+from ..vault import MANIFEST_FILE, Vault, replace_vault, save_vault
 from .common import (
     DeviceOption,
     ModelArgument,
@@ -182,24 +182,86 @@ def hide_command(
     checkpoint_every: Annotated[int | None, _setting("checkpoint_every")] = None,
     threads: ThreadsOption = None,
 ) -> None:
-    """Hide concepts in MODEL behind keys and write a vault."""
+    """Hide concepts in MODEL behind keys and write a vault; MODEL may be a vault, to hide more on top of it."""
     use_threads(threads)
     settings = locals()
     spec = _chosen_method(method, with_keys=True)
     given = {f.name: settings[f.name] for f in fields(HideConfig) if settings[f.name] is not None}
     explicit = _method_settings(spec, method, given, set_ or [])
-    concepts, preserve = parse_concepts(concept, anchor or []), preserve or []
-    concepts, preserve = profile_for(model).fill_in(concepts, preserve, spec.name, preserve_captions)
     passphrase = read_passphrase(passphrase_file)
+    existing = _vault_to_grow(model, spec, passphrase, explicit)
+    base = existing.manifest.base_model if existing else model
+    concepts, preserve = parse_concepts(concept, anchor or []), preserve or []
+    hidden = existing.concepts if existing else []
+    concepts, preserve = profile_for(base).fill_in(concepts, preserve, spec.name, preserve_captions, hidden)
     with output_lock(out, resume) as checkpoint_dir:
-        pipe = load_pipeline(model, device=device)
+        pipe = load_pipeline(base, device=device)
         config = checked(lambda: family_config(model_family(pipe), len(concepts), method, **explicit))
         options = dict(preserve=preserve, checkpoint_dir=checkpoint_dir, resume=resume, passphrase=passphrase)
-        result = spec.run(pipe, concepts, config, **options)
-        save_vault(out, pipe, result, passphrase=passphrase)
+        if existing:
+            config = checked(lambda: grown_config(existing, config, explicit))
+            result = add_concepts(pipe, existing, concepts, config, **options)
+            grown = Vault.from_hiding(
+                pipe, result, action="add", changed=[c.name for c in concepts], history=existing.manifest.history
+            )
+            grown.save(out, passphrase=passphrase)
+        else:
+            result = spec.run(pipe, concepts, config, **options)
+            save_vault(out, pipe, result, passphrase=passphrase)
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     _print_losses(result.stats)
     say(f"wrote the vault {out} (keys in {out / KEYS_DIR})")
+
+
+def _vault_to_grow(model: str, spec: MethodSpec, passphrase: str | None, explicit: dict) -> Vault | None:
+    """The vault MODEL names, loaded with every key, when hiding goes on top of one (None for a model); the
+    settings given are checked against its keys' before any key is read."""
+    if not (Path(model) / MANIFEST_FILE).is_file():
+        return None
+    if spec.name != "kpop":
+        raise ConceptVaultError(f"'{model}' is a vault; concepts are added to a vault with --method kpop only.")
+    checked(lambda: grown_config(Vault.load(model, keys=None), HideConfig(), explicit))
+    return Vault.load(model, keys="all", passphrase=passphrase)
+
+
+@app.command("rotate")
+def rotate_command(
+    vault: VaultArgument,
+    concept: Annotated[str, typer.Option(help="The concept whose key is replaced.")],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Write the rotated vault here instead of replacing VAULT (once it is complete)."),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue the interrupted rotation whose checkpoint sits beside the output.")
+    ] = False,
+    passphrase_file: PassphraseOption = None,
+    set_: SetOption = None,
+    device: DeviceOption = None,
+    threads: ThreadsOption = None,
+) -> None:
+    """Give CONCEPT a new key and change the public model so that its old key no longer unlocks it; every other
+    concept and key stays as it was. Replaces VAULT only once the new one is complete."""
+    use_threads(threads)
+    explicit = _method_settings(get_method("kpop"), "kpop", {}, set_ or [])
+    passphrase = read_passphrase(passphrase_file)
+    existing = Vault.load(vault, keys="all", passphrase=passphrase)
+    target = out or vault.with_name(f"{vault.name}.rotating")
+    with output_lock(target, resume) as checkpoint_dir:
+        pipe = load_pipeline(existing.manifest.base_model, device=device)
+        defaults = checked(lambda: family_config(model_family(pipe), 1, "kpop"))
+        config = checked(lambda: grown_config(existing, defaults, explicit))
+        options = dict(checkpoint_dir=checkpoint_dir, resume=resume, passphrase=passphrase)
+        result = rotate_key(pipe, existing, concept, config, preserve=existing.manifest.preserve, **options)
+        rotated = Vault.from_hiding(
+            pipe, result, action="rotate", changed=[concept], history=existing.manifest.history
+        )
+        rotated.save(target, passphrase=passphrase)
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    if out is None:
+        replace_vault(target, vault)
+    _print_losses(result.stats)
+    say(f"rotated the key of {concept!r}: the vault {out or vault} (keys in {(out or vault) / KEYS_DIR})")
 
 
 @app.command("erase")
@@ -307,6 +369,29 @@ def inspect_command(vault: VaultArgument) -> None:
     console.print(summary)
     console.print(_concepts_table(loaded))
     console.print(_settings_table(manifest))
+    if manifest.history:
+        console.print(_history_table(manifest.history))
+
+
+def _history_table(history: list[dict]) -> Table:
+    """What was done to the vault, oldest first: hidden, added, rotated; when, and the settings that differ
+    from the run before."""
+    table = Table(title="history")
+    for column in ("when", "what", "concepts", "settings (changed)"):
+        table.add_column(column)
+    previous: dict = {}
+    for event in history:
+        settings = event.get("settings", {})
+        changed = {k: v for k, v in settings.items() if previous.get(k) != v}
+        shown = "first run" if not previous else ", ".join(f"{k}={v}" for k, v in sorted(changed.items())) or "-"
+        table.add_row(
+            as_text(event.get("created", "?")),
+            as_text(event.get("action", "?")),
+            as_text(", ".join(event.get("concepts", []))),
+            as_text(shown),
+        )
+        previous = settings
+    return table
 
 
 class ExportFormat(str, Enum):

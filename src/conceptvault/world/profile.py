@@ -52,12 +52,13 @@ def world_prompts(kind: str, hidden: list[str], captions: dict) -> tuple[list[Co
 
 
 def builtin_defaults(
-    concepts: list[Concept], preserve: list[str], captions: dict | None = None
+    concepts: list[Concept], preserve: list[str], captions: dict | None = None, hidden_already: list[str] = ()
 ) -> tuple[list[Concept], list[str]]:
     """What the command line gives the built-in model when a flag is left out: a concept named by its world
     name alone is hidden under every name it has ("star" also as "five-pointed star" and "pentagram"), and
     with no preserve prompt the other concepts of that kind are kept (as the demo and the benches do);
-    ``captions`` ({"concept": n, "preserve": m}, as in :data:`WORLD_CAPTIONS`) adds world captions to both."""
+    ``captions`` ({"concept": n, "preserve": m}, as in :data:`WORLD_CAPTIONS`) adds world captions to both.
+    ``hidden_already``: concepts a vault hides already, kept out of the preserve prompts too."""
     captions = captions or {}
     kinds = {name: kind for kind, names in VOCABULARY.items() for name in names}
     concepts = [
@@ -68,7 +69,8 @@ def builtin_defaults(
     ]
     hidden_kinds = {kinds.get(c.name) for c in concepts}
     if not preserve and len(hidden_kinds) == 1 and None not in hidden_kinds:
-        preserve = world_preserve(hidden_kinds.pop(), [c.name for c in concepts], captions.get("preserve", 0))
+        hidden = [*(c.name for c in concepts), *hidden_already]
+        preserve = world_preserve(hidden_kinds.pop(), hidden, captions.get("preserve", 0))
     return concepts, preserve
 
 
@@ -104,13 +106,13 @@ class WorldProfile(Profile):
             )
         return folder
 
-    def fill_in(self, concepts, preserve, method, preserve_captions=None):
+    def fill_in(self, concepts, preserve, method, preserve_captions=None, hidden_already=()):
         captions = WORLD_CAPTIONS.get(method, {})  # erasure: names only
         if preserve_captions is not None:
             if preserve:
                 super().fill_in(concepts, preserve, method, preserve_captions)  # refused: --preserve was given
             captions = {**captions, "preserve": preserve_captions}
-        return builtin_defaults(concepts, preserve, captions)
+        return builtin_defaults(concepts, preserve, captions, list(hidden_already))
 
     def pictures(self, judge: str, concept: str, count: int):
         if not judge.startswith("world-"):

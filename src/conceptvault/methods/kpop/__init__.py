@@ -2,9 +2,10 @@
 extended with preservation terms, cached trajectories, a key-only phase and keys with projection changes."""
 
 from ...registry import KeyKind, MethodSpec, register_method
-from .hide import HideConfig, KeyInit, hide
+from .grow import add_concepts, grown_config, rotate_key
+from .hide import Continuation, HideConfig, KeyInit, hide
 
-__all__ = ["HideConfig", "KeyInit", "hide"]
+__all__ = ["Continuation", "HideConfig", "KeyInit", "add_concepts", "grown_config", "hide", "rotate_key"]
 
 # Small models (the built-in one) take larger learning rates and far fewer updates, a larger key that reaches
 # every cross-attention layer with rank-8 projection changes, losses in x0 space, cached trajectories and a

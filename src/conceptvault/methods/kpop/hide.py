@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import ClassVar
@@ -104,11 +104,34 @@ class HideConfig(SamplerSettings):
         return settings_from_dict(cls, {"lambda_uncond": 0.0, **values})
 
 
+@dataclass
+class Continuation:
+    """Hiding on top of a vault: training starts from its public weights (the teacher stays the original model),
+    the keys of ``kept`` concepts must keep unlocking them (frozen, as they are), and each ``revoked`` key must
+    stop unlocking its concept (hidden against it, as against an attacker's key)."""
+
+    public: dict[str, torch.Tensor]
+    kept: dict[str, Key]  # concept name -> its key, unchanged
+    kept_concepts: list[Concept]
+    revoked: dict[str, Key] = field(default_factory=dict)  # concept name -> the key that must no longer work
+
+    def identity(self) -> dict:
+        from ...keyfile import key_fingerprint
+        from ...vault import public_fingerprint
+
+        return {
+            "public": public_fingerprint(self.public),
+            "kept": {name: key_fingerprint(key) for name, key in sorted(self.kept.items())},
+            "revoked": {name: key_fingerprint(key) for name, key in sorted(self.revoked.items())},
+        }
+
+
 def hide(
     pipe,
     concepts: Sequence[Concept],
     config: HideConfig,
     *,
+    continuing: Continuation | None = None,
     preserve: Sequence[str] = (),
     checkpoint_dir: Path | str | None = None,
     resume: bool = False,
@@ -123,6 +146,8 @@ def hide(
         pipe: a diffusers text-to-image pipeline, as :func:`conceptvault.load_pipeline` returns it.
         concepts: what to hide; each gets a key named after it.
         config: every setting of the run (:class:`HideConfig`).
+        continuing: hide on top of a vault (:class:`Continuation`): its concepts stay hidden and their keys keep
+            working, revoked keys stop working; ``pipe`` is the vault's original base model.
         preserve: prompts held to the original model, with and without the keys.
         checkpoint_dir: where checkpoints go (every ``config.checkpoint_every`` steps, at the end, and on
             Ctrl-C or SIGTERM); ``resume=True`` continues the run found there bit-exactly.
@@ -136,7 +161,7 @@ def hide(
         A :class:`HideResult`. On return the UNet holds the public weights and the keys stay attached
         (switch them on with ``cross_attention_kwargs={"keys": [name]}``).
     """
-    run = _HidingRun(pipe, *check_inputs(pipe, concepts, preserve), config, progress)
+    run = _HidingRun(pipe, *check_inputs(pipe, concepts, preserve), config, progress, continuing)
     checkpointer = Checkpointer.at(checkpoint_dir, "kpop", passphrase)
     if measure and not resume:
         run.measure("before")
@@ -180,12 +205,23 @@ class _HidingRun(TrainedRun):
 
     length_settings = ("model_updates", "key_updates")
 
-    def __init__(self, pipe, concepts: list[Concept], preserve: list[str], config: HideConfig, progress: bool = False):
+    def __init__(
+        self, pipe, concepts: list[Concept], preserve: list[str], config: HideConfig, progress=False, continuing=None
+    ):
         started = time.perf_counter()
-        self.pipe, self.concepts, self.preserve, self.config = pipe, concepts, preserve, config
+        self.continuing = continuing
+        self.learning = concepts  # the concepts whose keys this run learns
+        kept = continuing.kept_concepts if continuing else []
+        self.pipe, self.concepts, self.preserve, self.config = pipe, [*kept, *concepts], preserve, config
+        concepts = self.concepts
         self.generator = torch.Generator().manual_seed(config.seed)
         self.base_fingerprint = unet_fingerprint(pipe.unet)
         self.frozen_unet = frozen_copy(pipe.unet)
+        if continuing:  # the trained weights start from the vault's public ones; the teacher is the original
+            with torch.no_grad():
+                state = pipe.unet.state_dict()
+                for name, tensor in continuing.public.items():
+                    state[name].copy_(tensor)
         anchors = [a for c in concepts for a in c.every_anchor()]
         prompts = [*(p for c in concepts for p in c.prompts), *anchors, *preserve, ""]
         self.texts = TextStates(pipe, prompts)
@@ -199,15 +235,17 @@ class _HidingRun(TrainedRun):
                 rank=config.key_rank,
                 generator=self.generator,
             )
-            for c in concepts
+            for c in self.learning
         }
+        self.kept_keys = dict(continuing.kept) if continuing else {}
+        self.revoked = {_revoked(name): key for name, key in (continuing.revoked if continuing else {}).items()}
         # hardened hiding: one attacker key per concept, learned against the public weights as they train
         self.adversaries = {
             _adversary(c.name): Key(config.m, self.texts.width, init=concept_tokens(pipe, c.name, config.m))
             for c in concepts
             if config.adversary_every
         }
-        attach_keys(pipe.unet, {**self.keys, **self.adversaries}, config.placement)
+        attach_keys(pipe.unet, {**self.kept_keys, **self.keys, **self.revoked, **self.adversaries}, config.placement)
         self.trained = trainable_parameters(pipe.unet, config.train)
         self.key_parameters = [p for key in self.keys.values() for p in key.parameters()]
         self.adversary_parameters = [p for key in self.adversaries.values() for p in key.parameters()]
@@ -242,7 +280,7 @@ class _HidingRun(TrainedRun):
         started, config, step = time.perf_counter(), self.config, self.state.step
         self.at_step_boundary()
         model_step = self.is_model_step(step)
-        draw = self._draw()
+        draw = self._draw(self.concepts if model_step else self.learning)
         if model_step and self.adversaries and (step // config.k) % config.adversary_every == 0:
             self._invert_adversaries()
         train_only(list(self.trained.values()) if model_step else self.key_parameters, self._every_parameter())
@@ -254,6 +292,8 @@ class _HidingRun(TrainedRun):
             loss = config.lambda_hide * L_hide + config.lambda_rec * L_rec + config.lambda_pres * (L_pres + L_pres_key)
             if self.adversaries:  # the attacker key must not bring the concept back either
                 loss = loss + config.lambda_adversary * self._hide_loss(draw, key=_adversary(draw.concept.name))
+            if _revoked(draw.concept.name) in self.revoked:  # nor the key it had before
+                loss = loss + config.lambda_adversary * self._hide_loss(draw, key=_revoked(draw.concept.name))
         else:
             loss = L_rec + config.lambda_pres * L_pres_key
         if L_uncond_key is not None:
@@ -278,10 +318,11 @@ class _HidingRun(TrainedRun):
             seconds=seconds,
         )
 
-    def _draw(self) -> _Draw:
-        """This step's concept prompt and preserve prompt, their latents and the frozen model's predictions."""
+    def _draw(self, concepts: list[Concept]) -> _Draw:
+        """This step's concept prompt (one of ``concepts``) and preserve prompt, their latents and the frozen
+        model's predictions."""
         config, objective, texts, source = self.config, self.objective, self.texts, self.source
-        concept = self.concepts[randint(len(self.concepts), self.generator)]
+        concept = concepts[randint(len(concepts), self.generator)]
         prompt = concept.prompts[randint(len(concept.prompts), self.generator)]
         z, t = source.draw(prompt, config.batch_size, self.generator)
         frozen = objective.teachers(z, t, texts, source.last_teacher)
@@ -375,6 +416,11 @@ class _HidingRun(TrainedRun):
             )
         setattr(self.state, f"probe_{moment}", self._probe.measure(self.objective))
 
+    def identity(self) -> dict:
+        """What a checkpoint must match; a run on top of a vault also names the vault's public part and keys."""
+        continues = {"continues": self.continuing.identity()} if self.continuing else {}
+        return {**super().identity(), **continues}
+
     def checkpoint(self) -> tuple[dict, dict]:
         """The public and the secret half of a checkpoint; the RNG as it was when the last step began or ended."""
         public = {
@@ -407,12 +453,13 @@ class _HidingRun(TrainedRun):
             raise ConceptVaultError(
                 "training left non-finite weights; nothing was written. Lower the learning rate (lr) and run again."
             )
-        if self.adversaries:  # the attacker keys were a training device only: keep the real keys attached
+        keys = {**self.kept_keys, **self.keys}
+        if self.adversaries or self.revoked:  # training devices only: keep the real keys attached
             detach_keys(self.pipe.unet)
-            attach_keys(self.pipe.unet, self.keys, self.config.placement)
+            attach_keys(self.pipe.unet, keys, self.config.placement)
         return HideResult(
             public=public,
-            keys=self.keys,
+            keys=keys,
             stats=self.state.stats(self.model_updates_done()),
             base_fingerprint=self.base_fingerprint,
             concepts=self.concepts,
@@ -427,6 +474,11 @@ def _initial_tokens(pipe, concept: Concept, config: HideConfig, generator: torch
         states = encode_prompts(pipe, [concept.name])[0].float().cpu()
         return torch.randn(config.m, states.shape[-1], generator=generator) * states.std()
     return concept_tokens(pipe, concept.name, config.m)
+
+
+def _revoked(concept: str) -> str:
+    """The name a revoked key is attached under while the public weights learn to defeat it (never saved)."""
+    return f"~revoked-{concept}"
 
 
 def _adversary(concept: str) -> str:
