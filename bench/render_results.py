@@ -21,7 +21,6 @@ from conceptvault.records import (
     NOT_RE_RUN,
     REPO_ROOT,
     RESULTS_DIR,
-    STATUSES,
     SUPERSEDED,
     builtin_model_fingerprint,
     read_record,
@@ -31,6 +30,10 @@ from conceptvault.records import (
 )
 
 PAGE = REPO_ROOT / "docs" / "results.md"
+README = REPO_ROOT / "README.md"
+README_RECORD = "demo-star"  # the record whose table the README shows, between these two lines:
+README_START = f"<!-- {README_RECORD}: table rendered by bench/render_results.py from its record -->"
+README_END = "<!-- end of the rendered table -->"
 GROUPS = {
     "measured": "Measured with the current code",
     NOT_RE_RUN: "Not re-run: figures as the README quoted them",
@@ -54,7 +57,7 @@ def render(records: list[dict], shipped_judge: str, shipped_model: str) -> str:
         "| record | what | status | judge | model | commit |",
         "|---|---|---|---|---|---|",
     ]
-    ordered = sorted(records, key=lambda r: (STATUSES.index(r["status"]), r["id"]))
+    ordered = sorted(records, key=lambda r: (list(GROUPS).index(r["status"]), r["id"]))
     for r in ordered:
         lines.append(
             f"| [`{r['id']}`](#{r['id']}) | {r['title']} | {_status(r)} | {_judge(r, shipped_judge, short=True)} "
@@ -108,6 +111,25 @@ def _record_section(r: dict, shipped_judge: str, shipped_model: str) -> list[str
     return lines
 
 
+def figure_table(record: dict) -> list[str]:
+    """A record's figures as a Markdown table: value, interval, n and the original model's value."""
+    lines = ["| figure | value | 95 % interval | n | original model |", "|---|---|---|---|---|"]
+    for name, figure in record["figures"].items():
+        original = _value(figure["original"]) if "original" in figure else ""
+        lines.append(f"| {name} | {_value(figure)} | {_interval(figure)} | {figure['n']:,} | {original} |")
+    return lines
+
+
+def with_readme_table(readme: str, records: list[dict]) -> str:
+    """``readme`` with the lines between README_START and README_END replaced by the record's table."""
+    record = next((r for r in records if r["id"] == README_RECORD), None)
+    if record is None or README_START not in readme or README_END not in readme:
+        raise SystemExit(f"README.md needs the record {README_RECORD!r} and the lines {README_START} / {README_END}.")
+    head, rest = readme.split(README_START, 1)
+    tail = rest.split(README_END, 1)[1]
+    return "\n".join([head + README_START, *figure_table(record), README_END]) + tail
+
+
 def _status(r: dict) -> str:
     if r["status"] == SUPERSEDED:
         return f"superseded by [`{r['superseded_by']}`](#{r['superseded_by']})"
@@ -122,14 +144,19 @@ def _judge(r: dict, shipped: str, short: bool = False) -> str:
         return "none" if short else "none (no judge made these figures)"
     if judge == shipped:
         return "shipped" if short else f"the shipped judge (`{judge[:12]}`)"
-    return "**other judge**" if short else f"**another judge than the shipped one**: `{judge[:40]}`"
+    return "**other judge**" if short else f"**another judge than the shipped one**: `{_short(judge)}`"
 
 
 def _model(r: dict, shipped: str, short: bool = False) -> str:
     model = r["model_fingerprint"]
     if model == shipped:
         return "shipped" if short else f"the shipped built-in model (`{model[:12]}`)"
-    return "**other model**" if short else f"**another model than the shipped built-in one**: `{model[:40]}`"
+    return "**other model**" if short else f"**another model than the shipped built-in one**: `{_short(model)}`"
+
+
+def _short(fingerprint: str) -> str:
+    """A hexadecimal fingerprint's first 12 digits; a description as it is."""
+    return fingerprint[:12] if all(c in "0123456789abcdef" for c in fingerprint) else fingerprint
 
 
 def _seeds(seeds: list[int]) -> str:
@@ -177,14 +204,18 @@ def main() -> int:
     args = parser.parse_args()
     for path in args.add:
         print(f"added {add(path)}")
-    page = render(read_records(), shipped_judge_fingerprint(), builtin_model_fingerprint())
+    records = read_records()
+    page = render(records, shipped_judge_fingerprint(), builtin_model_fingerprint())
+    readme = README.read_text(encoding="utf-8")
+    outputs = {PAGE: page, README: with_readme_table(readme, records)}
     if args.check:
-        if not PAGE.is_file() or PAGE.read_text(encoding="utf-8") != page:
-            print(f"{PAGE} differs from the records; run python bench/render_results.py", file=sys.stderr)
-            return 1
-        return 0
-    PAGE.write_text(page, encoding="utf-8")
-    print(f"wrote {PAGE}")
+        stale = [str(path) for path, text in outputs.items() if not path.is_file() or path.read_text("utf-8") != text]
+        if stale:
+            print(f"{', '.join(stale)} differ from the records; run python bench/render_results.py", file=sys.stderr)
+        return 1 if stale else 0
+    for path, text in outputs.items():
+        path.write_text(text, encoding="utf-8")
+        print(f"wrote {path}")
     return 0
 
 

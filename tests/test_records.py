@@ -137,10 +137,22 @@ def test_the_page_renders_the_same_twice_and_marks_another_judge_and_history():
     assert "| hiding time | 178 s | not stated | 1 |" in page
 
 
-def test_the_committed_results_page_is_the_render_of_the_committed_records():
+def test_the_committed_results_page_and_readme_table_are_the_render_of_the_committed_records():
     renderer = load_renderer()
-    page = renderer.render(read_records(), shipped_judge_fingerprint(), renderer.builtin_model_fingerprint())
+    records = read_records()
+    page = renderer.render(records, shipped_judge_fingerprint(), renderer.builtin_model_fingerprint())
     assert renderer.PAGE.read_text(encoding="utf-8") == page, "run python bench/render_results.py"
+    readme = renderer.README.read_text(encoding="utf-8")
+    assert renderer.with_readme_table(readme, records) == readme, "run python bench/render_results.py"
+
+
+def test_the_readme_table_is_replaced_between_its_marks_only():
+    renderer = load_renderer()
+    readme = f"# Title\n\n{renderer.README_START}\nold table\n{renderer.README_END}\n\nmore\n"
+    filled = renderer.with_readme_table(readme, [a_record()])
+    assert "old table" not in filled and filled.endswith(f"{renderer.README_END}\n\nmore\n")
+    assert "| ESR-1 (public) | 75.0 % | 30.0–95.0 % | 4 | 0.0 % |" in filled
+    assert renderer.with_readme_table(filled, [a_record()]) == filled
 
 
 def test_adding_a_record_of_an_existing_id_keeps_the_old_one_as_superseded(tmp_path):
@@ -162,3 +174,41 @@ def test_the_helpers_fill_in_commit_machine_and_fingerprints(tmp_path):
     first = folder_fingerprint(tmp_path)
     (tmp_path / "w.bin").write_bytes(b"2")
     assert folder_fingerprint(tmp_path) != first and len(first) == 64
+
+
+def test_an_evaluation_becomes_a_record_with_every_figure_its_interval_and_n():
+    from types import SimpleNamespace
+
+    from conceptvault.records import evaluation_record
+
+    cell = {"value": 0.5, "n": 4, "ci": [0.15, 0.85], "original": {"value": 0.25, "n": 4, "ci": [0.05, 0.7]}}
+    evaluation = SimpleNamespace(
+        kind="rate",
+        measures=["top-1"],
+        figures={"esr": {"top-1": {"average": cell, "concepts": {}}}},
+        fidelity={"key_vs_original": {"ssim": {"average": {"value": 0.9, "n": 4, "ci": [0.8, 1.0]}}}},
+        fid={"hidden": {"original": 20.0, "public": 200.0, "floor": 10.0, "n": 4}},
+        suite=SimpleNamespace(name="shape", judge="world-shape"),
+        records=[SimpleNamespace(seed=s) for s in (3, 1, 1)],
+        meta={"settings": {"steps": 25, "device": "cpu"}, "vault": {"base_fingerprint": SHIPPED_MODEL}},
+    )
+    record = evaluation_record(
+        evaluation, id="x", title="t", command="c", settings={"hide": Path("p")}, wall_seconds=1.234
+    )
+    assert record["figures"]["ESR-1 (public)"] == {
+        "value": 0.5,
+        "interval": [0.15, 0.85],
+        "n": 4,
+        "unit": "share",
+        "original": {"value": 0.25, "interval": [0.05, 0.7], "n": 4, "unit": "share"},
+    }
+    assert record["figures"]["SSIM, with key vs original (hidden concepts)"]["unit"] == "SSIM"
+    assert record["figures"]["world FID, hidden concepts, public"] == {
+        "value": 200.0,
+        "interval": None,
+        "n": 4,
+        "unit": "FID",
+    }
+    assert record["seeds"] == [1, 3] and record["n"] == 3 and record["wall_seconds"] == 1.2
+    assert record["judge_fingerprint"] == shipped_judge_fingerprint() and record["settings"]["hide"] == "p"
+    assert record["settings"]["suite"] == "shape" and record["machine"]["device"] == "cpu"

@@ -110,7 +110,7 @@ def write_record(record: dict, folder: Path = RESULTS_DIR) -> Path:
     check_record(record)
     path = Path(folder) / f"{record['id']}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    atomic_write_text(path, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
     return path
 
 
@@ -275,12 +275,27 @@ def evaluation_record(
     over its concepts at each measure, beside the original model's, with the evaluation's own settings.
 
     ``settings``: what made the vault (the hiding configuration and prompts), added to the evaluation's."""
-    from conceptvault.evaluate.report import figure_rows
+    from conceptvault.evaluate.report import FIDELITY_TITLES, figure_rows
 
     figures = {
         f"{row.label} ({row.model})": share_figure(row.cell, "share" if evaluation.kind == "rate" else "score")
         for row in figure_rows(evaluation)
     }
+    units = {"agreement": "share", "ssim": "SSIM", "psnr": "dB"}
+    for comparison, by_figure in evaluation.fidelity.items():
+        group, title = FIDELITY_TITLES[comparison]
+        for figure, entry in by_figure.items():
+            name = "same label" if figure == "agreement" else units[figure]
+            figures[f"{name}, {title} ({group} concepts)"] = share_figure(entry["average"], units[figure])
+    for group, distances in evaluation.fid.items():
+        for variant in ("original", "public", "key", "floor"):
+            if variant in distances:
+                figures[f"world FID, {group} concepts, {variant}"] = {
+                    "value": round(float(distances[variant]), 2),
+                    "interval": None,
+                    "n": distances["n"],
+                    "unit": "FID",
+                }
     meta = evaluation.meta
     judge = evaluation.suite.judge
     return make_record(
