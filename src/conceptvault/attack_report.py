@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .attacks import Attack, AttackResult
 from .evaluate.report import format_ci, format_value
-from .evaluate.store import atomic_write_text
+from .files import atomic_write_text
 
 
 @dataclass

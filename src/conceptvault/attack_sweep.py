@@ -27,7 +27,7 @@ from pathlib import Path
 
 from .attacks import Attack, AttackConfig, AttackResult, FinetuneWeights, run_attack
 from .errors import ConceptVaultError
-from .evaluate.store import atomic_write_text
+from .files import atomic_write_text
 
 # two-sided 95 % quantiles of Student's t by degrees of freedom (1 to 9); above that, the normal one
 _T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}

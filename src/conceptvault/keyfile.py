@@ -27,6 +27,7 @@ from safetensors.torch import save as save_tensors
 from .delta_key import DeltaKey
 from .digest import tensor_digest
 from .errors import ConceptVaultError
+from .files import atomic_write
 from .key import Key
 
 PLAIN_SUFFIX = ".safetensors"
@@ -88,16 +89,8 @@ def write_key_file(
 
 
 def write_secret(path: Path, data: bytes) -> None:
-    """Write a file that holds a secret: created with owner-only permissions, replaced atomically."""
-    temporary = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    """Write a file that holds a secret: owner-only permissions, replaced atomically."""
+    atomic_write(path, data, mode=0o600)
 
 
 def seal(plaintext: bytes, passphrase: str, info: dict) -> bytes:

@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 
 from .backbone import is_sdxl
 from .errors import ConceptVaultError
+from .files import atomic_path
 from .key import is_key_parameter
 
 _RESNET = {
@@ -142,7 +143,5 @@ def export_single_file(pipe, path: Path | str, *, dtype: torch.dtype = torch.flo
         name: tensor.detach().to("cpu", dtype if tensor.is_floating_point() else tensor.dtype).contiguous()
         for name, tensor in state.items()
     }
-    path = Path(path)
-    temporary = path.with_name(path.name + ".tmp")
-    save_file(state, str(temporary), metadata={"format": "pt", "written_by": "conceptvault"})
-    temporary.replace(path)
+    with atomic_path(path, mode=0o644) as temporary:
+        save_file(state, str(temporary), metadata={"format": "pt", "written_by": "conceptvault"})

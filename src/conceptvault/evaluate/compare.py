@@ -17,8 +17,8 @@ from pathlib import Path
 from conceptvault.evaluate.metrics import KEY, ORIGINAL, PUBLIC
 from conceptvault.evaluate.report import format_ci, format_value
 from conceptvault.evaluate.run import EvaluationResult, run_suite
-from conceptvault.evaluate.store import atomic_write_text
 from conceptvault.evaluate.suite import Suite
+from conceptvault.files import atomic_write_text
 from conceptvault.vault import Vault
 
 FIGURES = ("esr", "psr", "rsr", "key_psr")

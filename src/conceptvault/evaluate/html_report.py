@@ -34,7 +34,7 @@ from conceptvault.evaluate.report import (
     write_json,
 )
 from conceptvault.evaluate.run import EvaluationResult, ImageRecord
-from conceptvault.evaluate.store import atomic_write_text
+from conceptvault.files import atomic_write_text
 
 THUMBNAIL = 160  # pixels: small images are scaled up to this, pixelated; larger ones scaled down
 

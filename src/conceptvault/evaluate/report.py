@@ -13,7 +13,7 @@ from rich.table import Table
 
 from conceptvault.evaluate.metrics import FIGURE_HELP, FIGURE_NAMES, figure_label
 from conceptvault.evaluate.run import EvaluationResult
-from conceptvault.evaluate.store import atomic_write_text
+from conceptvault.files import atomic_write_text
 
 RESULTS_FILE = "results.json"
 IMAGES_FILE = "images.json"

@@ -13,34 +13,16 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
 from PIL import Image
 
 from conceptvault.errors import ConceptVaultError
+from conceptvault.files import atomic_write, atomic_write_text
 
 IMAGES_DIR = "images"
 IDENTITY_FILE = "identity.json"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def slug(name: str) -> str:
@@ -78,7 +60,7 @@ class ImageStore:
     def save(self, path: Path, image: Image.Image) -> None:
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
-        atomic_write_bytes(path, buffer.getvalue())
+        atomic_write(path, buffer.getvalue())
 
     def load(self, path: Path) -> Image.Image:
         try:

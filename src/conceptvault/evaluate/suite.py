@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from conceptvault.errors import ConceptVaultError
-from conceptvault.evaluate.store import atomic_write_text
+from conceptvault.files import atomic_write_text
 
 
 @dataclass

@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from conceptvault.errors import ConceptVaultError
+from conceptvault.files import atomic_path
 from conceptvault.world.captions import training_caption
 from conceptvault.world.data import LABELS, render_batch
 from conceptvault.world.model import assemble_pipeline, build_scheduler, build_text_encoder, build_unet, build_vae
@@ -335,9 +335,8 @@ def _replace_folder(folder: Path, write: Callable[[Path], None]) -> None:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path, mode=0o644) as temporary:
+        torch.save(obj, temporary)
 
 
 def _check_same_run(out: Path, config: WorldTrainConfig) -> None:
