@@ -95,7 +95,8 @@ def test_generate_images_refuses_nan_guidance_in_the_library():
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--steps", "100000000"], "--steps must be a finite number from 1 to 1000"),
+        (["--steps", "100000000"], "--steps must be a finite number from 1 to 500"),
+        (["--steps", "1000"], "--steps must be a finite number from 1 to 500"),  # overran the scheduler's table
         (["--device", "bogus"], "is no torch device"),
         (["--device", "cuda:banana"], "is no torch device"),
         (["--device", "cuda:99"], "cuda"),
@@ -203,3 +204,26 @@ def test_a_passphrase_file_keeps_its_first_line(tmp_path):
 def test_the_manifest_json_above_is_no_valid_manifest():  # guards the nested fixtures' premise
     with pytest.raises(RecursionError):
         json.loads("[" * 200_000 + "]" * 200_000)
+
+
+# -- interrupts ---------------------------------------------------------------------------------------
+
+
+def test_an_interrupted_generate_says_so_in_one_line_and_writes_nothing(vault_folder, tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("conceptvault.cli.vaults.generate_images", interrupted)
+    code, out, err = run(capsys, "generate", vault_folder, "a star", "--out", tmp_path / "g.png", "--device", "cpu")
+    assert one_line_error(code, out, err) and "interrupted; nothing was written" in err, err
+    assert written(tmp_path) == []
+
+
+@pytest.mark.parametrize("where", ["json", "out"])
+def test_evaluate_refuses_an_output_it_cannot_write_before_any_work(vault_folder, tmp_path, capsys, no_models, where):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    option = ["--json", blocker / "figures.json"] if where == "json" else ["--out", blocker / "eval"]
+    code, out, err = run(capsys, "evaluate", vault_folder, "--size", "1", *option)
+    assert one_line_error(code, out, err) and "cannot write" in err, err
+    assert written(tmp_path) == ["a-file"]

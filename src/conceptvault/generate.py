@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .errors import ConceptVaultError
 from .key import attached_keys
 
-MAX_SAMPLER_STEPS = 1000  # the schedulers' training timesteps: a sampler cannot take more steps than these
+MAX_SAMPLER_STEPS = 500  # half the schedulers' 1000 training timesteps (1000 steps overran the DDIM schedule)
 MAX_GUIDANCE = 30.0  # far above any useful scale; beyond it images saturate (1e300 drew black images)
 
 

@@ -241,6 +241,16 @@ def read_passphrase(file: Path | None) -> str | None:
     return line
 
 
+@contextmanager
+def on_interrupt(kept: str):
+    """Ctrl-C or SIGTERM inside: one line that says what was kept (left to typer, an interrupt is exit 130
+    and no line at all)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise ConceptVaultError(f"interrupted; {kept}.") from None
+
+
 def as_text(value) -> Text:
     """Text from a file or a user, shown as it is: no Rich markup, control characters made visible, so a
     manifest cannot restyle, clear or retitle the terminal."""

@@ -21,6 +21,7 @@ from .common import (
     as_lines,
     check_positive,
     check_range,
+    check_writable_folder,
     checked,
     console,
     parse_seeds,
@@ -63,6 +64,8 @@ def evaluate_command(
     from ..evaluate import print_summary, run_suite, write_json, write_report
 
     check_positive(size=size, batch_size=batch_size)
+    for output in filter(None, (json_file, (out or vault.with_name(vault.name + ".eval")) / "report.html")):
+        check_writable_folder(output)  # before the images are made, not after
     chosen = suite_named(suite, size, concept)
     loaded = Vault.load(vault, keys=None if no_key else "all", passphrase=read_passphrase(passphrase_file))
     pipe = load_pipeline(model or loaded.manifest.base_model, device=device)

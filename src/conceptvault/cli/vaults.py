@@ -40,6 +40,7 @@ from .common import (
     check_writable_folder,
     checked,
     console,
+    on_interrupt,
     parse_concepts,
     parse_seeds,
     parse_settings,
@@ -336,9 +337,10 @@ def generate_command(
     check_range("guidance", guidance, 0, MAX_GUIDANCE)
     check_image_path(out)
     loaded = Vault.load(vault, keys=key or None, passphrase=read_passphrase(passphrase_file))
-    pipe = load_pipeline(model or loaded.manifest.base_model, device=device)
-    loaded.apply(pipe)
-    images = generate_images(pipe, [prompt] * len(seed_list), seed_list, keys=key, steps=steps, guidance=guidance)
+    with on_interrupt(f"nothing was written to '{out}'"):
+        pipe = load_pipeline(model or loaded.manifest.base_model, device=device)
+        loaded.apply(pipe)
+        images = generate_images(pipe, [prompt] * len(seed_list), seed_list, keys=key, steps=steps, guidance=guidance)
     cols = min(len(images), 4)
     grid = image_grid(images, math.ceil(len(images) / cols), cols, labels=[f"seed {s}" for s in seed_list])
     out.parent.mkdir(parents=True, exist_ok=True)
