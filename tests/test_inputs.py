@@ -4,11 +4,14 @@ passphrase files read with a bound, outputs that can be written; one clear line,
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conceptvault.cli import main
 from conceptvault.cli.common import MAX_PASSPHRASE_BYTES, read_passphrase
@@ -227,3 +230,76 @@ def test_evaluate_refuses_an_output_it_cannot_write_before_any_work(vault_folder
     code, out, err = run(capsys, "evaluate", vault_folder, "--size", "1", *option)
     assert one_line_error(code, out, err) and "cannot write" in err, err
     assert written(tmp_path) == ["a-file"]
+
+
+# -- a Hypothesis pass over numeric options: a refusal is one line, an acceptance is in range -------------
+
+_numbers = st.one_of(
+    st.integers(min_value=-(2**70), max_value=2**70).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.sampled_from(["nan", "inf", "-inf", "1e400", "0x10", "", " ", "1_000", "٣"]),
+)
+
+
+class _Loaded(Exception):
+    """The options passed every check and the command went on to load a model."""
+
+
+def _outcome(capsys, monkeypatch, *args) -> tuple[int | None, str]:
+    def loaded(*_, **__):
+        raise _Loaded
+
+    for module in ("vaults", "measure"):
+        monkeypatch.setattr(f"conceptvault.cli.{module}.load_pipeline", loaded)
+    monkeypatch.setattr("conceptvault.attack_campaign.load_pipeline", loaded, raising=False)
+    monkeypatch.setattr("conceptvault.serve.build_server", loaded)
+    try:
+        main([str(a) for a in args])
+    except _Loaded:
+        capsys.readouterr()
+        return None, ""
+    except SystemExit as exit_:
+        captured = capsys.readouterr()
+        assert one_line_error(exit_.code, captured.out, captured.err), captured.err
+        return exit_.code, captured.err
+    raise AssertionError("the command neither failed nor loaded a model")
+
+
+def _finite(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=_numbers, guidance=_numbers)
+def test_generate_accepts_only_sane_numbers(vault_folder, tmp_path, capsys, monkeypatch, steps, guidance):
+    out = tmp_path / "g.png"
+    code, err = _outcome(
+        capsys, monkeypatch, "generate", vault_folder, "a", "--out", out, "--steps", steps, "--guidance", guidance
+    )
+    if code is None:  # accepted: both in range
+        assert 1 <= int(steps) <= 500 and 0 <= _finite(guidance) <= 30
+    assert not out.exists()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lr=_numbers, steps=_numbers)
+def test_attack_accepts_only_sane_numbers(vault_folder, tmp_path, capsys, monkeypatch, lr, steps):
+    out = tmp_path / "attack"
+    code, err = _outcome(capsys, monkeypatch, "attack", vault_folder, "--out", out, "--lr", lr, "--steps", steps)
+    if code is None:
+        assert 0 < _finite(lr) <= 1 and int(steps) >= 1
+    assert not out.exists()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rate=_numbers, port=_numbers)
+def test_serve_accepts_only_sane_numbers(vault_folder, tmp_path, capsys, monkeypatch, rate, port):
+    db = tmp_path / "grants.sqlite"
+    code, err = _outcome(capsys, monkeypatch, "serve", vault_folder, "--db", db, "--rate", rate, "--port", port)
+    if code is None:
+        assert 0 < _finite(rate) <= 60_000 and 1 <= int(port) <= 65535
+    assert not db.exists()
