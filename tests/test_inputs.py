@@ -281,7 +281,7 @@ def test_generate_accepts_only_sane_numbers(vault_folder, tmp_path, capsys, monk
         capsys, monkeypatch, "generate", vault_folder, "a", "--out", out, "--steps", steps, "--guidance", guidance
     )
     if code is None:  # accepted: both in range
-        assert 1 <= int(steps) <= 500 and 0 <= _finite(guidance) <= 30
+        assert 1 <= _finite(steps) <= 500 and 0 <= _finite(guidance) <= 30
     assert not out.exists()
 
 
@@ -291,7 +291,7 @@ def test_attack_accepts_only_sane_numbers(vault_folder, tmp_path, capsys, monkey
     out = tmp_path / "attack"
     code, err = _outcome(capsys, monkeypatch, "attack", vault_folder, "--out", out, "--lr", lr, "--steps", steps)
     if code is None:
-        assert 0 < _finite(lr) <= 1 and int(steps) >= 1
+        assert 0 < _finite(lr) <= 1 and _finite(steps) >= 1
     assert not out.exists()
 
 
@@ -301,5 +301,5 @@ def test_serve_accepts_only_sane_numbers(vault_folder, tmp_path, capsys, monkeyp
     db = tmp_path / "grants.sqlite"
     code, err = _outcome(capsys, monkeypatch, "serve", vault_folder, "--db", db, "--rate", rate, "--port", port)
     if code is None:
-        assert 0 < _finite(rate) <= 60_000 and 1 <= int(port) <= 65535
+        assert 0 < _finite(rate) <= 60_000 and 1 <= _finite(port) <= 65535  # click reads '1.0' as the port 1
     assert not db.exists()
