@@ -42,7 +42,7 @@ def live(sd1_path, tmp_path_factory):
     from conceptvault.methods.kpop import HideConfig, hide
     from conceptvault.serve import build_server
     from conceptvault.serve.store import AccessStore
-    from conceptvault.vault import save_vault
+    from conceptvault.vault import read_manifest, save_vault
 
     folder = tmp_path_factory.mktemp("browser")
     pipe = load_pipeline(str(sd1_path), device="cpu")
@@ -53,7 +53,7 @@ def live(sd1_path, tmp_path_factory):
     db = str(folder / "grants.sqlite")
     store = AccessStore(db)
     tokens = {"ada": store.add_user("ada"), "bob": store.add_user("bob"), "root": store.add_user("root", admin=True)}
-    store.grant("ada", "shapes", "star")
+    store.grant("ada", "shapes", "star", fingerprint=read_manifest(folder / "shapes").public_fingerprint)
     app, engine = build_server([folder / "shapes"], db, device="cpu")
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
