@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -303,3 +304,27 @@ def test_serve_accepts_only_sane_numbers(vault_folder, tmp_path, capsys, monkeyp
     if code is None:
         assert 0 < _finite(rate) <= 60_000 and 1 <= _finite(port) <= 65535  # click reads '1.0' as the port 1
     assert not db.exists()
+
+
+# -- manifests that JSON would read otherwise than written -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda text: text.replace("{", '{"format_version": 1, ', 1), "'format_version' appears twice"),
+        (lambda text: re.sub(r'"seconds": [0-9.e+-]+', '"seconds": 1e400', text, count=1), "beyond any float"),
+        (lambda text: re.sub(r'"seconds": [0-9.e+-]+', '"seconds": -1E999', text, count=1), "beyond any float"),
+    ],
+)
+def test_a_manifest_read_otherwise_than_written_is_one_line(vault_folder, tmp_path, capsys, change, message):
+    import shutil
+
+    copy = tmp_path / "edited.vault"
+    shutil.copytree(vault_folder, copy)
+    manifest = copy / "manifest.json"
+    edited = change(manifest.read_text())
+    assert edited != manifest.read_text()
+    manifest.write_text(edited)
+    code, out, err = run(capsys, "inspect", copy)
+    assert one_line_error(code, out, err) and message in err, err

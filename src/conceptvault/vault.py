@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
+import math
 import os
 import shutil
 import uuid
@@ -400,11 +402,44 @@ def _read_manifest(path: Path) -> Manifest:
     except (OSError, UnicodeDecodeError):
         raise ConceptVaultError(f"'{file}' cannot be read; restore the vault from its original copy.") from None
     try:
+        _refuse_ambiguous_json(text, file)
         return Manifest.from_json(text, file)
     except RecursionError:  # brackets nested deeper than any manifest's: the parser gives up
         raise ConceptVaultError(
             f"'{file}' is damaged (nested too deeply to be a manifest); restore the vault from its original copy."
         ) from None
+
+
+class _Ambiguous(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    seen = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise _Ambiguous(f"the key {key!r} appears twice in one object")
+        seen.add(key)
+    return dict(pairs)
+
+
+def _finite_number(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _Ambiguous(f"the number {text[:20]} is beyond any float")
+    return value
+
+
+def _refuse_ambiguous_json(text: str, file: Path) -> None:
+    """Refuse JSON that Python would read silently otherwise than written: a key given twice (the last would
+    win) and a number too large for a float (1e400 would read as infinity). Other faults are left to the
+    manifest's own checks, which name them."""
+    try:
+        json.loads(text, object_pairs_hook=_unique_keys, parse_float=_finite_number)
+    except _Ambiguous as error:
+        raise ConceptVaultError(f"'{file}' is damaged ({error}); restore the vault from its original copy.") from None
+    except ValueError:
+        pass
 
 
 def read_manifest(path: Path | str) -> Manifest:
