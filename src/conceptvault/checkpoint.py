@@ -41,6 +41,19 @@ def write_checkpoint(folder: Path, public: dict, secret: dict, passphrase: str |
     write_secret(folder / CHECKPOINT_FILE, _to_bytes(dict(public, format=FORMAT)))
 
 
+def check_passphrase(folder: Path, passphrase: str | None) -> None:
+    """Refuse, before any work, a run whose checkpoint's keys the passphrase given does not open."""
+    path = folder / CHECKPOINT_FILE
+    public = _from_bytes(_read(path), path)
+    data = _read(folder / KEYS_FILE)
+    if public.get("identity", {}).get("protected") and passphrase is None:
+        raise ConceptVaultError(
+            f"the run in '{folder}' protects its keys with a passphrase; resume it with the same --passphrase-file."
+        )
+    if is_sealed(data):
+        unseal(data, passphrase, f"the checkpoint's keys '{folder / KEYS_FILE}'")
+
+
 def read_checkpoint(folder: Path, identity: dict, passphrase: str | None) -> tuple[dict, dict]:
     """Both halves of the checkpoint in ``folder``, after checking that it belongs to this run."""
     path = folder / CHECKPOINT_FILE
@@ -107,6 +120,8 @@ def output_lock(out: Path, resume: bool) -> Iterator[Path]:
     folder is writable) and locked for the run; yields that folder. Refuses, before any work, an ``out`` that
     exists, a run already writing there, and an unfinished run unless ``resume``."""
     out = Path(out)
+    if not out.name or out.name in (".", ".."):
+        raise ConceptVaultError(f"--out '{out}' names no new folder; give one such as star.vault.")
     folder = out.with_name(f"{out.name}.checkpoint")
     if out.exists():
         raise ConceptVaultError(f"'{out}' already exists; choose another --out or delete it first.")

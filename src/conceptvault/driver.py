@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from .checkpoint import CHECKPOINT_FILE, read_checkpoint, write_checkpoint
+from .checkpoint import CHECKPOINT_FILE, check_passphrase, read_checkpoint, write_checkpoint
 from .errors import ConceptVaultError
 from .training import RunState, progress_bar
 
@@ -48,6 +48,11 @@ class Checkpointer:
     def exists(self) -> bool:
         return (self.folder / CHECKPOINT_FILE).is_file()
 
+    def check_opens(self) -> None:
+        """Refuse a resume whose checkpoint the passphrase does not open, before the run is built (minutes)."""
+        if self.exists():
+            check_passphrase(self.folder, self.passphrase)
+
     def identity(self, run: TrainingRun) -> dict:
         return {**run.identity(), "method": self.method, "protected": self.passphrase is not None}
 
@@ -63,7 +68,13 @@ class Checkpointer:
                 f"the checkpoint in '{self.folder}' is at step {step!r}, outside the {total} steps asked for; "
                 "ask for at least as many steps, or run without resuming."
             )
-        run.load(public, secret)
+        try:
+            run.load(public, secret)
+        except (KeyError, RuntimeError, ValueError, TypeError, IndexError):
+            raise ConceptVaultError(
+                f"the checkpoint in '{self.folder}' does not fit this run (a part is missing or has another shape); "
+                "delete it and run without resuming."
+            ) from None
 
 
 def drive(

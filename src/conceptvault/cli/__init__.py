@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> None:
         fail("interrupted before anything was written.")
     except OSError as error:  # the file system refused: a read-only folder, a full disk, a missing file
         fail(f"{error.strerror or error}: '{error.filename}'." if error.filename else str(error))
+    if code == 130:  # Ctrl-C inside a command that does not say what it kept: Typer gives 130 and no line
+        fail("interrupted.")
     sys.exit(code if isinstance(code, int) else 0)
 
 

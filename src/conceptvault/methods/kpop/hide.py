@@ -161,8 +161,10 @@ def hide(
         A :class:`HideResult`. On return the UNet holds the public weights and the keys stay attached
         (switch them on with ``cross_attention_kwargs={"keys": [name]}``).
     """
-    run = _HidingRun(pipe, *check_inputs(pipe, concepts, preserve), config, progress, continuing)
     checkpointer = Checkpointer.at(checkpoint_dir, "kpop", passphrase)
+    if resume and checkpointer:
+        checkpointer.check_opens()
+    run = _HidingRun(pipe, *check_inputs(pipe, concepts, preserve), config, progress, continuing)
     if measure and not resume:
         run.measure("before")
     with run.training():
