@@ -16,6 +16,7 @@ from conceptvault.concepts import Concept
 from conceptvault.errors import ConceptVaultError
 from conceptvault.keyfile import key_fingerprint
 from conceptvault.methods.kpop import HideConfig, add_concepts, hide, rotate_key
+from conceptvault.serve import AccessStore, build_server
 from conceptvault.vault import Vault, save_vault
 
 hide_module = importlib.import_module("conceptvault.methods.kpop.hide")  # the module, not the function
@@ -79,11 +80,20 @@ def test_add_and_rotate_from_the_command_line(sd1_path, tmp_path, capsys):
     assert [e["action"] for e in rotated["history"]] == ["hide", "add", "rotate"]
     assert not grown.with_name("grown.rotating").exists()
     star_file = next(c["key_file"] for c in rotated["concepts"] if c["name"] == "star")
+    rotated_star = tmp_path / "rotated-star.key"
+    shutil.copy(grown / star_file, rotated_star)
     shutil.copy(leaked, grown / star_file)  # the leaked key put back in the vault
     code, _, err = run(capsys, "generate", grown, "a star", "--key", "star", *protected, "--out", tmp_path / "g.png")
     assert code == 1 and "belongs to another vault" in err and not (tmp_path / "g.png").exists()
     code, out, _ = run(capsys, "inspect", grown)
     assert code == 0 and "history" in out and "rotate" in out
+
+    # served again after the rotation, the server records what it serves, rotation included
+    shutil.copy(rotated_star, grown / star_file)
+    _, engine = build_server([grown], str(tmp_path / "grants.sqlite"), passphrase="correct horse", device="cpu")
+    engine.stop()
+    rows = AccessStore(str(tmp_path / "grants.sqlite")).history()
+    assert any("last change: rotate star" in row["outcome"] for row in rows)
 
 
 def test_an_interrupted_rotation_leaves_the_vault_as_it_was(sd1_path, tmp_path, capsys, monkeypatch):
