@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -31,8 +32,8 @@ from conceptvault.records import (
 
 PAGE = REPO_ROOT / "docs" / "results.md"
 README = REPO_ROOT / "README.md"
-README_RECORD = "demo-star"  # the record whose table the README shows, between these two lines:
-README_START = f"<!-- {README_RECORD}: table rendered by bench/render_results.py from its record -->"
+# The README shows one record's table between these two lines; the first names the record.
+README_START = re.compile(r"<!-- ([a-z0-9-]+): table rendered by bench/render_results.py from its record -->")
 README_END = "<!-- end of the rendered table -->"
 GROUPS = {
     "measured": "Measured with the current code",
@@ -112,22 +113,27 @@ def _record_section(r: dict, shipped_judge: str, shipped_model: str) -> list[str
 
 
 def figure_table(record: dict) -> list[str]:
-    """A record's figures as a Markdown table: value, interval, n and the original model's value."""
+    """A record's rates as a Markdown table: value, interval, n and the original model's value (the other
+    figures, such as SSIM and FID, are on the results page)."""
     lines = ["| figure | value | 95 % interval | n | original model |", "|---|---|---|---|---|"]
     for name, figure in record["figures"].items():
+        if figure.get("unit", "share") != "share":
+            continue
         original = _value(figure["original"]) if "original" in figure else ""
         lines.append(f"| {name} | {_value(figure)} | {_interval(figure)} | {figure['n']:,} | {original} |")
     return lines
 
 
 def with_readme_table(readme: str, records: list[dict]) -> str:
-    """``readme`` with the lines between README_START and README_END replaced by the record's table."""
-    record = next((r for r in records if r["id"] == README_RECORD), None)
-    if record is None or README_START not in readme or README_END not in readme:
-        raise SystemExit(f"README.md needs the record {README_RECORD!r} and the lines {README_START} / {README_END}.")
-    head, rest = readme.split(README_START, 1)
-    tail = rest.split(README_END, 1)[1]
-    return "\n".join([head + README_START, *figure_table(record), README_END]) + tail
+    """``readme`` with the lines between its start mark and README_END replaced by the named record's table."""
+    start = README_START.search(readme)
+    if start is None or README_END not in readme[start.end() :]:
+        raise SystemExit(f"README.md needs the lines {README_START.pattern} and {README_END} around the table.")
+    record = next((r for r in records if r["id"] == start.group(1)), None)
+    if record is None:
+        raise SystemExit(f"README.md shows the record {start.group(1)!r}, which is not in bench/results/.")
+    tail = readme[start.end() :].split(README_END, 1)[1]
+    return "\n".join([readme[: start.end()], *figure_table(record), README_END]) + tail
 
 
 def _status(r: dict) -> str:

@@ -148,7 +148,8 @@ def test_the_committed_results_page_and_readme_table_are_the_render_of_the_commi
 
 def test_the_readme_table_is_replaced_between_its_marks_only():
     renderer = load_renderer()
-    readme = f"# Title\n\n{renderer.README_START}\nold table\n{renderer.README_END}\n\nmore\n"
+    start = "<!-- demo-star: table rendered by bench/render_results.py from its record -->"
+    readme = f"# Title\n\n{start}\nold table\n{renderer.README_END}\n\nmore\n"
     filled = renderer.with_readme_table(readme, [a_record()])
     assert "old table" not in filled and filled.endswith(f"{renderer.README_END}\n\nmore\n")
     assert "| ESR-1 (public) | 75.0 % | 30.0–95.0 % | 4 | 0.0 % |" in filled
