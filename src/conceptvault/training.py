@@ -16,7 +16,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
-from .backbone import encode_prompts
+from .backbone import encode_prompts, unet_fingerprint
 from .errors import ConceptVaultError
 from .key import is_key_parameter
 from .latents import CachedLatents, LatentSource, SampledLatents, Sampler
@@ -176,6 +176,22 @@ class TrainedRun:
     """
 
     length_settings: tuple[str, ...] = ()
+
+    def begin(self, pipe, config) -> None:
+        """What every run starts from: its settings, a generator seeded from them, the base model's fingerprint
+        and the frozen copy of the original that every target comes from."""
+        self.config = config
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.base_fingerprint = unet_fingerprint(pipe.unet)
+        self.frozen_unet = frozen_copy(pipe.unet)
+
+    def train_only(self, trainable) -> None:
+        """Gradients for ``trainable`` alone among the run's parameters (its ``every_parameter()``)."""
+        train_only(list(trainable), self.every_parameter())
+
+    def pick(self, items: Sequence):
+        """One of ``items``, drawn with the run's generator."""
+        return items[randint(len(items), self.generator)]
 
     def at_step_boundary(self) -> None:
         self.rng_at_step_start = self.generator.get_state()

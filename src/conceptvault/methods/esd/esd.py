@@ -14,16 +14,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
 
 import torch
 
-from ...backbone import unet_fingerprint
 from ...concepts import Concept, HideResult, check_inputs
 from ...driver import Checkpointer, drive
 from ...objective import Objective, TextStates
 from ...settings import LossSpace, SamplerSettings, TrainedLayers, option
-from ...training import RunState, TrainedRun, frozen_copy, gradients_for, latent_source, randint, trainable_parameters
+from ...training import RunState, TrainedRun, gradients_for, latent_source, trainable_parameters
 
 
 @dataclass
@@ -37,11 +35,7 @@ class EsdConfig(SamplerSettings):
     loss_space: LossSpace = option(LossSpace.EPSILON, "Compare predictions as noise, clean latents or velocity.")
     checkpoint_every: int = option(0, "Steps between checkpoints (0: only at the end and on Ctrl-C).")
 
-    positive: ClassVar[tuple[str, ...]] = (
-        *SamplerSettings.positive,
-        "iterations",
-        "lr",
-    )
+    positive = (*SamplerSettings.positive, "iterations", "lr")
 
 
 def erase_esd(
@@ -86,9 +80,8 @@ class _EsdRun(TrainedRun):
     def __init__(self, pipe, concepts: list[Concept], config: EsdConfig, progress: bool):
         started = time.perf_counter()
         self.concepts, self.preserve, self.config = concepts, [], config
-        self.generator = torch.Generator().manual_seed(config.seed)
-        self.base_fingerprint = unet_fingerprint(pipe.unet)
-        frozen_unet = frozen_copy(pipe.unet)
+        self.begin(pipe, config)
+        frozen_unet = self.frozen_unet
         anchors = [a for c in concepts for a in c.every_anchor()]
         self.texts = TextStates(pipe, [*(p for c in concepts for p in c.prompts), *anchors, ""])
         self.trained = trainable_parameters(pipe.unet, config.train)
@@ -104,8 +97,8 @@ class _EsdRun(TrainedRun):
         """Pull the model's prediction for a concept prompt to ESD's negative-guidance target."""
         started, texts = time.perf_counter(), self.texts
         self.at_step_boundary()
-        concept = self.concepts[randint(len(self.concepts), self.generator)]
-        prompt = concept.prompts[randint(len(concept.prompts), self.generator)]
+        concept = self.pick(self.concepts)
+        prompt = self.pick(concept.prompts)
         z, t = self.source.draw(prompt, self.config.batch_size, self.generator)
         frozen, anchor = self.objective.teachers(z, t, texts, self.source.last_teacher), concept.anchor_of(prompt)
         L_hide = self.objective.hide(z, t, texts(prompt), texts(anchor), frozen(prompt), frozen_anchor=frozen(anchor))

@@ -13,13 +13,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...backbone import encode_prompts, unet_fingerprint
+from ...backbone import encode_prompts
 from ...concepts import Concept, HideResult, check_inputs
 from ...driver import Checkpointer, drive
 from ...errors import ConceptVaultError
@@ -27,17 +26,7 @@ from ...key import Key, Placement, attach_keys, detach_keys, projection_shapes
 from ...latents import Sampler
 from ...objective import Objective, TextStates
 from ...settings import LossSpace, SamplerSettings, TrainedLayers, option, settings_from_dict
-from ...training import (
-    RunState,
-    TrainedRun,
-    concept_tokens,
-    frozen_copy,
-    gradients_for,
-    latent_source,
-    randint,
-    train_only,
-    trainable_parameters,
-)
+from ...training import RunState, TrainedRun, concept_tokens, gradients_for, latent_source, trainable_parameters
 
 
 class KeyInit(str, Enum):
@@ -87,15 +76,7 @@ class HideConfig(SamplerSettings):
     lambda_adversary: float = option(1.0, "Weight of defeating the attacker key (hardened hiding).")
     checkpoint_every: int = option(50, "Training steps between checkpoints (0: only at the end and on Ctrl-C).")
 
-    positive: ClassVar[tuple[str, ...]] = (
-        *SamplerSettings.positive,
-        "model_updates",
-        "k",
-        "lr",
-        "key_lr",
-        "key_change_lr",
-        "m",
-    )
+    positive = (*SamplerSettings.positive, "model_updates", "k", "lr", "key_lr", "key_change_lr", "m")
 
     @classmethod
     def from_dict(cls, values: dict) -> HideConfig:
@@ -216,9 +197,7 @@ class _HidingRun(TrainedRun):
         kept = continuing.kept_concepts if continuing else []
         self.pipe, self.concepts, self.preserve, self.config = pipe, [*kept, *concepts], preserve, config
         concepts = self.concepts
-        self.generator = torch.Generator().manual_seed(config.seed)
-        self.base_fingerprint = unet_fingerprint(pipe.unet)
-        self.frozen_unet = frozen_copy(pipe.unet)
+        self.begin(pipe, config)
         if continuing:  # the trained weights start from the vault's public ones; the teacher is the original
             with torch.no_grad():
                 state = pipe.unet.state_dict()
@@ -285,7 +264,7 @@ class _HidingRun(TrainedRun):
         draw = self._draw(self.concepts if model_step else self.learning)
         if model_step and self.adversaries and (step // config.k) % config.adversary_every == 0:
             self._invert_adversaries()
-        train_only(list(self.trained.values()) if model_step else self.key_parameters, self._every_parameter())
+        self.train_only(list(self.trained.values()) if model_step else self.key_parameters)
 
         L_rec, L_pres_key, L_uncond_key = self._key_losses(draw)
         L_hide = L_pres = None
@@ -324,14 +303,14 @@ class _HidingRun(TrainedRun):
         """This step's concept prompt (one of ``concepts``) and preserve prompt, their latents and the frozen
         model's predictions."""
         config, objective, texts, source = self.config, self.objective, self.texts, self.source
-        concept = concepts[randint(len(concepts), self.generator)]
-        prompt = concept.prompts[randint(len(concept.prompts), self.generator)]
+        concept = self.pick(concepts)
+        prompt = self.pick(concept.prompts)
         z, t = source.draw(prompt, config.batch_size, self.generator)
         frozen = objective.teachers(z, t, texts, source.last_teacher)
         draw = _Draw(concept, prompt, z, t, frozen, self._keys_on(concept))
         draw.sampler_calls = source.last_sampler_calls
         if self.preserve and config.lambda_pres > 0:
-            draw.kept = self.preserve[randint(len(self.preserve), self.generator)]
+            draw.kept = self.pick(self.preserve)
             draw.z_kept, draw.t_kept = source.draw(draw.kept, config.batch_size, self.generator)
             draw.sampler_calls += source.last_sampler_calls
             known = source.last_teacher.get(draw.kept)
@@ -389,16 +368,16 @@ class _HidingRun(TrainedRun):
             frozen_anchor=draw.frozen(anchor),
         )
 
-    def _every_parameter(self) -> list[nn.Parameter]:
+    def every_parameter(self) -> list[nn.Parameter]:
         return [*self.trained.values(), *self.key_parameters, *self.adversary_parameters]
 
     def _invert_adversaries(self) -> None:
         """A short key inversion against the current public weights: each attacker key learns to make the
         concept as the original model does (the owner's teacher: a stronger attacker than pictures make)."""
-        train_only(self.adversary_parameters, self._every_parameter())
+        self.train_only(self.adversary_parameters)
         for _ in range(self.config.adversary_steps):
-            concept = self.concepts[randint(len(self.concepts), self.generator)]
-            prompt = concept.prompts[randint(len(concept.prompts), self.generator)]
+            concept = self.pick(self.concepts)
+            prompt = self.pick(concept.prompts)
             z, t = self.source.draw(prompt, self.config.batch_size, self.generator)
             target = self.objective.teacher(z, t, self.texts(prompt), self.source.last_teacher.get(prompt))
             loss = self.objective.distil(z, t, self.texts(prompt), key=_adversary(concept.name), target=target)

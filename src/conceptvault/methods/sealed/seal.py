@@ -17,12 +17,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from ...backbone import is_sdxl, unet_fingerprint
+from ...backbone import is_sdxl
 from ...concepts import Concept, HideResult, check_inputs
 from ...delta_key import DeltaKey
 from ...driver import Checkpointer, drive
@@ -32,17 +31,7 @@ from ...latents import LatentSource
 from ...learned_token import LearnedToken, name_the_token
 from ...objective import Objective, TextStates
 from ...settings import LossSpace, SamplerSettings, TrainedLayers, option
-from ...training import (
-    RunState,
-    TrainedRun,
-    concept_tokens,
-    frozen_copy,
-    gradients_for,
-    latent_source,
-    randint,
-    train_only,
-    trainable_parameters,
-)
+from ...training import RunState, TrainedRun, concept_tokens, gradients_for, latent_source, trainable_parameters
 
 _ATTACKER = "~attacker"
 
@@ -69,14 +58,7 @@ class SealConfig(SamplerSettings):
     )
     checkpoint_every: int = option(50, "Updates between checkpoints (0: only at the end and on Ctrl-C).")
 
-    positive: ClassVar[tuple[str, ...]] = (
-        *SamplerSettings.positive,
-        "model_updates",
-        "lr",
-        "adversary_steps",
-        "adversary_lr",
-        "adversary_m",
-    )
+    positive = (*SamplerSettings.positive, "model_updates", "lr", "adversary_steps", "adversary_lr", "adversary_m")
 
 
 def seal(
@@ -129,9 +111,7 @@ class _SealRun(TrainedRun):
         started = time.perf_counter()
         self.pipe, self.concept, self.preserve, self.config = pipe, concept, preserve, config
         self.concepts = [concept]
-        self.generator = torch.Generator().manual_seed(config.seed)
-        self.base_fingerprint = unet_fingerprint(pipe.unet)
-        self.frozen_unet = frozen_copy(pipe.unet)
+        self.begin(pipe, config)
         self.texts = TextStates(pipe, [*concept.prompts, *concept.every_anchor(), *preserve])
         init = concept_tokens(pipe, concept.name, config.adversary_m)
         self.attacker_key = Key(config.adversary_m, self.texts.width, init=init)
@@ -151,15 +131,15 @@ class _SealRun(TrainedRun):
     def step(self) -> dict:
         started, config, texts = time.perf_counter(), self.config, self.texts
         self.at_step_boundary()
-        prompt = self.concept.prompts[randint(len(self.concept.prompts), self.generator)]
+        prompt = self.pick(self.concept.prompts)
         z, t = self.source.draw(prompt, config.batch_size, self.generator)
         frozen = self.objective.teachers(z, t, texts, self.source.last_teacher)
-        kept = self.preserve[randint(len(self.preserve), self.generator)]
+        kept = self.pick(self.preserve)
         z_kept, t_kept = self.source.draw(kept or prompt, config.batch_size, self.generator)
         frozen_kept = self.objective.teacher(z_kept, t_kept, texts(kept), self.source.last_teacher.get(kept))
         if config.adversary_every and self.state.step % config.adversary_every == 0:
             self._relearn_adversaries()
-        train_only(list(self.trained.values()), self._every_parameter())
+        self.train_only(list(self.trained.values()))
         with torch.no_grad():
             token_states = self.token.states([prompt])
         # the three predictions without a key in one UNet call: the prompt, the kept prompt, the attacker token
@@ -179,14 +159,14 @@ class _SealRun(TrainedRun):
         self.state.record({"L_hide": L_hide, "L_pres": L_pres, "L_adv": L_adv}, time.perf_counter() - started)
         return dict(self.state.latest, loss=float(loss.detach()))
 
-    def _every_parameter(self) -> list:
+    def every_parameter(self) -> list:
         return [*self.trained.values(), *self.attacker_key.parameters(), self.token.vector]
 
     def _relearn_adversaries(self) -> None:
         """A few steps of key and token inversion toward the original model, against the weights as they are."""
-        train_only([*self.attacker_key.parameters(), self.token.vector], self._every_parameter())
+        self.train_only([*self.attacker_key.parameters(), self.token.vector])
         for _ in range(self.config.adversary_steps):
-            prompt = self.concept.prompts[randint(len(self.concept.prompts), self.generator)]
+            prompt = self.pick(self.concept.prompts)
             z, t = self.source.draw(prompt, self.config.batch_size, self.generator)
             teacher = self.objective.teacher(z, t, self.texts(prompt), self.source.last_teacher.get(prompt))
             loss = self.objective.distil(z, t, self.texts(prompt), key=_ATTACKER, target=teacher)
