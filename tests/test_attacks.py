@@ -24,9 +24,9 @@ from conceptvault.attacks import (
 )
 from conceptvault.backbone import load_pipeline
 from conceptvault.cli import main
+from conceptvault.concepts import Concept
 from conceptvault.evaluate import Suite, SuiteConcept, make_judge
 from conceptvault.methods.kpop import HideConfig, hide
-from conceptvault.training import Concept
 from conceptvault.vault import Vault, save_vault
 
 TINY = AttackConfig(steps=2, images=4, batch_size=2, random_keys=2, measure_at=(0, 2))

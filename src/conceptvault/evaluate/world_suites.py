@@ -110,6 +110,11 @@ def _world_suite(kind: str, hidden: list[str], name: str, size: int, seed: int, 
     )
 
 
+def world_suite(kind: str, hidden: list[str], *, size: int = DEFAULT_SIZE, seed: int = 0, kept_size=None) -> Suite:
+    """Hide the concepts ``hidden`` of one kind, keep the rest of that kind."""
+    return _world_suite(kind, list(hidden), f"world-{kind}-{'-'.join(hidden)}", size, seed, kept_size)
+
+
 def world_shape_suite(shape: str = "star", *, size: int = DEFAULT_SIZE, seed: int = 0, kept_size=None) -> Suite:
     """Hide one shape, keep the other nine."""
     return _world_suite("shape", [shape], f"world-shape-{shape}", size, seed, kept_size)
