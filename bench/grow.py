@@ -110,8 +110,8 @@ def main() -> None:
             for figure in ("esr", "rsr"):
                 record_figures[f"{shape}: {figure} when added"] = share_figure(step["figures"][f"{shape}: {figure}"])
         rotated = steps[-1]["figures"]
-        for key in (f"{SEQUENCE[0]}: rsr", f"{SEQUENCE[0]}: old key rsr", f"{SEQUENCE[0]}: esr", "psr"):
-            record_figures[f"after rotation, {key}"] = share_figure(rotated[key])
+        for key, cell in rotated.items():
+            record_figures[f"after rotation, {key}"] = share_figure(cell)
         write_record(
             make_record(
                 id="grow-five-shapes",
