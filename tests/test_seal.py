@@ -56,6 +56,30 @@ def test_public_plus_key_is_the_original_and_removing_it_restores_the_public_mod
     assert torch.equal(predict(pipe), public)
 
 
+def test_a_perturbed_start_moves_the_public_weights_and_the_key_still_carries_the_original(tiny_path):
+    original = load_pipeline(str(tiny_path), device="cpu")
+    expected = predict(original)
+    xattn = {"model_updates": 1, "train": "xattn"}
+
+    def change(share: float) -> float:  # how far sealing moved the cross-attention, relative to its size
+        pipe = load_pipeline(str(tiny_path), device="cpu")
+        config = SealConfig(**{**QUICK.to_dict(), **xattn, "perturb": share})
+        result = seal(pipe, [Concept("star")], config, preserve=["a circle"], progress=False)
+        assert set(result.public) == {n for n, _ in pipe.unet.named_parameters() if ".attn2." in n}
+        assert torch.allclose(predict(pipe, ["star"]), expected, atol=1e-4)  # public + key = the original
+        before = dict(original.unet.named_parameters())
+        moved = sum((p.detach() - before[n]).norm() ** 2 for n, p in result.public.items())
+        return float(moved.sqrt() / sum(before[n].norm() ** 2 for n in result.public).sqrt())
+
+    assert change(0.5) > 0.3 > 3 * change(0.0)
+
+
+@pytest.mark.parametrize("share", [-0.1, 1.5, float("nan")])
+def test_a_perturbation_outside_zero_to_one_is_refused(share):
+    with pytest.raises(ValueError, match="perturb"):
+        SealConfig(perturb=share)
+
+
 def test_a_low_rank_key_is_smaller(sd1_path):
     pipe = load_pipeline(str(sd1_path), device="cpu")
     whole = seal(pipe, [Concept("star")], QUICK, progress=False).keys["star"]

@@ -53,12 +53,22 @@ class SealConfig(SamplerSettings):
     train: TrainedLayers = option(TrainedLayers.ALL, "UNet weights to train (default: all of them).")
     loss_space: LossSpace = option(LossSpace.EPSILON, "Compare predictions as noise, clean latents or velocity.")
     key_rank: int = option(0, "Rank of each tensor's change in the key (0: the whole change, exact).")
+    perturb: float = option(
+        0.0,
+        "Before training, move each trained weight this share of the way to noise of its own scale, so that what "
+        "the kept prompts do not teach back is forgotten (0: start from the original).",
+    )
     latents: LatentSource = option(
         LatentSource.CACHE, "Make z_t from cached frozen-model trajectories or by sampling."
     )
     checkpoint_every: int = option(50, "Updates between checkpoints (0: only at the end and on Ctrl-C).")
 
     positive = (*SamplerSettings.positive, "model_updates", "lr", "adversary_steps", "adversary_lr", "adversary_m")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= self.perturb <= 1.0:
+            raise ValueError(f"perturb must be a share from 0 to 1, not {self.perturb}.")
 
 
 def seal(
@@ -118,6 +128,8 @@ class _SealRun(TrainedRun):
         attach_keys(pipe.unet, {_ATTACKER: self.attacker_key}, Placement.ALL)
         self.token = _TokenAdversary(pipe, concept)
         self.trained = trainable_parameters(pipe.unet, config.train)
+        if config.perturb:
+            perturb(self.trained.values(), config.perturb, seed=config.seed)
         self.optimiser = torch.optim.Adam(self.trained.values(), lr=config.lr)
         adversary = [*self.attacker_key.parameters(), self.token.vector]
         self.adversary_optimiser = torch.optim.Adam(adversary, lr=config.adversary_lr)
@@ -214,6 +226,17 @@ class _SealRun(TrainedRun):
             preserve=preserve,
             method="sealed",
         )
+
+
+def perturb(weights, share: float, seed: int) -> None:
+    """Move each weight ``share`` of the way to Gaussian noise with the weight's own spread, in place, with a
+    generator of its own (the run's other draws stay those of an unperturbed run)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for weight in weights:
+            spread = weight.float().std() if weight.numel() > 1 else weight.new_zeros(())
+            noise = torch.randn(weight.shape, generator=generator).to(weight) * spread
+            weight.mul_(1 - share).add_(noise, alpha=share)
 
 
 def bare_names(prompts: list[str]) -> list[str]:
