@@ -48,10 +48,15 @@ CANDIDATES = {
 }
 
 
+def vault_path(folder: Path) -> Path:
+    """Where a candidate's vault lies: named after the candidate, which names it in the attack report."""
+    return folder / f"{folder.name}.vault"
+
+
 def sealed_vault(folder: Path, settings: dict) -> Vault:
     """The candidate's vault, made once (its checkpoints let an interrupted run continue)."""
-    if (folder / "vault").exists():
-        return Vault.load(folder / "vault", keys="all")
+    if vault_path(folder).exists():
+        return Vault.load(vault_path(folder), keys="all")
     captions = WORLD_CAPTIONS["sealed"]
     pipe = load_pipeline(BUILTIN)
     config = family_config("small", 1, method="sealed", **settings)
@@ -67,8 +72,8 @@ def sealed_vault(folder: Path, settings: dict) -> Vault:
         resume=(folder / "checkpoint").exists(),
     )
     result.stats["wall_seconds"] = round(time.perf_counter() - started, 1)
-    Vault.from_hiding(pipe, result).save(folder / "vault")
-    return Vault.load(folder / "vault", keys="all")
+    Vault.from_hiding(pipe, result).save(vault_path(folder))
+    return Vault.load(vault_path(folder), keys="all")
 
 
 def hiding_figures(vault: Vault, out: Path, size: int, originals: Path) -> dict:
@@ -89,9 +94,9 @@ def attack_all(
     """The attacks on every candidate's public model and the controls, as one campaign."""
     if (out / "attacks.json").exists():
         return json.loads((out / "attacks.json").read_text())
-    others = [str(folder / "vault") for folder in folders[1:]]
+    others = [str(vault_path(folder)) for folder in folders[1:]]
     campaign = Campaign.prepare(
-        folders[0] / "vault", world_suite("shape", [SHAPE], size=size), steps=steps, controls=[*others, *controls]
+        vault_path(folders[0]), world_suite("shape", [SHAPE], size=size), steps=steps, controls=[*others, *controls]
     )
     run = campaign.run(attacks)
     campaign.write(run, out)
@@ -136,9 +141,10 @@ def main() -> None:
     print("\n| model | attack | recovery at the end | steps to 50 % |\n|---|---|---|---|")
     for result in attacks["results"]:
         end, to_half = result["curve"][-1]["recovery"], result["steps_to_50"]
-        figures[f"{result['model']}: {result['attack']} at {args.steps} steps"] = end
+        model = f"{next(iter(chosen))}.vault (sealed)" if result["model"] == "public" else result["model"]
+        figures[f"{model}: {result['attack']} at {args.steps} steps"] = end
         print(
-            f"| {result['model']} | {result['attack']} | {100 * end['value']:.1f} % | "
+            f"| {model} | {result['attack']} | {100 * end['value']:.1f} % | "
             f"{'-' if to_half is None else f'{to_half:.0f}'} |"
         )
     if args.record:

@@ -182,6 +182,36 @@ def test_the_attack_command_never_reads_keys(sd1_path, vault_path, tmp_path, cap
     ).read_text()
 
 
+def test_an_interrupted_attack_command_keeps_the_attacks_it_finished(
+    sd1_path, vault_path, tmp_path, capsys, monkeypatch
+):
+    import conceptvault.attack_campaign as campaign
+
+    finished = []
+
+    def second_is_interrupted(*args, **kwargs):
+        if finished:
+            raise KeyboardInterrupt
+        finished.append(run_attack(*args, **kwargs))
+        return finished[-1]
+
+    monkeypatch.setattr(campaign, "run_attack", second_is_interrupted)
+    suite = tmp_path / "suite.json"
+    toy_suite().save(suite)
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    for i, image in enumerate(pictures(2)):
+        image.save(folder / f"{i}.png")
+    out = tmp_path / "out"
+    args = ["attack", vault_path, "--suite", suite, "--out", out, "--images-from", folder]
+    args += ["--attack", "random-key", "--attack", "finetune"]
+    with pytest.raises(SystemExit) as exit_:
+        main([str(a) for a in [*args, "--steps", "1", "--size", "2", "--images", "2"]])
+    assert exit_.value.code == 1 and "interrupted; the attacks that finished are in" in capsys.readouterr().err
+    data = json.loads((out / "attacks.json").read_text())
+    assert [r["attack"] for r in data["results"]] == ["random-key"]
+
+
 def test_every_attack_on_the_built_in_model_at_a_tiny_budget(tmp_path, capsys):
     vault = tmp_path / "vault"
     quick = ["--model-updates", "1", "--key-updates", "1", "--sampler-steps", "2", "--cache-trajectories", "1"]

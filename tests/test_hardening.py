@@ -381,6 +381,9 @@ def test_a_bare_command_shows_its_help_and_succeeds(capsys):
         ("method", "magic", 'method is "magic", not one of'),
         ("public_fingerprint", "abc", "public_fingerprint is not a SHA-256 digest"),
         ("m", 2.5, "m is 2.5, not a int"),
+        ("m", 0, "m is 0, not a count of at least 1"),
+        ("cross_attention_dim", -768, "cross_attention_dim is -768, not a count of at least 1"),
+        ("public_tensors", -1, "public_tensors is -1, not a count"),
     ],
 )
 def test_wrong_manifest_types_are_one_line(vault_copy, field, value, message):
@@ -388,6 +391,15 @@ def test_wrong_manifest_types_are_one_line(vault_copy, field, value, message):
     with pytest.raises(ConceptVaultError) as error:
         Vault.load(vault_copy)
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("norms", [[1.0], [1.0, -2.0], [1.0, 2.0, 3.0]])
+def test_impossible_key_norms_are_one_line(vault_copy, norms):
+    manifest = json.loads((vault_copy / MANIFEST_FILE).read_text())
+    manifest["concepts"][0]["key_norm"] = norms
+    (vault_copy / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(ConceptVaultError, match="key norms of"):
+        Vault.load(vault_copy)
 
 
 # -- fuzzing: the loaders either load or raise the one error type, with one line --------------------------

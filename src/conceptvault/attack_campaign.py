@@ -134,7 +134,9 @@ class Campaign:
             8,
         )
 
-    def run(self, attacks: list[Attack], log=print) -> AttackRun:
+    def run(self, attacks: list[Attack], log=print, out: Path | None = None) -> AttackRun:
+        """Every attack on every target; with ``out``, the report is rewritten as each attack ends, so an
+        interruption keeps the finished ones."""
         concept = self.suite.hidden[0]
         original = load_pipeline(self.base_model, device=self.device)
         run = AttackRun(concept.name, self.suite.name, self.recovery(original)().as_dict(), self._rsr())
@@ -153,6 +155,8 @@ class Campaign:
                     other_keys=self.other_keys,
                 )
                 run.results.append(result)
+                if out is not None:
+                    self.write(run, out)
                 log(
                     f"  recovery {100 * result.recovery['value']:.1f} % (n={result.recovery['n']}) "
                     f"in {result.budget['seconds']:.0f} s"

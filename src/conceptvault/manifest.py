@@ -11,6 +11,7 @@ digests, and the hiding settings are checked by their own config class.
 from __future__ import annotations
 
 import json
+import math
 import re
 import types
 import typing
@@ -124,6 +125,11 @@ class Manifest:
         for name in ("base_fingerprint", "public_fingerprint"):
             if not _FINGERPRINT.fullmatch(getattr(self, name)):
                 raise _SchemaError(f"{name} is not a SHA-256 digest")
+        for name in ("m", "cross_attention_dim"):  # a key's token count and width: whole and above 0
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise _SchemaError(f"{name} is {_shown(getattr(self, name))}, not a count of at least 1")
+        if self.public_tensors < 0:
+            raise _SchemaError(f"public_tensors is {_shown(self.public_tensors)}, not a count")
         names = self.concept_names
         if not names or len(set(names)) != len(names) or not all(n.strip() for n in names):
             raise _SchemaError("concepts must name at least one concept, each once and not empty")
@@ -132,6 +138,9 @@ class Manifest:
                 raise _SchemaError(f"the key fingerprint of {concept.name!r} is not a SHA-256 digest")
             if concept.key_file is not None and not _KEY_FILE.fullmatch(concept.key_file):
                 raise _SchemaError(f"the key file of {concept.name!r} is not a file in {KEYS_DIR}/")
+            norms = concept.key_norm
+            if norms is not None and (len(norms) != 2 or not all(math.isfinite(n) and n >= 0 for n in norms)):
+                raise _SchemaError(f"the key norms of {concept.name!r} are not two sizes of at least 0")
         try:
             spec.config_class.from_dict(self.config)
         except (ValueError, TypeError) as error:

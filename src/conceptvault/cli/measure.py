@@ -24,6 +24,7 @@ from .common import (
     check_writable_folder,
     checked,
     console,
+    on_interrupt,
     parse_seeds,
     read_passphrase,
     say,
@@ -219,7 +220,8 @@ def attack_command(
     if plan:  # the sweep is the fine-tuning attack
         chosen_attacks = [a for a in chosen_attacks if a != Attack.FINETUNE]
     if chosen_attacks:
-        run = campaign.run(chosen_attacks, log=say)
+        with on_interrupt(f"the attacks that finished are in {out}"):
+            run = campaign.run(chosen_attacks, log=say, out=out)
         files = campaign.write(run, out)
         console.print(as_lines(files["md"].read_text()))
         say(f"curves: {files['png']}   figures: {files['json']}")
