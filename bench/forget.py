@@ -3,6 +3,7 @@ fine-tuned by an attacker, beside the original model (and a never-trained one, w
 
     python bench/forget.py                                   # every candidate, fine-tuned, the table
     python bench/forget.py --control runs/world-without-star/model --record
+    python bench/forget.py --only perturb-all-0.1 --hide-only   # one candidate, beside a run of the others
     python bench/forget.py --out runs/forget-quick --size 8 --steps 12 --set model_updates=4 --only distil
 
 Each candidate seals the star with ``sealed``'s built-in defaults and its own settings; without the attacker
@@ -115,6 +116,9 @@ def main() -> None:
     parser.add_argument("--attack", action="append", default=[], help="an attack beside fine-tuning (repeatable)")
     parser.add_argument("--only", action="append", default=[], help="run only this candidate (repeatable)")
     parser.add_argument("--set", action="append", default=[], help="a setting for every candidate, name=value")
+    parser.add_argument(
+        "--hide-only", action="store_true", help="hide and evaluate, leave the attacks to a later call"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--record", action="store_true", help="write the figures as a results record")
     args = parser.parse_args()
@@ -130,6 +134,8 @@ def main() -> None:
         cells = hiding_figures(vault, args.out / name / "evaluation", args.size, args.out / "original")
         figures.update({f"{name}: {figure}": cell for figure, cell in cells.items()})
         print(name, json.dumps({k: round(v["value"], 3) for k, v in cells.items()}), flush=True)
+    if args.hide_only:
+        return
     attacks = attack_all(
         [args.out / name for name in chosen],
         args.control,
