@@ -114,9 +114,11 @@ def main() -> None:
             record_figures[f"after rotation, {key}"] = share_figure(cell)
         write_record(
             make_record(
-                id="grow-five-shapes",
+                id="-".join(["grow-five-shapes", *(item.replace("=", "-") for item in args.set)]),
                 title="Five shapes hidden one at a time on the built-in model, then the first one's key rotated",
-                command=f"python bench/grow.py --size {args.size} --record",
+                command=" ".join(
+                    ["python bench/grow.py", f"--size {args.size}", *(f"--set {i}" for i in args.set), "--record"]
+                ),
                 settings={"sequence": list(SEQUENCE), "hide": family_config("small", 1, **settings).to_dict()},
                 seeds=list(range(args.size)),
                 n=args.size,
