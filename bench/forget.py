@@ -149,6 +149,13 @@ def main() -> None:
         end, to_half = result["curve"][-1]["recovery"], result["steps_to_50"]
         model = f"{next(iter(chosen))}.vault (sealed)" if result["model"] == "public" else result["model"]
         figures[f"{model}: {result['attack']} at {args.steps} steps"] = end
+        if to_half is not None:  # interpolated between measurements; one attack seed, so no interval
+            figures[f"{model}: {result['attack']}, steps to 50 %"] = {
+                "value": to_half,
+                "interval": None,
+                "n": 1,
+                "unit": "steps",
+            }
         print(
             f"| {model} | {result['attack']} | {100 * end['value']:.1f} % | "
             f"{'-' if to_half is None else f'{to_half:.0f}'} |"
@@ -165,7 +172,7 @@ def main() -> None:
                 | {"attack_steps": args.steps, "hide_seconds": seconds},
                 seeds=list(range(args.size)),
                 n=args.size,
-                figures={name: share_figure(cell) for name, cell in figures.items()},
+                figures={name: cell if "steps to" in name else share_figure(cell) for name, cell in figures.items()},
                 wall_seconds=time.perf_counter() - started,
                 model_fingerprint=builtin_model_fingerprint(),
                 judge_fingerprint=shipped_judge_fingerprint(),
