@@ -126,6 +126,21 @@ def test_a_grant_revoked_while_the_request_waits_in_the_queue_stops_it(server):
     assert sorted(r["status"] for r in store.history("ada")) == [200, 403]  # both recorded
 
 
+def test_a_request_in_flight_has_its_audit_row_before_it_is_answered_and_one_row_after(server):
+    client, store, tokens, gate = server
+    answers = {}
+    worker = threading.Thread(target=lambda: answers.setdefault("first", ask(client, tokens["ada"], prompt="a")))
+    worker.start()
+    assert gate.entered.wait(5)  # the worker holds the request: were the server killed now, this row would stay
+    (in_flight,) = store.history("ada")
+    assert in_flight["status"] == 202 and in_flight["prompt"] == "a" and "not answered" in in_flight["outcome"]
+    gate.release.set()
+    worker.join(10)
+    assert answers["first"].status_code == 200
+    (answered,) = store.history("ada")
+    assert answered["id"] == in_flight["id"] and answered["status"] == 200 and len(answered["image_hashes"]) == 1
+
+
 def test_the_engine_runs_no_job_whose_authorization_no_longer_holds(gate):
     engine = Engine({"v": object()}, queue_size=4, max_batch=8)
     allowed = {"granted": True}

@@ -65,6 +65,8 @@ class Limits:
                 raise ConceptVaultError(f"the server's {name} must be at least 1; got {getattr(self, name)!r}.")
 
 
+IN_FLIGHT = "accepted, not answered yet (left so if the server stopped first)"
+
 # request bodies are read strictly: "3" is no seed, true is no number, NaN and Infinity are no guidance
 _STRICT = ConfigDict(strict=True, allow_inf_nan=False)
 
@@ -279,28 +281,32 @@ def create_app(engine: Engine, served: dict[str, Served], store: AccessStore, li
         except _Refused as refused:
             return refuse(refused.status, refused.message, started, caller, **audit)
         audit.update(vault=job.vault, granted=list(job.keys))
+        # written on acceptance and settled at the end, so a request in flight when the server is killed has a row
+        row = store.audit(user=caller.name, status=202, outcome=IN_FLIGHT, **audit)
+
+        def unanswered(status: int, message: str) -> JSONResponse:
+            store.settle(row, status=status, outcome=message)
+            metrics.record(status, time.perf_counter() - started)
+            return JSONResponse({"error": message}, status_code=status)
+
         try:
             future = engine.submit(job)
         except QueueFull:
-            return refuse(429, "the server is busy; try again shortly.", started, caller, **audit)
+            return unanswered(429, "the server is busy; try again shortly.")
         try:
             images, seconds, batched = future.result(timeout=limits.timeout_seconds)
         except NoLongerGranted:
-            return refuse(
-                403,
-                f"your grant for the vault {job.vault!r} was revoked or ran out while the request waited.",
-                started,
-                caller,
-                **audit,
+            return unanswered(
+                403, f"your grant for the vault {job.vault!r} was revoked or ran out while the request waited."
             )
         except FutureTimeout:
             engine.cancel(job)  # the caller gives up: a job still waiting does not run for no one
-            return refuse(503, "generation took too long.", started, caller, **audit)
+            return unanswered(503, "generation took too long.")
         except Exception:
-            return refuse(500, "generation failed.", started, caller, **audit)
+            return unanswered(500, "generation failed.")
         encoded = [_png(image) for image in images]
         hashes = [hashlib.sha256(data).hexdigest() for data in encoded]
-        store.audit(user=caller.name, status=200, outcome="served", image_hashes=hashes, **audit)
+        store.settle(row, status=200, outcome="served", image_hashes=hashes)
         metrics.record(200, time.perf_counter() - started, len(images))
         return {
             "vault": job.vault,

@@ -335,22 +335,30 @@ class AccessStore:
         status: int,
         outcome: str,
         image_hashes=(),
-    ) -> None:
+    ) -> int:
+        """Append one audit row; its id, for :meth:`settle` when the row records a request still in flight."""
         with self.session() as session:
-            session.add(
-                AuditRecord(
-                    time=_now(),
-                    user=user,
-                    vault=vault,
-                    prompt=prompt,
-                    asked=json.dumps(list(asked)),
-                    granted=json.dumps(list(granted)),
-                    seeds=json.dumps(list(seeds)),
-                    status=status,
-                    outcome=outcome,
-                    image_hashes=json.dumps(list(image_hashes)),
-                )
+            row = AuditRecord(
+                time=_now(),
+                user=user,
+                vault=vault,
+                prompt=prompt,
+                asked=json.dumps(list(asked)),
+                granted=json.dumps(list(granted)),
+                seeds=json.dumps(list(seeds)),
+                status=status,
+                outcome=outcome,
+                image_hashes=json.dumps(list(image_hashes)),
             )
+            session.add(row)
+            session.commit()
+            return row.id
+
+    def settle(self, row_id: int, *, status: int, outcome: str, image_hashes=()) -> None:
+        """Record how a request written on acceptance ended (a row left unsettled: the server stopped first)."""
+        with self.session() as session:
+            row = session.get(AuditRecord, row_id)
+            row.status, row.outcome, row.image_hashes = status, outcome, json.dumps(list(image_hashes))
             session.commit()
 
     def history(self, user: str | None = None, limit: int = 50) -> list[dict]:
