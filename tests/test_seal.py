@@ -67,8 +67,8 @@ def test_a_perturbed_start_moves_the_public_weights_and_the_key_still_carries_th
         result = seal(pipe, [Concept("star")], config, preserve=["a circle"], progress=False)
         assert set(result.public) == {n for n, _ in pipe.unet.named_parameters() if ".attn2." in n}
         assert torch.allclose(predict(pipe, ["star"]), expected, atol=1e-4)  # public + key = the original
-        before = dict(original.unet.named_parameters())
-        moved = sum((p.detach() - before[n]).norm() ** 2 for n, p in result.public.items())
+        before = {n: p.detach() for n, p in original.unet.named_parameters()}
+        moved = sum((p - before[n]).norm() ** 2 for n, p in result.public.items())
         return float(moved.sqrt() / sum(before[n].norm() ** 2 for n in result.public).sqrt())
 
     assert change(0.5) > 0.3 > 3 * change(0.0)
