@@ -121,3 +121,27 @@ def test_no_method_imports_another():
             own = module.split(".")[1]
             others = sorted(t for t in targets if t.startswith("methods.") and t.split(".")[1] != own)
             assert not others, f"{module} imports {others}"
+
+
+def test_library_errors_name_parameters_and_the_command_line_gives_their_flags():
+    flags_in_errors = []
+    for path in PACKAGE.rglob("*.py"):
+        if "cli" in path.relative_to(PACKAGE).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "ConceptVaultError":
+                text = " ".join(
+                    part.value
+                    for part in ast.walk(node)
+                    if isinstance(part, ast.Constant) and isinstance(part.value, str)
+                )
+                if " --" in f" {text}":
+                    flags_in_errors.append(f"{path.name}: {text[:60]}")
+    assert not flags_in_errors, flags_in_errors
+
+    from conceptvault.cli.common import as_flags
+
+    message = "run again with `resume`, the same `passphrase` and `images_from`; `lr` is a setting"
+    assert (
+        as_flags(message) == "run again with --resume, the same --passphrase-file and --images-from; `lr` is a setting"
+    )

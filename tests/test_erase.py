@@ -162,7 +162,7 @@ def test_esd_interrupted_and_resumed_equals_straight(tiny_path, tmp_path):
         if step == 3:
             raise KeyboardInterrupt
 
-    with pytest.raises(ConceptVaultError, match="interrupted at step 3 of 6.*--resume"):
+    with pytest.raises(ConceptVaultError, match="interrupted at step 3 of 6.*`resume`"):
         pipe = load_pipeline(str(tiny_path), device="cpu")
         erase_esd(pipe, [Concept("star")], config, checkpoint_dir=tmp_path, progress=False, on_step=stop_at_three)
     pipe = load_pipeline(str(tiny_path), device="cpu")

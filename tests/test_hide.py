@@ -260,7 +260,7 @@ def test_interrupted_and_resumed_equals_straight(key_rank, sd1_path, tmp_path):
         if step == 5:
             raise KeyboardInterrupt
 
-    with pytest.raises(ConceptVaultError, match="interrupted at step 5 of 8.*--resume"):
+    with pytest.raises(ConceptVaultError, match="interrupted at step 5 of 8.*`resume`"):
         hide(
             load_pipeline(str(sd1_path), device="cpu"),
             concepts,

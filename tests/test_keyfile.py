@@ -61,7 +61,7 @@ def test_wrong_passphrase_and_tampering_are_one_line_errors(tmp_path, key):
     with pytest.raises(ConceptVaultError, match="passphrase is wrong or the file was changed") as error:
         read_key_file(path, public_fingerprint=VAULT_PRINT, passphrase="open sesame!")
     assert "\n" not in str(error.value)
-    with pytest.raises(ConceptVaultError, match="protected by a passphrase.*--passphrase-file"):
+    with pytest.raises(ConceptVaultError, match="protected by a passphrase; give its `passphrase`"):
         read_key_file(path, public_fingerprint=VAULT_PRINT)
 
     original = path.read_bytes()

@@ -88,7 +88,7 @@ class Campaign:
         public = Vault.load(vault_path, keys=None)  # the attacker's view: never the keys
         if not public.method.has_keys:
             raise ConceptVaultError(
-                "this vault has no keys; attack its public model as a --control of a hiding vault."
+                "this vault has no keys; attack its public model as a `control` of a hiding vault."
             )
         entry = (
             public.manifest.entry(concept.key_name)
@@ -208,7 +208,7 @@ def _pictures(profile: Profile, suite: Suite, concept: str, count: int, folder: 
         return [Image.open(p).convert("RGB") for p in files]
     pictures = profile.pictures(suite.judge, concept, count)
     if pictures is None:
-        raise ConceptVaultError("outside the built-in world, give pictures of the concept with --images-from.")
+        raise ConceptVaultError("outside the built-in world, give pictures of the concept (`images_from`).")
     return pictures
 
 

@@ -156,8 +156,8 @@ def _claim(out: Path, plan: SweepPlan) -> None:
     if file.is_file():
         if json.loads(file.read_text()) != wanted:
             raise ConceptVaultError(
-                f"'{out}' holds sweep runs of another length or measurement plan; give another --out, or the "
-                "same --steps as before."
+                f"'{out}' holds sweep runs of another length or measurement plan; give another `out`, or the "
+                "same `steps` as before."
             )
         return
     out.mkdir(parents=True, exist_ok=True)

@@ -184,7 +184,7 @@ def run_attack(
         _random_key_attack(result, pipe, recovery, config, _need(key_spec), other_keys or {})
     else:
         if len(images) < 1:
-            raise ConceptVaultError(f"the {attack.value} attack needs pictures of the concept; give --images-from.")
+            raise ConceptVaultError(f"the {attack.value} attack needs pictures of the concept; give `images_from`.")
         trainer = {
             Attack.KEY_INVERSION: _KeyInversion,
             Attack.TOKEN_INVERSION: _TokenInversion,
@@ -208,7 +208,7 @@ def _need(key_spec: KeySpec | None) -> KeySpec:
 
 def _prompt_attack(result: AttackResult, recovery: Recovery, prompts: Sequence[str]) -> None:
     if not prompts:
-        raise ConceptVaultError("the prompt attack needs prompts; give a file of them with --prompts.")
+        raise ConceptVaultError("the prompt attack needs prompts; give a file of them (`prompts`).")
     seeds = len(recovery.concept.seeds)
     per_prompt = max(1, min(4, seeds))
     total = Rate(0, 0)

@@ -48,7 +48,7 @@ def check_passphrase(folder: Path, passphrase: str | None) -> None:
     data = _read(folder / KEYS_FILE)
     if public.get("identity", {}).get("protected") and passphrase is None:
         raise ConceptVaultError(
-            f"the run in '{folder}' protects its keys with a passphrase; resume it with the same --passphrase-file."
+            f"the run in '{folder}' protects its keys with a passphrase; resume it with the same `passphrase`."
         )
     if is_sealed(data):
         unseal(data, passphrase, f"the checkpoint's keys '{folder / KEYS_FILE}'")
@@ -59,12 +59,12 @@ def read_checkpoint(folder: Path, identity: dict, passphrase: str | None) -> tup
     path = folder / CHECKPOINT_FILE
     public = _from_bytes(_read(path), path)
     if public.get("format") != FORMAT:
-        raise ConceptVaultError(f"the checkpoint '{path}' has an unknown format; delete it and run without --resume.")
+        raise ConceptVaultError(f"the checkpoint '{path}' has an unknown format; delete it and run without `resume`.")
     check_identity(path, public["identity"], identity)
     data = _read(folder / KEYS_FILE)
     if public["identity"].get("protected") and passphrase is None:
         raise ConceptVaultError(
-            f"the run in '{folder}' protects its keys with a passphrase; resume it with the same --passphrase-file."
+            f"the run in '{folder}' protects its keys with a passphrase; resume it with the same `passphrase`."
         )
     if is_sealed(data):
         _, data = unseal(data, passphrase, f"the checkpoint's keys '{folder / KEYS_FILE}'")
@@ -76,13 +76,13 @@ def check_identity(path: Path, saved: dict, current: dict) -> None:
         if saved.get(part) != current[part]:
             raise ConceptVaultError(
                 f"the checkpoint '{path}' was made with other {part.replace('_', ' ')}; "
-                "resume with the same model, concepts and preserve prompts, or run without --resume."
+                "resume with the same model, concepts and preserve prompts, or run without `resume`."
             )
     for name, value in current["config"].items():
         if saved["config"].get(name) != value:
             raise ConceptVaultError(
                 f"the checkpoint '{path}' was made with {name}={saved['config'].get(name)!r}, not {value!r}; "
-                "resume with the same settings or run without --resume."
+                "resume with the same settings or run without `resume`."
             )
 
 
@@ -97,7 +97,7 @@ def _read(path: Path) -> bytes:
         return path.read_bytes()
     except OSError as error:
         raise ConceptVaultError(
-            f"the checkpoint '{path}' cannot be read ({error.strerror}); delete its folder and run without --resume."
+            f"the checkpoint '{path}' cannot be read ({error.strerror}); delete its folder and run without `resume`."
         ) from None
 
 
@@ -107,10 +107,10 @@ def _from_bytes(data: bytes, path: Path) -> dict:
     except Exception as error:  # any unreadable file: say which and how to start over
         raise ConceptVaultError(
             f"the checkpoint '{path}' cannot be read ({type(error).__name__}); "
-            "delete its folder and run without --resume."
+            "delete its folder and run without `resume`."
         ) from None
     if not isinstance(state, dict):
-        raise ConceptVaultError(f"the checkpoint '{path}' is damaged; delete its folder and run without --resume.")
+        raise ConceptVaultError(f"the checkpoint '{path}' is damaged; delete its folder and run without `resume`.")
     return state
 
 
@@ -121,31 +121,31 @@ def output_lock(out: Path, resume: bool) -> Iterator[Path]:
     exists, a run already writing there, and an unfinished run unless ``resume``."""
     out = Path(out)
     if not out.name or out.name in (".", ".."):
-        raise ConceptVaultError(f"--out '{out}' names no new folder; give one such as star.vault.")
+        raise ConceptVaultError(f"`out` '{out}' names no new folder; give one such as star.vault.")
     folder = out.with_name(f"{out.name}.checkpoint")
     if out.exists():
-        raise ConceptVaultError(f"'{out}' already exists; choose another --out or delete it first.")
+        raise ConceptVaultError(f"'{out}' already exists; choose another `out` or delete it first.")
     existed = folder.exists()
     try:
         folder.mkdir(parents=True, exist_ok=True)
         handle = open(folder / LOCK_FILE, "a")
     except OSError as error:
         raise ConceptVaultError(
-            f"cannot write beside '{out}' ({error.strerror}); choose an --out in a folder you can write to."
+            f"cannot write beside '{out}' ({error.strerror}); choose an `out` in a folder you can write to."
         ) from None
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise ConceptVaultError(
-                f"another run is writing to '{out}' right now; wait for it or choose another --out."
+                f"another run is writing to '{out}' right now; wait for it or choose another `out`."
             ) from None
         if existed and not resume and (folder / CHECKPOINT_FILE).exists():
             raise ConceptVaultError(
-                f"'{folder}' holds an unfinished run; add --resume to continue it, or delete it to start over."
+                f"'{folder}' holds an unfinished run; add `resume` to continue it, or delete it to start over."
             )
         if resume and not (folder / CHECKPOINT_FILE).exists():
-            raise ConceptVaultError(f"there is no checkpoint to resume from in '{folder}'; run without --resume.")
+            raise ConceptVaultError(f"there is no checkpoint to resume from in '{folder}'; run without `resume`.")
         yield folder
     finally:
         handle.close()

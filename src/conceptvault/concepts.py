@@ -65,7 +65,7 @@ class HideResult:
 def check_inputs(pipe, concepts: Sequence[Concept], preserve: Sequence[str]) -> tuple[list[Concept], list[str]]:
     concepts = list(concepts)
     if not concepts:
-        raise ConceptVaultError("nothing to hide: give at least one concept, such as --concept star.")
+        raise ConceptVaultError("nothing to hide: give at least one concept (`concepts`), such as star.")
     names = [c.name for c in concepts]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:

@@ -19,7 +19,15 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def _quiet_interrupts(unraisable) -> None:
+    # An interrupt raised where Python cannot pass it on (an import lock's weakref callback) is only printed as
+    # "Exception ignored"; it is remembered above, so it ends in the one line. Other such errors print as ever.
+    if not issubclass(unraisable.exc_type, KeyboardInterrupt):
+        sys.__unraisablehook__(unraisable)
+
+
 def main(argv: list[str] | None = None) -> None:
+    sys.unraisablehook = _quiet_interrupts
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     try:

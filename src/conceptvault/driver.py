@@ -116,7 +116,7 @@ def drive(
         where = "no checkpoint folder was given, so the progress is lost"
         if checkpointer:
             checkpointer.save(run)
-            where = f"the checkpoint is in '{checkpointer.folder}'; run again with --resume to continue"
+            where = f"the checkpoint is in '{checkpointer.folder}'; run again with `resume` to continue"
         raise ConceptVaultError(f"interrupted at step {state.step} of {state.total}; {where}.") from None
     if checkpointer:
         checkpointer.save(run)

@@ -134,7 +134,7 @@ def unseal(data: bytes, passphrase: str | None, shown_as: str) -> tuple[dict, by
     except (ValueError, KeyError, TypeError, AttributeError, struct.error):
         raise ConceptVaultError(f"{shown_as} is damaged (its header cannot be read).") from None
     if passphrase is None:
-        raise ConceptVaultError(f"{shown_as} is protected by a passphrase; give it with --passphrase-file.")
+        raise ConceptVaultError(f"{shown_as} is protected by a passphrase; give its `passphrase`.")
     try:
         plaintext = AESGCM(_derive(passphrase, salt, *cost)).decrypt(nonce, ciphertext, prefix)
     except (InvalidTag, ValueError):

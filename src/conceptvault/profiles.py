@@ -44,8 +44,8 @@ class Profile:
         that knows nothing of its concepts adds nothing."""
         if preserve_captions is not None:
             raise ConceptVaultError(
-                "--preserve-captions fills in the built-in model's kept concepts: it needs the "
-                "model builtin and no --preserve."
+                "`preserve_captions` fills in the built-in model's kept concepts: it needs the "
+                "model builtin and no `preserve`."
             )
         return concepts, preserve
 

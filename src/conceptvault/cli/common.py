@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 import time
 from contextlib import contextmanager
@@ -287,8 +288,28 @@ def stage_progress(every: float = 60.0):
         yield advance
 
 
+# the library names the parameter to change in backticks; on the command line, the flag that sets it
+FLAGS = {
+    "concepts": "--concept",
+    "control": "--control",
+    "images_from": "--images-from",
+    "out": "--out",
+    "passphrase": "--passphrase-file",
+    "preserve": "--preserve",
+    "preserve_captions": "--preserve-captions",
+    "prompts": "--prompts",
+    "resume": "--resume",
+    "steps": "--steps",
+}
+
+
+def as_flags(message: str) -> str:
+    """``message`` with each parameter the library named in backticks given as its command-line flag."""
+    return re.sub(r"`([a-z_]+)`", lambda match: FLAGS.get(match.group(1), match.group(0)), message)
+
+
 def fail(message: str) -> None:
-    print(f"error: {as_text(' '.join(message.split())).plain}", file=sys.stderr)
+    print(f"error: {as_text(' '.join(as_flags(message).split())).plain}", file=sys.stderr)
     sys.exit(1)
 
 
