@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 
@@ -114,7 +115,7 @@ def main() -> None:
             record_figures[f"after rotation, {key}"] = share_figure(cell)
         write_record(
             make_record(
-                id="-".join(["grow-five-shapes", *(item.replace("=", "-") for item in args.set)]),
+                id="-".join(["grow-five-shapes", *(re.sub(r"[^a-z0-9]+", "-", item.lower()) for item in args.set)]),
                 title="Five shapes hidden one at a time on the built-in model, then the first one's key rotated",
                 command=" ".join(
                     ["python bench/grow.py", f"--size {args.size}", *(f"--set {i}" for i in args.set), "--record"]
