@@ -70,7 +70,7 @@ def sealed_vault(folder: Path, settings: dict) -> Vault:
         config,
         preserve=preserve,
         checkpoint_dir=folder / "checkpoint",
-        resume=(folder / "checkpoint").exists(),
+        resume=(folder / "checkpoint" / "checkpoint.pt").exists(),
     )
     result.stats["wall_seconds"] = round(time.perf_counter() - started, 1)
     Vault.from_hiding(pipe, result).save(vault_path(folder))
