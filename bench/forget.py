@@ -9,9 +9,10 @@ fine-tuned by an attacker, beside the original model (and a never-trained one, w
 Each candidate seals the star with ``sealed``'s built-in defaults and its own settings; without the attacker
 key and token inside sealing (``adversary_every=0``), so that the candidates differ only in where the public
 weights start: the original (``distil``), or the original moved toward noise (``perturb``; all weights, or the
-cross-attention alone) and distilled back on the kept prompts. Then ESR, RSR, PSR and key PSR, and the
-fine-tuning attack (cross-attention; ``--attack`` adds others) on every public model and the controls, with the
-same pictures and seeds. Each candidate's vault, evaluation and the attacks stay in ``--out``; a second call resumes.
+cross-attention alone, half-way or all the way) and distilled back on the kept prompts. Then ESR, RSR, PSR
+and key PSR, and the fine-tuning attack (cross-attention; ``--attack`` adds others) on every public model and
+the controls, with the same pictures and seeds. Each candidate's vault, evaluation and the attacks stay in
+``--out``; a second call resumes.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ CANDIDATES = {
     "distil": dict(adversary_every=0),
     "perturb-all-0.1": dict(adversary_every=0, perturb=0.1),
     "perturb-xattn-0.5": dict(adversary_every=0, perturb=0.5, train="xattn"),
+    "perturb-xattn-1.0": dict(adversary_every=0, perturb=1.0, train="xattn"),
 }
 
 
