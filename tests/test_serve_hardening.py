@@ -363,6 +363,19 @@ def test_limits_follow_the_models_own_size_and_bound_one_requests_work(server, b
         assert gate.calls == []
 
 
+def test_each_user_has_a_budget_of_work_over_time_and_others_keep_theirs(make_server):
+    client, store, tokens, gate = make_server(work_burst=100, work_per_minute=0.001)
+    carol = store.add_user("carol")
+    gate.release.set()
+    heavy = dict(steps=40, seeds=[0, 1])  # 80 units of work: the model's own size, 40 steps, 2 images
+    assert ask(client, tokens["ada"], **heavy).status_code == 200
+    refused = ask(client, tokens["ada"], **heavy)
+    assert refused.status_code == 429 and "share of the server" in refused.json()["error"]
+    assert ask(client, tokens["ada"], steps=2).status_code == 200  # small requests still fit what is left
+    assert ask(client, carol, **heavy).status_code == 200  # one user's spending is not another's
+    assert [r["status"] for r in store.history("ada")][::-1] == [200, 429, 200]  # newest first
+
+
 def test_unauthenticated_callers_are_rate_limited_per_address_and_store_no_prompt(make_server):
     client, store, tokens, gate = make_server(anonymous_burst=3, anonymous_per_minute=0.001)
     gate.release.set()

@@ -51,12 +51,15 @@ class Limits:
     max_work: float = 800.0  # steps x images x (pixels / native pixels) of one request: 8 native images of 100 steps
     rate_per_minute: float = 60.0  # per user, refilled continuously
     burst: int = 20
+    work_per_minute: float = 3200.0  # units of work per user, refilled continuously: four maximal requests a minute
+    work_burst: float = 1600.0  # at most two maximal requests at once
     anonymous_per_minute: float = 10.0  # requests without a valid token, per address
     anonymous_burst: int = 10
     timeout_seconds: float = 600.0
 
     def __post_init__(self) -> None:
-        for name in ("rate_per_minute", "anonymous_per_minute", "size_factor", "max_work", "timeout_seconds"):
+        floats = ("rate_per_minute", "anonymous_per_minute", "size_factor", "max_work", "timeout_seconds")
+        for name in (*floats, "work_per_minute", "work_burst"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ConceptVaultError(f"the server's {name} must be a finite number above 0; got {value!r}.")
@@ -113,15 +116,16 @@ class RateLimiter:
         self.buckets: dict[str, tuple[float, float]] = {}
         self.lock = threading.Lock()
 
-    def allow(self, user: str) -> bool:
+    def allow(self, user: str, cost: float = 1.0) -> bool:
+        """Take ``cost`` from the user's bucket if it holds that much."""
         now = time.monotonic()
         with self.lock:
             tokens, last = self.buckets.get(user, (float(self.burst), now))
             tokens = min(self.burst, tokens + (now - last) * self.rate)
-            if tokens < 1:
+            if tokens < cost:
                 self.buckets[user] = (tokens, now)
                 return False
-            self.buckets[user] = (tokens - 1, now)
+            self.buckets[user] = (tokens - cost, now)
             return True
 
 
@@ -196,6 +200,7 @@ def create_app(engine: Engine, served: dict[str, Served], store: AccessStore, li
     limits = limits or Limits()
     app = FastAPI(title="ConceptVault", description="Generate from hidden-concept vaults; keys only with a grant.")
     rate = RateLimiter(limits.rate_per_minute, limits.burst)
+    spend = RateLimiter(limits.work_per_minute, limits.work_burst)  # per user, in units of work
     anonymous = RateLimiter(limits.anonymous_per_minute, limits.anonymous_burst)  # per address
     metrics = Metrics()
     app.state.metrics, app.state.store, app.state.engine = metrics, store, engine
@@ -280,6 +285,9 @@ def create_app(engine: Engine, served: dict[str, Served], store: AccessStore, li
             job = _job(body, served, store, caller, limits)
         except _Refused as refused:
             return refuse(refused.status, refused.message, started, caller, **audit)
+        if not spend.allow(caller.name, job.work):
+            message = "you have asked for more work than your share of the server this minute; try again shortly."
+            return refuse(429, message, started, caller, **audit)
         audit.update(vault=job.vault, granted=list(job.keys))
         # written on acceptance and settled at the end, so a request in flight when the server is killed has a row
         row = store.audit(user=caller.name, status=202, outcome=IN_FLIGHT, **audit)
@@ -481,6 +489,7 @@ def _job(body: GenerateRequest, served: dict[str, Served], store: AccessStore, c
         tuple(asked),
         still_granted if asked else None,
         caller.name,
+        work,
     )
 
 

@@ -47,6 +47,7 @@ class Job:
     keys: tuple[str, ...]
     authorize: Callable[[], bool] | None = None  # run again when taken from the queue: False stops the job
     user: str | None = None  # whose request: the queue takes callers in turn
+    work: float = 0.0  # steps x images x pixels relative to the model's own image: what it costs the server
     future: Future = field(default_factory=Future, compare=False)
 
     def batch_key(self) -> tuple:
