@@ -28,6 +28,7 @@ import torch
 from conceptvault.attack_campaign import Campaign
 from conceptvault.attacks import Attack
 from conceptvault.backbone import BUILTIN, load_pipeline
+from conceptvault.checkpoint import CHECKPOINT_FILE
 from conceptvault.defaults import family_config
 from conceptvault.evaluate import run_suite
 from conceptvault.evaluate.world_suites import world_suite
@@ -72,7 +73,7 @@ def sealed_vault(folder: Path, settings: dict) -> Vault:
         config,
         preserve=preserve,
         checkpoint_dir=folder / "checkpoint",
-        resume=(folder / "checkpoint" / "checkpoint.pt").exists(),
+        resume=(folder / "checkpoint" / CHECKPOINT_FILE).exists(),
     )
     result.stats["wall_seconds"] = round(time.perf_counter() - started, 1)
     Vault.from_hiding(pipe, result).save(vault_path(folder))

@@ -58,8 +58,15 @@ class Limits:
     timeout_seconds: float = 600.0
 
     def __post_init__(self) -> None:
-        floats = ("rate_per_minute", "anonymous_per_minute", "size_factor", "max_work", "timeout_seconds")
-        for name in (*floats, "work_per_minute", "work_burst"):
+        for name in (
+            "rate_per_minute",
+            "anonymous_per_minute",
+            "work_per_minute",
+            "work_burst",
+            "size_factor",
+            "max_work",
+            "timeout_seconds",
+        ):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ConceptVaultError(f"the server's {name} must be a finite number above 0; got {value!r}.")
@@ -210,8 +217,15 @@ def create_app(engine: Engine, served: dict[str, Served], store: AccessStore, li
         scheme, _, token = header.partition(" ")
         return store.authenticate(token.strip()) if scheme.lower() == "bearer" else None
 
-    def refuse(status: int, message: str, started: float, caller: Caller | None = None, **audit) -> JSONResponse:
-        store.audit(user=caller.name if caller else None, status=status, outcome=message, **audit)
+    def refuse(
+        status: int, message: str, started: float, caller: Caller | None = None, row: int | None = None, **audit
+    ) -> JSONResponse:
+        """Record the refusal (settling ``row``, the request's audit row written on acceptance, where there is
+        one) and answer it."""
+        if row is None:
+            store.audit(user=caller.name if caller else None, status=status, outcome=message, **audit)
+        else:
+            store.settle(row, status=status, outcome=message)
         metrics.record(status, time.perf_counter() - started)
         return JSONResponse({"error": message}, status_code=status)
 
@@ -291,27 +305,20 @@ def create_app(engine: Engine, served: dict[str, Served], store: AccessStore, li
         audit.update(vault=job.vault, granted=list(job.keys))
         # written on acceptance and settled at the end, so a request in flight when the server is killed has a row
         row = store.audit(user=caller.name, status=202, outcome=IN_FLIGHT, **audit)
-
-        def unanswered(status: int, message: str) -> JSONResponse:
-            store.settle(row, status=status, outcome=message)
-            metrics.record(status, time.perf_counter() - started)
-            return JSONResponse({"error": message}, status_code=status)
-
         try:
             future = engine.submit(job)
         except QueueFull:
-            return unanswered(429, "the server is busy; try again shortly.")
+            return refuse(429, "the server is busy; try again shortly.", started, row=row)
         try:
             images, seconds, batched = future.result(timeout=limits.timeout_seconds)
         except NoLongerGranted:
-            return unanswered(
-                403, f"your grant for the vault {job.vault!r} was revoked or ran out while the request waited."
-            )
+            message = f"your grant for the vault {job.vault!r} was revoked or ran out while the request waited."
+            return refuse(403, message, started, row=row)
         except FutureTimeout:
             engine.cancel(job)  # the caller gives up: a job still waiting does not run for no one
-            return unanswered(503, "generation took too long.")
+            return refuse(503, "generation took too long.", started, row=row)
         except Exception:
-            return unanswered(500, "generation failed.")
+            return refuse(500, "generation failed.", started, row=row)
         encoded = [_png(image) for image in images]
         hashes = [hashlib.sha256(data).hexdigest() for data in encoded]
         store.settle(row, status=200, outcome="served", image_hashes=hashes)
