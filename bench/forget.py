@@ -103,6 +103,9 @@ def attack_all(
         vault_path(folders[0]), world_suite("shape", [SHAPE], size=size), steps=steps, controls=[*others, *controls]
     )
     run = campaign.run(attacks)
+    for result in run.results:  # the campaign calls its first vault "public": name it after its candidate
+        if result.model == "public":
+            result.model = f"{folders[0].name}.vault (sealed)"
     campaign.write(run, out)
     return json.loads((out / "attacks.json").read_text())
 
@@ -150,7 +153,7 @@ def main() -> None:
     print("\n| model | attack | recovery at the end | steps to 50 % |\n|---|---|---|---|")
     for result in attacks["results"]:
         end, to_half = result["curve"][-1]["recovery"], result["steps_to_50"]
-        model = f"{next(iter(chosen))}.vault (sealed)" if result["model"] == "public" else result["model"]
+        model = result["model"]
         figures[f"{model}: {result['attack']} at {args.steps} steps"] = end
         if to_half is not None:  # interpolated between measurements; one attack seed, so no interval
             figures[f"{model}: {result['attack']}, steps to 50 %"] = {
