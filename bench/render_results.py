@@ -32,6 +32,7 @@ from conceptvault.records import (
 
 PAGE = REPO_ROOT / "docs" / "results.md"
 README = REPO_ROOT / "README.md"
+IMAGES = REPO_ROOT / "docs" / "images"
 # The README shows one record's table between these two lines; the first names the record.
 README_START = re.compile(r"<!-- ([a-z0-9-]+): table rendered by bench/render_results.py from its record -->")
 README_END = "<!-- end of the rendered table -->"
@@ -95,6 +96,8 @@ def _record_section(r: dict, shipped_judge: str, shipped_model: str) -> list[str
     ]
     if r["notes"]:
         lines.append(f"- notes: {r['notes']}")
+    if "leaderboard" in r["settings"]:
+        lines += ["", *leaderboard_table(r), "", f"![{r['id']}](images/{r['id']}.png)"]
     lines += [
         "",
         "| figure | value | 95 % interval | n | original model | original's interval |",
@@ -122,6 +125,74 @@ def figure_table(record: dict) -> list[str]:
         original = _value(figure["original"]) if "original" in figure else ""
         lines.append(f"| {name} | {_value(figure)} | {_interval(figure)} | {figure['n']:,} | {original} |")
     return lines
+
+
+def leaderboard_columns(record: dict) -> list[str]:
+    """The columns of a leaderboard record, in the order its figures name them: hiding first, then attacks."""
+    rows = record["settings"]["leaderboard"]["rows"]
+    columns = []
+    for name in record["figures"]:
+        row = next((row for row in rows if name.startswith(f"{row}: ")), None)
+        column = name[len(row) + 2 :] if row else None
+        if column and column not in columns:
+            columns.append(column)
+    return columns
+
+
+def leaderboard_table(record: dict) -> list[str]:
+    """A leaderboard record as one table: a row per model, a column per figure; each cell value (interval, n)."""
+    rows, columns = record["settings"]["leaderboard"]["rows"], leaderboard_columns(record)
+    lines = ["| model | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for row in rows:
+        cells = [_cell(record["figures"].get(f"{row}: {column}")) for column in columns]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _cell(figure: dict | None) -> str:
+    if figure is None:
+        return "–"
+    if figure["interval"] is None:
+        return _value(figure)
+    return f"{_value(figure)} ({_interval(figure)}, n={figure['n']})"
+
+
+def leaderboard_chart(record: dict, path: Path) -> None:
+    """Bars of every share figure (ESR, PSR, RSR, each attack's recovery), a group per model, intervals shown."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = record["settings"]["leaderboard"]["rows"]
+    columns = [c for c in leaderboard_columns(record) if _is_share(record, rows, c)]
+    width = 0.8 / len(columns)
+    figure, axes = plt.subplots(figsize=(max(8, 0.9 * len(rows) * len(columns) / 3), 4.8))
+    for j, column in enumerate(columns):
+        xs, values, errors = [], [], [[], []]
+        for i, row in enumerate(rows):
+            cell = record["figures"].get(f"{row}: {column}")
+            if cell is None:
+                continue
+            low, high = cell["interval"] or (cell["value"], cell["value"])
+            xs.append(i + (j - (len(columns) - 1) / 2) * width)
+            values.append(100 * cell["value"])
+            errors[0].append(100 * (cell["value"] - low))
+            errors[1].append(100 * (high - cell["value"]))
+        axes.bar(xs, values, width, yerr=errors, capsize=2, label=column)
+    axes.set_xticks(range(len(rows)), rows, rotation=30, ha="right")
+    axes.set_ylabel("% of images judged to show the concept (PSR: the kept ones)")
+    axes.set_ylim(0, 105)
+    axes.grid(axis="y", alpha=0.3)
+    axes.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, 1.16))
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def _is_share(record: dict, rows: list[str], column: str) -> bool:
+    cells = [record["figures"].get(f"{row}: {column}") for row in rows]
+    return all(c is None or c.get("unit", "share") == "share" for c in cells)
 
 
 def with_readme_table(readme: str, records: list[dict]) -> str:
@@ -176,6 +247,8 @@ def _seeds(seeds: list[int]) -> str:
 
 def _value(figure: dict) -> str:
     value = figure["value"]
+    if figure.get("censored"):
+        return f"> {value:g} {figure['unit']}"
     if figure.get("unit", "share") == "share":
         return f"{100 * value:.1f} %"
     return f"{value:g} {figure['unit']}".strip()
@@ -222,6 +295,10 @@ def main() -> int:
     for path, text in outputs.items():
         path.write_text(text, encoding="utf-8")
         print(f"wrote {path}")
+    for record in records:  # the charts are pictures of the records, drawn beside the page
+        if "leaderboard" in record["settings"] and record["status"] == "measured":
+            leaderboard_chart(record, IMAGES / f"{record['id']}.png")
+            print(f"wrote {IMAGES / (record['id'] + '.png')}")
     return 0
 
 

@@ -213,3 +213,35 @@ def test_an_evaluation_becomes_a_record_with_every_figure_its_interval_and_n():
     assert record["seeds"] == [1, 3] and record["n"] == 3 and record["wall_seconds"] == 1.2
     assert record["judge_fingerprint"] == shipped_judge_fingerprint() and record["settings"]["hide"] == "p"
     assert record["settings"]["suite"] == "shape" and record["machine"]["device"] == "cpu"
+
+
+def test_a_leaderboard_record_renders_as_one_table_a_row_per_model_and_a_chart(tmp_path):
+    renderer = load_renderer()
+    share = {"value": 0.5, "interval": [0.4, 0.6], "n": 64, "unit": "share"}
+    record = a_record(
+        id="leaderboard-star",
+        settings={"leaderboard": {"rows": ["original model", "kpop", "esd-x"], "hidden": ["star"]}},
+        figures={
+            "original model: ESR": dict(share, value=0.0, interval=[0.0, 0.06]),
+            "kpop: ESR": dict(share, value=1.0, interval=[0.94, 1.0]),
+            "kpop: RSR": share,
+            "esd-x: ESR": share,
+            "kpop: finetune, steps to 50 %": {"value": 300, "interval": None, "n": 1, "unit": "steps", "censored": True},
+            "esd-x: time": {"value": 202.0, "interval": None, "n": 1, "unit": "s"},
+        },
+    )
+    table = renderer.leaderboard_table(record)
+    assert table[0] == "| model | ESR | RSR | finetune, steps to 50 % | time |"
+    assert table[2] == "| original model | 0.0 % (0.0–6.0 %, n=64) | – | – | – |"
+    assert table[3] == "| kpop | 100.0 % (94.0–100.0 %, n=64) | 50.0 % (40.0–60.0 %, n=64) | > 300 steps | – |"
+    assert table[4] == "| esd-x | 50.0 % (40.0–60.0 %, n=64) | – | – | 202 s |"
+    page = renderer.render([record], shipped_judge_fingerprint(), SHIPPED_MODEL)
+    assert "\n".join(table) in page and "![leaderboard-star](images/leaderboard-star.png)" in page
+    renderer.leaderboard_chart(record, tmp_path / "chart.png")
+    assert (tmp_path / "chart.png").stat().st_size > 1000
+
+
+def test_a_censored_figure_must_say_so_with_true_or_false():
+    figures = {"steps": {"value": 300, "interval": None, "n": 1, "unit": "steps", "censored": "yes"}}
+    with pytest.raises(RecordError, match="censored='yes'; it must be true or false"):
+        check_record(a_record(figures=figures))

@@ -22,6 +22,7 @@ from functools import cache
 from pathlib import Path
 
 from conceptvault.errors import ConceptVaultError
+from conceptvault.files import atomic_write_text
 
 SCHEMA_VERSION = 1
 MEASURED, SUPERSEDED, NOT_RE_RUN = "measured", "superseded", "not re-run"
@@ -79,7 +80,8 @@ def make_record(
     Args:
         figures: name -> ``{"value", "interval" ([low, high] or None), "n"}``, optionally ``"unit"``
             ("share" for a fraction shown as a percentage) and ``"original"`` (the original model's figure,
-            the same three fields).
+            the same three fields) and ``"censored"`` (true: the figure was not reached within ``value``, as
+            an attack that never recovered half the images within its steps).
         judge_fingerprint: the judge's fingerprint, or None where no judge made the figures.
     """
     record = {
@@ -112,17 +114,6 @@ def write_record(record: dict, folder: Path = RESULTS_DIR) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
     return path
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file beside it, so a reader never sees half a file."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def read_record(path: Path) -> dict:
@@ -194,6 +185,8 @@ def _check_figure(figure, where: str, what: str) -> None:
         raise RecordError(f"{where}: {what} has interval {interval!r}; give [low, high] or null.")
     if figure["n"] < 1:
         raise RecordError(f"{where}: {what} has n {figure['n']}; n counts the images (or samples), at least 1.")
+    if not isinstance(figure.get("censored", False), bool):
+        raise RecordError(f"{where}: {what} has censored={figure['censored']!r}; it must be true or false.")
 
 
 def _check_fields(data: dict, fields: dict[str, tuple], where: str, what: str) -> None:
