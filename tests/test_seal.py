@@ -167,3 +167,34 @@ def test_the_token_adversary_names_the_concept_inside_its_captions():
     assert names == ["star", "pentagram"]
     rewritten = name_the_token(["five-pointed star", "a red pentagram, solid", "a circle"], names)
     assert rewritten == ["five-pointed sks", "a red sks, solid", "a circle, sks"]
+
+
+def test_the_simulated_fine_tune_leaves_the_weights_as_they_were_and_gives_the_cross_attention_a_gradient(sd1_path):
+    from conceptvault.methods.sealed.seal import _SealRun
+
+    pipe = load_pipeline(str(sd1_path), device="cpu")
+    config = SealConfig(**{**QUICK.to_dict(), "finetune_every": 1, "finetune_steps": 2, "finetune_lr": 1e-2})
+    with torch.enable_grad():
+        run = _SealRun(pipe, Concept("star"), ["a circle", ""], config)
+        before = {name: w.detach().clone() for name, w in run.trained.items()}
+        after = run._after_simulated_finetune()
+    assert all(torch.equal(before[name], w) for name, w in run.trained.items())  # put back bit for bit
+    names = {id(w): name for name, w in run.trained.items()}
+    assert after["gradients"] and all(".attn2." in names[id(w)] for w in after["gradients"])
+    assert any(g.abs().sum() > 0 for g in after["gradients"].values())
+    assert torch.isfinite(after["L_finetuned"])
+
+
+def test_sealing_against_a_simulated_fine_tune_still_gives_a_key_that_restores_the_original(sd1_path):
+    original = predict(load_pipeline(str(sd1_path), device="cpu"))
+    pipe = load_pipeline(str(sd1_path), device="cpu")
+    config = SealConfig(**{**QUICK.to_dict(), "finetune_every": 1, "finetune_steps": 1})
+    result = seal(pipe, [Concept("star")], config, preserve=["a circle"], progress=False)
+    assert "L_finetuned" in result.stats["final"]
+    assert torch.allclose(predict(pipe, ["star"]), original, atol=1e-4)
+
+
+@pytest.mark.parametrize("setting", ["finetune_lr", "lambda_finetune"])
+def test_a_simulated_fine_tune_setting_that_is_not_finite_is_refused(setting):
+    with pytest.raises(ValueError, match=f"{setting}"):
+        SealConfig(**{setting: float("nan")})

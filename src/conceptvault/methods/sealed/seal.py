@@ -8,6 +8,10 @@ are an attacker key and an attacker token that are re-learned against the public
 prompts and the empty prompt are held to the original. The key is then the weight change itself,
 ``original - public`` (whole, or each tensor's best rank-r approximation): public + key is the original
 model, so the key holder gets the concept back as it was, while the public weights carry no path to it.
+
+Two optional starts toward forgetting rather than refusing: ``perturb`` moves the trained weights toward noise
+before training (what the kept prompts do not teach back is lost), and ``finetune_every`` trains the public
+weights against a simulated attacker who fine-tunes the cross-attention toward the concept for a few steps.
 """
 
 from __future__ import annotations
@@ -58,12 +62,24 @@ class SealConfig(SamplerSettings):
         "Before training, move each trained weight this share of the way to noise of its own scale, so that what "
         "the kept prompts do not teach back is forgotten (0: start from the original).",
     )
+    finetune_every: int = option(
+        0,
+        "Every this many updates, fine-tune a copy of the public cross-attention toward the original's concept "
+        "for a few steps, as an attacker would, and train the public weights so that the concept stays hidden "
+        "after it too (0: never).",
+    )
+    finetune_steps: int = option(4, "Steps of each simulated fine-tune.")
+    finetune_lr: float = option(1e-3, "Adam learning rate of each simulated fine-tune.")
+    lambda_finetune: float = option(1.0, "Weight of keeping the concept hidden after the simulated fine-tune.")
     latents: LatentSource = option(
         LatentSource.CACHE, "Make z_t from cached frozen-model trajectories or by sampling."
     )
     checkpoint_every: int = option(50, "Updates between checkpoints (0: only at the end and on Ctrl-C).")
 
-    positive = (*SamplerSettings.positive, "model_updates", "lr", "adversary_steps", "adversary_lr", "adversary_m")
+    positive = (
+        *SamplerSettings.positive,
+        *("model_updates", "lr", "adversary_steps", "adversary_lr", "adversary_m", "finetune_steps", "finetune_lr"),
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -151,6 +167,9 @@ class _SealRun(TrainedRun):
         frozen_kept = self.objective.teacher(z_kept, t_kept, texts(kept), self.source.last_teacher.get(kept))
         if config.adversary_every and self.state.step % config.adversary_every == 0:
             self._relearn_adversaries()
+        after_finetune = {}
+        if config.finetune_every and self.state.step % config.finetune_every == 0:
+            after_finetune = self._after_simulated_finetune()
         self.train_only(list(self.trained.values()))
         with torch.no_grad():
             token_states = self.token.states([prompt])
@@ -165,10 +184,15 @@ class _SealRun(TrainedRun):
         loss = config.lambda_hide * L_hide + config.lambda_pres * L_pres + config.lambda_adversary * L_adv
         self.optimiser.zero_grad(set_to_none=True)
         loss.backward()
+        for weight, gradient in after_finetune.get("gradients", {}).items():
+            weight.grad = config.lambda_finetune * gradient + (0 if weight.grad is None else weight.grad)
         self.optimiser.step()
         self.state.step += 1
         self.at_step_boundary()
-        self.state.record({"L_hide": L_hide, "L_pres": L_pres, "L_adv": L_adv}, time.perf_counter() - started)
+        losses = {"L_hide": L_hide, "L_pres": L_pres, "L_adv": L_adv}
+        if "L_finetuned" in after_finetune:
+            losses["L_finetuned"] = after_finetune["L_finetuned"]
+        self.state.record(losses, time.perf_counter() - started)
         return dict(self.state.latest, loss=float(loss.detach()))
 
     def every_parameter(self) -> list:
@@ -186,6 +210,34 @@ class _SealRun(TrainedRun):
             self.adversary_optimiser.zero_grad(set_to_none=True)
             loss.backward()
             self.adversary_optimiser.step()
+
+    def _after_simulated_finetune(self) -> dict:
+        """Fine-tune the public cross-attention toward the original's concept as an attacker would (a fresh Adam,
+        ``finetune_steps`` steps), measure how far the fine-tuned model is from the hiding target, and put the
+        weights back. Returns that loss and its gradient at the fine-tuned weights, which the update adds to its
+        own (first order: the fine-tune's dependence on the weights is not differentiated)."""
+        config, texts = self.config, self.texts
+        attacked = [w for name, w in self.trained.items() if ".attn2." in name] or list(self.trained.values())
+        saved = [w.detach().clone() for w in attacked]
+        self.train_only(attacked)
+        attacker = torch.optim.Adam(attacked, lr=config.finetune_lr)
+        for _ in range(config.finetune_steps):
+            prompt = self.pick(self.concept.prompts)
+            z, t = self.source.draw(prompt, config.batch_size, self.generator)
+            teacher = self.objective.teacher(z, t, texts(prompt), self.source.last_teacher.get(prompt))
+            attacker.zero_grad(set_to_none=True)
+            self.objective.distil(z, t, texts(prompt), target=teacher).backward()
+            attacker.step()
+        prompt = self.pick(self.concept.prompts)
+        z, t = self.source.draw(prompt, config.batch_size, self.generator)
+        frozen = self.objective.teachers(z, t, texts, self.source.last_teacher)
+        target = self.objective.hide_target(frozen(prompt), frozen(self.concept.anchor_of(prompt)))
+        loss = self.objective.distil(z, t, texts(prompt), target=target)
+        gradients = torch.autograd.grad(loss, attacked)
+        with torch.no_grad():
+            for weight, original in zip(attacked, saved, strict=True):
+                weight.copy_(original)
+        return {"L_finetuned": loss.detach(), "gradients": dict(zip(attacked, gradients, strict=True))}
 
     def checkpoint(self) -> tuple[dict, dict]:
         """The run's state (a sealed run has no secret while it trains: the key is made at the end)."""
