@@ -34,12 +34,12 @@ def _named(key: str | None) -> list[str]:
 
 
 class Objective:
-    """The methods' losses, every prediction converted to the loss space first; ``config`` gives ``eta`` and
-    ``loss_space``."""
+    """The methods' losses, every prediction converted to the loss space first; ``config`` gives ``loss_space``
+    and, where the method uses ESD's negative-guidance target, ``eta``."""
 
     def __init__(self, unet: nn.Module, frozen_unet: nn.Module, scheduler_config, config) -> None:
         self.unet, self.frozen_unet = unet, frozen_unet
-        self.eta, self.loss_space = config.eta, config.loss_space
+        self.eta, self.loss_space = getattr(config, "eta", None), config.loss_space
         self.prediction_type = scheduler_config.get("prediction_type", "epsilon")
         alphas_cumprod = DDIMScheduler.from_config(scheduler_config).alphas_cumprod
         self.alphas_cumprod = alphas_cumprod.to(next(unet.parameters()).device)
@@ -59,6 +59,21 @@ class Objective:
         x0 = (z - sigma * eps) / alpha
         return x0 if self.loss_space == LossSpace.X0 else alpha * eps - sigma * x0
 
+    def noise_target(self, z: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The standard denoising target of ``z`` made by noising a clean latent with ``noise`` at ``t``: what a
+        perfect model predicts there, in the loss space."""
+        alpha_bar = self.alphas_cumprod[t].float().view(-1, 1, 1, 1)
+        alpha, sigma = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+        noise = noise.float()
+        clean = (z.float() - sigma * noise) / alpha
+        if self.prediction_type == "v_prediction":
+            output = alpha * noise - sigma * clean
+        elif self.prediction_type == "sample":
+            output = clean
+        else:
+            output = noise
+        return self._to_loss_space(output, z, t)
+
     def _predict(self, unet: nn.Module, z, t, states, keys: Sequence[str] = ()) -> torch.Tensor:
         context = states.expand(z.shape[0], -1, -1)
         options = {"keys": list(keys)} if keys else None
@@ -72,6 +87,11 @@ class Objective:
         t = torch.cat([part_t.expand(part_z.shape[0]) for part_z, part_t, _ in parts])
         states = torch.cat([part_states.expand(part_z.shape[0], -1, -1) for part_z, _, part_states in parts])
         return list(self._predict(self.unet, z, t, states, keys).split([part_z.shape[0] for part_z, _, _ in parts]))
+
+    def gap(self, z, t, states) -> torch.Tensor:
+        """How far the trained model's prediction (no key) is from the frozen original's at the same text states,
+        differentiable in ``states`` through both models: what an adversarial concept's search raises."""
+        return F.mse_loss(self._predict(self.unet, z, t, states), self._predict(self.frozen_unet, z, t, states))
 
     def hide_target(self, frozen_concept: torch.Tensor, frozen_anchor: torch.Tensor) -> torch.Tensor:
         """ESD's negative-guidance target ``anchor - eta (concept - anchor)``, from the frozen model's predictions."""

@@ -180,6 +180,8 @@ def hide_command(
     adversary_every: Annotated[int | None, _setting("adversary_every")] = None,
     adversary_steps: Annotated[int | None, _setting("adversary_steps")] = None,
     lambda_adversary: Annotated[float | None, _setting("lambda_adversary")] = None,
+    adversarial_preserve: Annotated[float | None, _setting("adversarial_preserve")] = None,
+    adversarial_preserve_steps: Annotated[int | None, _setting("adversarial_preserve_steps")] = None,
     checkpoint_every: Annotated[int | None, _setting("checkpoint_every")] = None,
     threads: ThreadsOption = None,
 ) -> None:
@@ -274,8 +276,8 @@ def erase_command(
     preserve: Annotated[
         list[str] | None,
         typer.Option(
-            help="UCE: a prompt kept as it was. Repeatable. Built-in model, none given: the other concepts "
-            "of its kind."
+            help="A prompt kept as it was (methods that hold prompts: uce, rece, suppress, advpres). Repeatable. "
+            "Built-in model, none given: the other concepts of its kind."
         ),
     ] = None,
     anchor: Annotated[
@@ -285,10 +287,14 @@ def erase_command(
             "the same kind stands in for NAME in each caption."
         ),
     ] = None,
-    iterations: Annotated[int | None, typer.Option(help="ESD: fine-tuning steps [default: per model family].")] = None,
-    lr: Annotated[float | None, typer.Option(help="ESD: learning rate [default: per model family].")] = None,
-    eta: Annotated[float | None, typer.Option(help="ESD: negative-guidance strength.")] = None,
-    lamb: Annotated[float | None, typer.Option(help="UCE: weight of staying close to the original.")] = None,
+    iterations: Annotated[
+        int | None, typer.Option(help="Trained erasers: fine-tuning steps [default: per method and model family].")
+    ] = None,
+    lr: Annotated[
+        float | None, typer.Option(help="Trained erasers: learning rate [default: per method and model family].")
+    ] = None,
+    eta: Annotated[float | None, typer.Option(help="ESD and its kin: negative-guidance strength.")] = None,
+    lamb: Annotated[float | None, typer.Option(help="UCE, RECE: weight of staying close to the original.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the run [default: 0].")] = None,
     resume: Annotated[
         bool, typer.Option(help="Continue the interrupted run whose checkpoint sits beside --out.")
@@ -297,7 +303,8 @@ def erase_command(
     device: DeviceOption = None,
     threads: ThreadsOption = None,
 ) -> None:
-    """Erase concepts from MODEL (ESD, UCE, ...), for comparison with hiding: a vault without keys."""
+    """Erase concepts from MODEL (ESD, UCE, RECE, AC, SDD, FMN, Receler, ...; other settings by --set), for
+    comparison with hiding: a vault without keys."""
     use_threads(threads)
     spec = _chosen_method(method, with_keys=False)
     given = {"iterations": iterations, "lr": lr, "eta": eta, "lamb": lamb, "seed": seed}

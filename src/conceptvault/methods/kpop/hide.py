@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...adversarial_preservation import AdversarialConcept, vocabulary
 from ...backbone import encode_prompts
 from ...concepts import Concept, HideResult, check_inputs
 from ...driver import Checkpointer, drive
@@ -74,6 +75,12 @@ class HideConfig(SamplerSettings):
     )
     adversary_steps: int = option(20, "Steps of each inner attacker-key inversion (hardened hiding).")
     lambda_adversary: float = option(1.0, "Weight of defeating the attacker key (hardened hiding).")
+    adversarial_preserve: float = option(
+        0.0,
+        "Weight of adversarial preservation: the public model held to the original on the concept hiding changes "
+        "most, a mix of the preserve prompts, anchors and empty prompt searched before each model update (0: off).",
+    )
+    adversarial_preserve_steps: int = option(2, "Gradient-ascent steps of that search before each model update.")
     checkpoint_every: int = option(50, "Training steps between checkpoints (0: only at the end and on Ctrl-C).")
 
     positive = (*SamplerSettings.positive, "model_updates", "k", "lr", "key_lr", "key_change_lr", "m")
@@ -240,6 +247,9 @@ class _HidingRun(TrainedRun):
             torch.optim.Adam(self.adversary_parameters, lr=config.key_lr) if self.adversaries else None
         )
         self.objective = Objective(pipe.unet, self.frozen_unet, pipe.scheduler.config, config)
+        self.adversarial = (  # adversarial preservation: built only when on, so a run without it is as before
+            AdversarialConcept(self.texts, vocabulary(concepts, preserve)) if config.adversarial_preserve else None
+        )
         cached = [*(p for c in concepts for p in c.prompts), *preserve]
         self.sampler, self.source = latent_source(
             pipe, self.frozen_unet, self.texts, cached, config, self.generator, progress
@@ -264,13 +274,17 @@ class _HidingRun(TrainedRun):
         draw = self._draw(self.concepts if model_step else self.learning)
         if model_step and self.adversaries and (step // config.k) % config.adversary_every == 0:
             self._invert_adversaries()
+        if model_step and self.adversarial:
+            self.adversarial.search(self.objective, draw.z, draw.t, config.adversarial_preserve_steps)
         self.train_only(list(self.trained.values()) if model_step else self.key_parameters)
 
         L_rec, L_pres_key, L_uncond_key = self._key_losses(draw)
-        L_hide = L_pres = None
+        L_hide = L_pres = L_adv = None
         if model_step:
-            L_hide, L_pres = self._public_losses(draw)
+            L_hide, L_pres, L_adv = self._public_losses(draw)
             loss = config.lambda_hide * L_hide + config.lambda_rec * L_rec + config.lambda_pres * (L_pres + L_pres_key)
+            if L_adv is not None:
+                loss = loss + config.adversarial_preserve * L_adv
             if self.adversaries:  # the attacker key must not bring the concept back either
                 loss = loss + config.lambda_adversary * self._hide_loss(draw, key=_adversary(draw.concept.name))
             if _revoked(draw.concept.name) in self.revoked:  # nor the key it had before
@@ -287,6 +301,8 @@ class _HidingRun(TrainedRun):
         self.at_step_boundary()
         seconds = time.perf_counter() - started
         measured = _measured(L_hide, L_rec, L_pres, L_pres_key, L_uncond_key, preserved=draw.kept is not None)
+        if L_adv is not None:
+            measured["L_adv"] = L_adv
         self.state.record(measured, seconds)
         return dict(
             self.state.latest,
@@ -344,16 +360,20 @@ class _HidingRun(TrainedRun):
         return L_rec, L_pres_key, L_uncond_key
 
     def _public_losses(self, draw: _Draw):
-        """L_hide and L_pres (zero when nothing is preserved): the model without a key, in one UNet call."""
+        """L_hide, L_pres (zero when nothing is preserved) and L_adv (None without adversarial preservation): the
+        model without a key, in one UNet call."""
         texts = self.texts
         parts = [(draw.z, draw.t, texts(draw.prompt))]
         if draw.kept:
             parts.append((draw.z_kept, draw.t_kept, texts(draw.kept)))
+        if self.adversarial:
+            parts.append((draw.z, draw.t, self.adversarial.states()))
         predictions = self.objective.predict_together(parts)
         target = self.objective.hide_target(draw.frozen(draw.prompt), draw.frozen(draw.concept.anchor_of(draw.prompt)))
         L_hide = F.mse_loss(predictions[0], target)
         L_pres = F.mse_loss(predictions[1], draw.frozen_kept) if draw.kept else draw.z.new_zeros(())
-        return L_hide, L_pres
+        L_adv = self.adversarial.loss(predictions[-1], self.objective, draw.z, draw.t) if self.adversarial else None
+        return L_hide, L_pres, L_adv
 
     def _hide_loss(self, draw: _Draw, key: str) -> torch.Tensor:
         """L_hide on the concept prompt with an attacker's key on (hardened hiding)."""
@@ -409,6 +429,8 @@ class _HidingRun(TrainedRun):
             "adversaries": {name: key.state_dict() for name, key in self.adversaries.items()},
             "adversary_optimiser": self.adversary_optimiser.state_dict() if self.adversary_optimiser else None,
         }
+        if self.adversarial:
+            public["adversarial"] = self.adversarial.state_dict()
         secret = {
             "keys": {
                 name: {k: v.detach().cpu().clone() for k, v in key.state_dict().items()}
@@ -426,6 +448,8 @@ class _HidingRun(TrainedRun):
             key.load_state_dict(public["adversaries"][name])
         if self.adversary_optimiser:
             self.adversary_optimiser.load_state_dict(public["adversary_optimiser"])
+        if self.adversarial:
+            self.adversarial.load_state_dict(public["adversarial"])
         self.key_optimiser.load_state_dict(secret["key_optimiser"])
 
     def result(self) -> HideResult:
@@ -438,10 +462,13 @@ class _HidingRun(TrainedRun):
         if self.adversaries or self.revoked:  # training devices only: keep the real keys attached
             detach_keys(self.pipe.unet)
             attach_keys(self.pipe.unet, keys, self.config.placement)
+        stats = self.state.stats(self.model_updates_done())
+        if self.adversarial:
+            stats["adversarial_concept"] = self.adversarial.strongest()
         return HideResult(
             public=public,
             keys=keys,
-            stats=self.state.stats(self.model_updates_done()),
+            stats=stats,
             base_fingerprint=self.base_fingerprint,
             concepts=self.concepts,
             config=self.config,

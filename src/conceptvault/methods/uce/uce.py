@@ -23,10 +23,20 @@ from typing import ClassVar
 
 import torch
 
-from ...backbone import encode_prompts, text_tokens, unet_fingerprint
+from ...backbone import unet_fingerprint
 from ...concepts import Concept, HideResult, check_inputs
+from ...cross_attention_edit import (
+    aligned_states,
+    concept_token_states,
+    cross_attention_projections,
+    prompt_states,
+    ridge_inverse,
+    ridge_solution,
+)
 from ...settings import Settings, option
 from ...training import peak_memory
+
+__all__ = ["UceConfig", "concept_token_states", "erase_uce"]
 
 
 @dataclass
@@ -39,24 +49,6 @@ class UceConfig(Settings):
     seed: int = option(0, "Unused by the closed form; kept so every method's settings carry one.")
 
     positive: ClassVar[tuple[str, ...]] = ("lamb",)
-
-
-def concept_token_states(pipe, prompt: str) -> tuple[torch.Tensor, int]:
-    """The prompt's text states (77, d) and the position of its last content token."""
-    states = text_tokens(pipe.unet, encode_prompts(pipe, [prompt]))[0].double()
-    ids = pipe.tokenizer(prompt, truncation=True, max_length=pipe.tokenizer.model_max_length).input_ids
-    return states, max(len(ids) - 2, 0)  # BOS ... last token, EOS: the last token sits before EOS
-
-
-def _pairs(pipe, concept: Concept) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(concept states, anchor states) aligned from each one's last content token to the end."""
-    anchor, anchor_last = concept_token_states(pipe, concept.anchor)
-    pairs = []
-    for prompt in concept.prompts:
-        states, last = concept_token_states(pipe, prompt)
-        length = min(states.shape[0] - last, anchor.shape[0] - anchor_last)
-        pairs.append((states[last : last + length], anchor[anchor_last : anchor_last + length]))
-    return pairs
 
 
 @torch.no_grad()
@@ -72,31 +64,17 @@ def erase_uce(pipe, concepts: Sequence[Concept], config: UceConfig, *, preserve:
     concepts, preserve = check_inputs(pipe, concepts, preserve)
     started = time.perf_counter()
     base_fingerprint = unet_fingerprint(pipe.unet)
-    erase = [pair for c in concepts for pair in _pairs(pipe, c)]
+    erase = [pair for c in concepts for pair in aligned_states(pipe, c)]
     sources = torch.cat([s for s, _ in erase])  # (N, d)
     targets = torch.cat([a for _, a in erase])
-    kept = (
-        torch.cat([text_tokens(pipe.unet, encode_prompts(pipe, [p]))[0].double() for p in preserve])
-        if preserve
-        else sources[:0]
-    )
-    width = sources.shape[1]
-    gram = config.erase_scale * sources.T @ sources + config.preserve_scale * kept.T @ kept
-    inverse = torch.linalg.inv(gram + config.lamb * torch.eye(width, dtype=torch.float64, device=gram.device))
+    kept = prompt_states(pipe, preserve, like=sources)
+    scales = dict(erase_scale=config.erase_scale, preserve_scale=config.preserve_scale, lamb=config.lamb)
+    inverse = ridge_inverse(sources, kept, **scales)
     public = {}
-    for name, module in pipe.unet.named_modules():
-        if not name.endswith("attn2"):
-            continue
-        for projection in ("to_k", "to_v"):
-            layer = getattr(module, projection)
-            old = layer.weight.double()
-            mixed = (
-                config.erase_scale * (old @ targets.T) @ sources
-                + config.preserve_scale * (old @ kept.T) @ kept
-                + config.lamb * old
-            )
-            layer.weight.copy_((mixed @ inverse).to(layer.weight.dtype))
-            public[f"{name}.{projection}.weight"] = layer.weight.detach().cpu().clone()
+    for name, layer in cross_attention_projections(pipe.unet):
+        solved = ridge_solution(layer.weight.double(), sources, targets, kept, inverse, **scales)
+        layer.weight.copy_(solved.to(layer.weight.dtype))
+        public[name] = layer.weight.detach().cpu().clone()
     stats = {
         "steps": 0,
         "seconds": round(time.perf_counter() - started, 3),
