@@ -13,11 +13,16 @@ LAYERS = [
     (
         "model",
         ("keyfile", "backbone", "latents", "settings", "concepts", "objective", "training", "manifest")
-        + ("checkpoint", "single_file", "vault", "generate", "defaults"),
+        + ("checkpoint", "single_file", "vault", "generate", "defaults", "cross_attention_edit")
+        + ("adversarial_preservation",),
     ),
     ("driver", ("driver",)),
     ("methods", ("methods",)),
-    ("measure", ("evaluate", "world", "attacks", "attack_report", "attack_campaign", "attack_sweep", "records")),
+    (
+        "measure",
+        ("evaluate", "world", "attacks", "attacks_prompt_search", "attack_report", "attack_campaign", "attack_sweep")
+        + ("records",),
+    ),
     ("edge", ("world.profile", "demo", "serve", "cli", "console", "")),
     ("deprecated spellings", ("hide", "seal", "esd", "uce")),
 ]

@@ -72,10 +72,12 @@ def test_each_attack_runs_on_the_public_model_and_leaves_it_as_it_was(sd1_path, 
         images=pictures(4),
         prompts=["a starr", "une étoile"],
         key_spec=KeySpec(3, "mid", (1.0, 2.0)),
+        benign=list(zip(pictures(4), ["a circle", "a square", "a circle", "a ring"], strict=True)),
     )
     assert 0.0 <= result.recovery["value"] <= 1.0 and result.recovery["n"] > 0
     if attack.trains:
-        assert [p["steps"] for p in result.curve] == [0, 2] and result.budget["images"] == 4
+        assert [p["steps"] for p in result.curve] == [0, 2]
+        assert result.budget["images"] == (4 if attack.learns_from_pictures else 0)
     after = pipe.unet.state_dict()
     assert after.keys() == before.keys() and all(torch.equal(before[n], after[n]) for n in before)
 

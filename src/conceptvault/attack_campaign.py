@@ -3,28 +3,37 @@ figures their meaning (the original model, an erased model, a model that never l
 
 The public model is made from the vault loaded without its keys; the keys are read only afterwards,
 and only to measure the authorised RSR beside the attacks' figures (where they are at hand).
+
+Benign fine-tuning learns from captioned pictures of the suite's kept concepts, never the hidden one: a folder
+of pictures each with a same-named ``.txt`` caption (``benign_from``), else the model profile's own (renders of
+the built-in world's kept concepts with their captions), else pictures the public model itself makes for the
+suite's kept prompts, captioned by those prompts.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
 
 from .attack_report import AttackRun, write
-from .attacks import Attack, AttackConfig, KeySpec, Recovery, run_attack
+from .attacks import Attack, AttackConfig, AttackResult, KeySpec, Recovery, run_attack
+from .attacks_prompt_search import RING_A_BELL_STRENGTH, concept_words, words_pattern
 from .backbone import load_pipeline
 from .defaults import family_config
 from .errors import ConceptVaultError
 from .evaluate.judges import make_judge
 from .evaluate.suite import Suite
+from .generate import generate_images
 from .key import Key, Placement
 from .methods.kpop import HideConfig
 from .profiles import Profile, profile_for
 from .vault import Vault
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+_BENIGN_SEEDS = 100_000  # the public model's own benign pictures are drawn from seeds apart from the suite's
 
 
 @dataclass
@@ -61,6 +70,8 @@ class Campaign:
     base_model: str = ""
     passphrase: str | None = None
     device: str | None = None
+    words: list[str] = field(default_factory=list)  # every name of the hidden concept the profile knows
+    benign: list[tuple[Image.Image, str]] | None = None  # None: made by the public model when first needed
 
     @classmethod
     def prepare(
@@ -71,7 +82,10 @@ class Campaign:
         steps: int = 300,
         images: int = 64,
         lr: float | None = None,
+        tokens: int | None = None,
+        strength: float = RING_A_BELL_STRENGTH,
         images_from: Path | None = None,
+        benign_from: Path | None = None,
         prompts_file: Path | None = None,
         controls=(),
         other_vaults=(),
@@ -98,6 +112,8 @@ class Campaign:
         spec = _attacker_key_spec(public.manifest, entry)
         profile = profile_for(public.manifest.base_model)
         pictures = _pictures(profile, suite, concept.name, images, images_from)
+        words = profile.concept_words(suite.judge, concept.name)
+        benign = _benign_pictures(profile, suite, images, benign_from, concept_words(concept, words))
         prompts = profile.attack_prompts(suite.judge, concept.name) + _prompts_from(prompts_file)
         others = {}
         for path in other_vaults:
@@ -106,7 +122,7 @@ class Campaign:
         base_model = model or public.manifest.base_model
         targets = [Target("public", _public_pipeline(public, base_model, device))]
         targets += [_control(name, base_model, device) for name in controls]
-        config = AttackConfig(steps=steps, images=images, lr=lr)
+        config = AttackConfig(steps=steps, images=images, lr=lr, tokens=tokens, strength=strength)
         judge = make_judge(suite, device=str(targets[0].pipe.device))
         return cls(
             Path(vault_path),
@@ -121,6 +137,8 @@ class Campaign:
             base_model,
             passphrase,
             device,
+            words,
+            benign,
         )
 
     def recovery(self, pipe) -> Recovery:
@@ -143,17 +161,7 @@ class Campaign:
         for target in self.targets:
             for attack in attacks:
                 log(f"{attack.value} on {target.name} ...")
-                result = run_attack(
-                    attack,
-                    target.pipe,
-                    self.recovery(target.pipe),
-                    self.config,
-                    model=target.name,
-                    images=self.images,
-                    prompts=self.prompts,
-                    key_spec=self.key_spec,
-                    other_keys=self.other_keys,
-                )
+                result = self.attack(target, attack, log)
                 run.results.append(result)
                 if out is not None:
                     self.write(run, out)
@@ -162,6 +170,44 @@ class Campaign:
                     f"in {result.budget['seconds']:.0f} s"
                 )
         return run
+
+    def attack(self, target: Target, attack: Attack, log=print) -> AttackResult:
+        """One attack on one target, with the campaign's pictures, prompts and settings."""
+        if attack == Attack.BENIGN_FINETUNE and self.benign is None:
+            self.benign = self._made_benign_pictures(log)
+        return run_attack(
+            attack,
+            target.pipe,
+            self.recovery(target.pipe),
+            self.config,
+            model=target.name,
+            images=self.images,
+            prompts=self.prompts,
+            key_spec=self.key_spec,
+            other_keys=self.other_keys,
+            benign=self.benign or (),
+            words=self.words,
+        )
+
+    def _made_benign_pictures(self, log) -> list[tuple[Image.Image, str]]:
+        """Pictures the public model makes for the suite's kept prompts (in turn across the kept concepts),
+        each captioned by its prompt; prompts that name the hidden concept are left out."""
+        named = words_pattern(concept_words(self.suite.hidden[0], self.words)).search
+        columns = [[p for p in c.prompts if not named(p)] for c in self.suite.kept]
+        prompts = [p for row in itertools.zip_longest(*columns) for p in row if p is not None]
+        if not prompts:
+            raise ConceptVaultError(
+                "the benign-finetune attack needs kept concepts in the suite, or captioned pictures of them "
+                "(`benign_from`)."
+            )
+        prompts = [prompts[i % len(prompts)] for i in range(self.config.images)]
+        log(f"benign-finetune: making {len(prompts)} pictures of kept concepts with the public model ...")
+        seeds = list(range(_BENIGN_SEEDS, _BENIGN_SEEDS + len(prompts)))
+        pipe = self.targets[0].pipe
+        pictures = generate_images(
+            pipe, prompts, seeds, steps=self.suite.steps, guidance=self.suite.guidance, progress=False
+        )
+        return list(zip(pictures, prompts, strict=True))
 
     def _rsr(self) -> dict | None:
         """The key holder's rate on the same prompts and seeds, where the keys can be read."""
@@ -209,6 +255,37 @@ def _pictures(profile: Profile, suite: Suite, concept: str, count: int, folder: 
     pictures = profile.pictures(suite.judge, concept, count)
     if pictures is None:
         raise ConceptVaultError("outside the built-in world, give pictures of the concept (`images_from`).")
+    return pictures
+
+
+def _benign_pictures(
+    profile: Profile, suite: Suite, count: int, folder: Path | None, words: list[str]
+) -> list[tuple[Image.Image, str]] | None:
+    """Captioned pictures of other concepts: a folder of them, or the profile's renders of the suite's kept
+    concepts (None: the public model makes them when the attack first needs them)."""
+    if folder is None:
+        return profile.captioned_pictures(suite.judge, [c.name for c in suite.kept], count)
+    folder = Path(folder)
+    wanted = "give a folder of pictures (.png, .jpg, .webp), each with a same-named .txt caption"
+    if not folder.is_dir():
+        raise ConceptVaultError(
+            f"the folder of captioned pictures '{folder}' does not exist; {wanted} (`benign_from`)."
+        )
+    files = sorted(
+        p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES and p.with_suffix(".txt").is_file()
+    )[:count]
+    if not files:
+        raise ConceptVaultError(f"no captioned pictures in '{folder}'; {wanted} (`benign_from`).")
+    named = words_pattern(words).search
+    pictures = []
+    for path in files:
+        caption = " ".join(path.with_suffix(".txt").read_text(errors="replace").split())
+        if named(caption):
+            raise ConceptVaultError(
+                f"the caption of '{path.name}' names the hidden concept ('{caption}'); benign fine-tuning learns "
+                "from other concepts only: take that picture out of `benign_from`."
+            )
+        pictures.append((Image.open(path).convert("RGB"), caption))
     return pictures
 
 

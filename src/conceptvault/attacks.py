@@ -10,8 +10,14 @@ prompts and seeds of the hidden concept, that the suite's judge labels as the co
 - ``key-inversion``: an attacker key of the manifest's shape and placement (tokens, and projection changes of
   the real key's rank), learned by the plain denoising loss on N images of the concept;
 - ``token-inversion``: a new input token of the text encoder, learned the same way;
-- ``finetune``: the public UNet's cross-attention fine-tuned on the same images.
-Trained attacks are measured along the way, giving recovery against attack steps.
+- ``finetune``: the public UNet's cross-attention fine-tuned on the same images;
+- ``ring-a-bell``: prompts of vocabulary words searched, with the text encoder alone, toward benign prompts' text
+  states moved along the concept's direction (``attacks_prompt_search``);
+- ``unlearndiff``: words prepended to the concept's prompts, learned by the denoising loss on the same images and
+  rounded to vocabulary words (``attacks_prompt_search``);
+- ``benign-finetune``: the public UNet fine-tuned as ``finetune`` is, but on captioned pictures of *other*, kept
+  concepts only: whether the hidden concept resurges by itself.
+Trained and searching attacks are measured along the way, giving recovery against attack steps.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .attacks_prompt_search import RING_A_BELL_STRENGTH, UnlearnDiffPrefix, concept_pairs, concept_words, ring_a_bell
 from .backbone import encode_prompts, is_sdxl, unet_predict
 from .errors import ConceptVaultError
 from .evaluate.metrics import Rate
@@ -45,14 +52,30 @@ class Attack(str, Enum):
     KEY_INVERSION = "key-inversion"
     TOKEN_INVERSION = "token-inversion"
     FINETUNE = "finetune"
+    RING_A_BELL = "ring-a-bell"
+    UNLEARNDIFF = "unlearndiff"
+    BENIGN_FINETUNE = "benign-finetune"
 
     @property
     def trains(self) -> bool:
-        return self in (Attack.KEY_INVERSION, Attack.TOKEN_INVERSION, Attack.FINETUNE)
+        """Whether the attack runs for steps (training or searching), measured along the way."""
+        return self not in (Attack.PROMPT, Attack.RANDOM_KEY)
+
+    @property
+    def learns_from_pictures(self) -> bool:
+        """Whether the attack trains on pictures: the concept's (``images``), or for benign-finetune kept ones'."""
+        return self.trains and self != Attack.RING_A_BELL
 
 
-DEFAULT_LR = {Attack.KEY_INVERSION: 1e-2, Attack.TOKEN_INVERSION: 1e-2, Attack.FINETUNE: 1e-4}
+DEFAULT_LR = {
+    Attack.KEY_INVERSION: 1e-2,
+    Attack.TOKEN_INVERSION: 1e-2,
+    Attack.FINETUNE: 1e-4,
+    Attack.UNLEARNDIFF: 1e-2,
+}  # benign-finetune is the fine-tuning attacker on other pictures: finetune's rate and weights
 MAX_ATTACK_LR = 1.0  # Adam's steps scale with the rate: beyond 1 an attack only diverges
+MAX_PROMPT_TOKENS = 75  # the words a searched prompt may have: CLIP's 77 positions less its start and end
+MAX_STRENGTH = 100.0
 
 
 @dataclass
@@ -66,7 +89,9 @@ class AttackConfig:
     measure_at: tuple[int, ...] | None = None  # steps at which recovery is measured; None: 0, 1/12 .. all
     random_keys: int = 8
     seed: int = 0
-    weights: str = "xattn"  # what the fine-tuning attack trains (FinetuneWeights)
+    weights: str = "xattn"  # what the fine-tuning attacks train (FinetuneWeights)
+    tokens: int | None = None  # words of a searched prompt (ring-a-bell) or prefix (unlearndiff); None: per attack
+    strength: float = RING_A_BELL_STRENGTH  # how far ring-a-bell's targets lie along the concept's direction
 
     def __post_init__(self) -> None:
         # a NaN rate trains nothing and its NaN images read as "no star": a false figure of resistance
@@ -76,6 +101,12 @@ class AttackConfig:
             raise ValueError(
                 "an attack needs steps >= 0, images >= 1, batch_size >= 1 and random_keys >= 0; got "
                 f"{self.steps}, {self.images}, {self.batch_size}, {self.random_keys}."
+            )
+        if self.tokens is not None and not 1 <= self.tokens <= MAX_PROMPT_TOKENS:
+            raise ValueError(f"tokens must be from 1 to {MAX_PROMPT_TOKENS}; got {self.tokens}.")
+        if not (math.isfinite(self.strength) and 0 < self.strength <= MAX_STRENGTH):
+            raise ValueError(
+                f"strength must be a finite number above 0 and at most {MAX_STRENGTH:g}; got {self.strength}."
             )
         if self.weights not in {w.value for w in FinetuneWeights}:
             choices = ", ".join(w.value for w in FinetuneWeights)
@@ -171,8 +202,13 @@ def run_attack(
     key_spec: KeySpec | None = None,
     other_keys: dict[str, Key] | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    benign: Sequence[tuple[Image.Image, str]] = (),
+    words: Sequence[str] = (),
 ) -> AttackResult:
-    """Run one attack on ``pipe`` (left as it was afterwards) and measure recovery with ``recovery``."""
+    """Run one attack on ``pipe`` (left as it was afterwards) and measure recovery with ``recovery``.
+
+    ``benign``: captioned pictures of other, kept concepts (benign-finetune); ``words``: the concept's words
+    besides its name and labels (synonyms), which ring-a-bell takes out of prompts and never searches."""
     attack = Attack(attack)
     if attached_keys(pipe.unet):
         raise ConceptVaultError("the attacked model has keys attached; attacks run on the public model alone.")
@@ -182,6 +218,28 @@ def run_attack(
         _prompt_attack(result, recovery, prompts)
     elif attack == Attack.RANDOM_KEY:
         _random_key_attack(result, pipe, recovery, config, _need(key_spec), other_keys or {})
+    elif attack == Attack.RING_A_BELL:
+        concept = recovery.concept
+        result.curve, result.detail = ring_a_bell(
+            pipe,
+            recovery,
+            config.steps,
+            config.checkpoints(),
+            concept_pairs(concept, words),
+            exclude=concept_words(concept, words),
+            tokens=config.tokens,
+            strength=config.strength,
+            seed=config.seed,
+            on_step=on_step,
+        )
+    elif attack == Attack.BENIGN_FINETUNE:
+        if len(benign) < 1:
+            raise ConceptVaultError(
+                "the benign-finetune attack needs captioned pictures of kept concepts; give `benign_from`."
+            )
+        trainer = _Finetune(pipe, recovery.concept, config, key_spec)
+        _train(result, trainer, pipe, recovery, config, [p for p, _ in benign], on_step, [c for _, c in benign])
+        result.detail = {"captions": list(dict.fromkeys(c for _, c in benign))[:8]}
     else:
         if len(images) < 1:
             raise ConceptVaultError(f"the {attack.value} attack needs pictures of the concept; give `images_from`.")
@@ -189,11 +247,15 @@ def run_attack(
             Attack.KEY_INVERSION: _KeyInversion,
             Attack.TOKEN_INVERSION: _TokenInversion,
             Attack.FINETUNE: _Finetune,
+            Attack.UNLEARNDIFF: _unlearndiff,
         }[attack](pipe, recovery.concept, config, key_spec)
         _train(result, trainer, pipe, recovery, config, images, on_step)
+        if hasattr(trainer, "describe"):
+            result.detail = trainer.describe()
+    pictures = len(benign) if attack == Attack.BENIGN_FINETUNE else len(images)
     result.budget = {
         "steps": config.steps if attack.trains else 0,
-        "images": len(images) if attack.trains else 0,
+        "images": pictures if attack.learns_from_pictures else 0,
         "prompts": len(prompts) if attack == Attack.PROMPT else len(recovery.concept.prompts),
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -282,7 +344,9 @@ def denoising_loss(pipe, latents: torch.Tensor, states: torch.Tensor, generator:
     return F.mse_loss(prediction.float(), target.float())
 
 
-def _train(result, trainer, pipe, recovery: Recovery, config: AttackConfig, images, on_step) -> None:
+def _train(result, trainer, pipe, recovery: Recovery, config: AttackConfig, images, on_step, captions=None) -> None:
+    """Train ``trainer`` on ``images`` under the concept's prompts (or, given, each image's own caption in
+    ``captions``), measuring recovery with the concept's prompts at the configured steps."""
     generator = torch.Generator().manual_seed(config.seed)
     latents = encode_images(pipe, images)
     prompts = recovery.concept.prompts
@@ -295,10 +359,13 @@ def _train(result, trainer, pipe, recovery: Recovery, config: AttackConfig, imag
             if step == config.steps:
                 break
             index = torch.randint(len(latents), (config.batch_size,), generator=generator)
-            chosen = [
-                prompts[int(i) % len(prompts)]
-                for i in torch.randint(len(prompts), (config.batch_size,), generator=generator)
-            ]
+            if captions is not None:
+                chosen = [captions[int(i)] for i in index]
+            else:
+                chosen = [
+                    prompts[int(i) % len(prompts)]
+                    for i in torch.randint(len(prompts), (config.batch_size,), generator=generator)
+                ]
             loss = denoising_loss(pipe, latents[index], trainer.states(chosen), generator, trainer.options)
             trainer.optimiser.zero_grad(set_to_none=True)
             loss.backward()
@@ -383,6 +450,10 @@ class FinetuneWeights(str, Enum):
 
 LORA_RANK = 4  # the attacker's adapter rank: the size of adapter people share for one concept or style
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+def _unlearndiff(pipe, concept: SuiteConcept, config: AttackConfig, spec: KeySpec | None) -> UnlearnDiffPrefix:
+    return UnlearnDiffPrefix(pipe, config.lr or DEFAULT_LR[Attack.UNLEARNDIFF], config.tokens, config.seed)
 
 
 class _Finetune:

@@ -2,7 +2,8 @@
 
 A profile says how the command line fills in what a user left out (a concept name expanded into its
 phrasings and captions, the prompts kept by default), how a served or generated image is sampled by
-default, and where an attacker's pictures and prompts of a concept come from when none are given. The
+default, and where an attacker's pictures, prompts and words of a concept (and captioned pictures of other
+concepts) come from when none are given. The
 built-in world is one profile (``conceptvault.world.profile``); every other model gets the Stable
 Diffusion profile, which adds nothing to what the user gave. No module outside a profile asks whether a
 model is the built-in one.
@@ -56,6 +57,15 @@ class Profile:
     def attack_prompts(self, judge: str, concept: str) -> list[str]:
         """Prompts an attacker might try for ``concept`` without training."""
         return []
+
+    def captioned_pictures(self, judge: str, concepts: list[str], count: int):
+        """``count`` (picture, caption) pairs showing ``concepts`` (kept ones, for benign fine-tuning), each
+        caption naming what its picture shows (None: this kind of model has none to give)."""
+        return None
+
+    def concept_words(self, judge: str, concept: str) -> list[str]:
+        """Every word or phrase that names ``concept`` (its synonyms, where this kind of model knows them)."""
+        return [concept]
 
 
 STABLE_DIFFUSION = Profile("stable-diffusion", "the model")

@@ -290,6 +290,7 @@ def stage_progress(every: float = 60.0):
 
 # the library names the parameter to change in backticks; on the command line, the flag that sets it
 FLAGS = {
+    "benign_from": "--benign-from",
     "concepts": "--concept",
     "control": "--control",
     "images_from": "--images-from",

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from ..attacks import MAX_ATTACK_LR, Attack
+from ..attacks import MAX_ATTACK_LR, MAX_PROMPT_TOKENS, MAX_STRENGTH, Attack
+from ..attacks_prompt_search import RING_A_BELL_STRENGTH
 from ..backbone import load_pipeline
 from ..errors import ConceptVaultError
 from ..vault import Vault
@@ -133,14 +134,31 @@ def attack_command(
     suite: Annotated[str, typer.Option(help="A built-in suite or a suite JSON file.")] = "shape",
     concept: Annotated[str | None, typer.Option(help="The hidden concept of a single-concept built-in suite.")] = None,
     size: Annotated[int, typer.Option(help="Images of the hidden concept per measurement.")] = 32,
-    steps: Annotated[int, typer.Option(help="Optimisation steps of the trained attacks.")] = 300,
-    images: Annotated[int, typer.Option(help="Pictures of the concept the trained attacks learn from.")] = 64,
+    steps: Annotated[int, typer.Option(help="Optimisation or search steps of the trained attacks.")] = 300,
+    images: Annotated[
+        int, typer.Option(help="Pictures the trained attacks learn from (benign-finetune: of kept concepts).")
+    ] = 64,
     lr: Annotated[
         float | None, typer.Option(help="Learning rate of the trained attacks (default: per attack).")
     ] = None,
     images_from: Annotated[
         Path | None, typer.Option(help="Folder of pictures of the concept (built-in world: rendered if absent).")
     ] = None,
+    benign_from: Annotated[
+        Path | None,
+        typer.Option(
+            help="benign-finetune: a folder of pictures of other, kept concepts, each with a same-named .txt "
+            "caption (default: the built-in world's renders, else the public model's own pictures of the "
+            "suite's kept prompts)."
+        ),
+    ] = None,
+    tokens: Annotated[
+        int | None,
+        typer.Option(help="Words of ring-a-bell's searched prompts (16) or of unlearndiff's prefix (5)."),
+    ] = None,
+    strength: Annotated[
+        float, typer.Option(help="ring-a-bell: how far its targets lie along the concept's direction.")
+    ] = RING_A_BELL_STRENGTH,
     prompts: Annotated[
         Path | None, typer.Option(help="File of attack prompts, one per line (added to the suite's).")
     ] = None,
@@ -183,13 +201,25 @@ def attack_command(
     device: DeviceOption = None,
     threads: ThreadsOption = None,
 ) -> None:
-    """Attack the vault's public model without its key; report unauthorised recovery beside RSR and the original."""
+    """Attack the vault's public model without its key; report unauthorised recovery beside RSR and the original.
+
+    prompt: paraphrases, synonyms, misspellings and the --prompts file.
+    random-key: keys of the real key's shape and norm, and the --other-keys.
+    key-inversion, token-inversion: a key, or a new input token, learned on pictures of the concept.
+    finetune: the UNet fine-tuned on pictures of the concept.
+    ring-a-bell: prompts of vocabulary words searched with the text encoder toward the concept's text states.
+    unlearndiff: words prepended to the concept's prompts, learned on its pictures, kept to vocabulary words.
+    benign-finetune: the UNet fine-tuned on captioned pictures of other, kept concepts only (--benign-from).
+    All but the first two are measured along the way: recovery against --steps.
+    """
     use_threads(threads)
     from ..attack_campaign import Campaign
     from ..attack_sweep import SweepPlan, run_sweep
 
     check_positive(size=size, steps=steps, images=images)
     check_range("lr", lr, 0, MAX_ATTACK_LR, above=True)
+    check_range("tokens", tokens, 1, MAX_PROMPT_TOKENS)
+    check_range("strength", strength, 0, MAX_STRENGTH, above=True)
     plan = None
     if sweep:
         plan = checked(
@@ -208,7 +238,10 @@ def attack_command(
         steps=steps,
         images=max(images, *plan.images) if plan else images,
         lr=lr,
+        tokens=tokens,
+        strength=strength,
         images_from=images_from,
+        benign_from=benign_from,
         prompts_file=prompts,
         controls=control or [],
         other_vaults=other_keys or [],

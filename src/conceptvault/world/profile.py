@@ -1,5 +1,6 @@
 """The built-in world's profile: how the command line fills in a world concept given by name, how the built-in
-model is sampled, and the attacker's pictures and prompts of a world concept.
+model is sampled, and the attacker's pictures, prompts and words of a world concept (and captioned pictures of
+the kept ones).
 """
 
 from __future__ import annotations
@@ -91,6 +92,22 @@ def with_stand_in(concept: Concept, kind: str, stand_in: str) -> Concept:
     return replace(concept, anchor=stand_in, anchors={p: words_replaced(p, words, stand_in) for p in concept.prompts})
 
 
+def captioned_renders(kind: str, names: list[str], count: int, seed: int) -> list:
+    """``count`` renders showing the given shapes (or colours, or styles) in turn, each with a world caption of
+    its own scene (which names its shape, and its colour and style at the world's rates)."""
+    import numpy as np
+
+    from .captions import training_caption
+    from .render import render, sample_scene, to_pil
+
+    rng = np.random.default_rng(seed)
+    pictures = []
+    for i in range(count):
+        scene = sample_scene(rng, **{kind: names[i % len(names)]})
+        pictures.append((to_pil(render(scene, rng)), training_caption(scene.shape, scene.colour, scene.style, rng)))
+    return pictures
+
+
 class WorldProfile(Profile):
     """The built-in model: its concepts are the world's, and renders of them are at hand."""
 
@@ -120,6 +137,18 @@ class WorldProfile(Profile):
         from .quality import renders_of
 
         return renders_of(judge.removeprefix("world-"), [concept], count, seed=4242)
+
+    def captioned_pictures(self, judge: str, concepts: list[str], count: int):
+        kind = judge.removeprefix("world-")
+        if not judge.startswith("world-") or not concepts or any(c not in VOCABULARY[kind] for c in concepts):
+            return None
+        return captioned_renders(kind, concepts, count, seed=4343)
+
+    def concept_words(self, judge: str, concept: str) -> list[str]:
+        kind = judge.removeprefix("world-")
+        if judge.startswith("world-") and concept in VOCABULARY.get(kind, {}):
+            return list(VOCABULARY[kind][concept])
+        return [concept]
 
     def attack_prompts(self, judge: str, concept: str) -> list[str]:
         if judge != "world-shape":
