@@ -4,7 +4,8 @@ prompts, seeds, judge and attacks, beside the original model and, given one, a m
     python bench/leaderboard.py shape --concept star --size 64 --record            # every method, every attack
     python bench/leaderboard.py five-shapes-a --size 64 --record                   # five shapes at once (no attacks)
     python bench/leaderboard.py shape --concept star --control runs/world-without-star/model --record
-    python bench/leaderboard.py shape --concept star --methods kpop,esd-x --attacks finetune --size 8 --out runs/lb
+    python bench/leaderboard.py shape --concept star --methods kpop,esd-x --attacks finetune --size 8 --out runs/lb \
+        --attack-steps 4 --set kpop:model_updates=4 --set esd-x:iterations=4
 
 Each vault is made once with the built-in model's defaults for its method, in a process of its own so that its
 peak memory is its own; then `compare` gives ESR, PSR, RSR and key PSR with their intervals, and (for a one-concept
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import sys
 import time
 from pathlib import Path
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from conceptvault.attack_campaign import Campaign
-from conceptvault.attacks import Attack, run_attack
+from conceptvault.attacks import Attack
 from conceptvault.backbone import BUILTIN, load_pipeline
 from conceptvault.demo import make_world_vault
 from conceptvault.evaluate import resolve_suite
@@ -53,30 +53,14 @@ def default_methods() -> list[str]:
     return ["kpop", "hardened", *(n for n in names if n != "kpop")]
 
 
-def make_vaults(methods: list[str], folder: Path, hidden: list[str], threads: int) -> dict[str, Path]:
+def make_vaults(methods: list[str], folder: Path, hidden: list[str], settings: dict) -> dict[str, Path]:
     """Each method's vault, made in a process of its own (its peak memory is then its own) unless it exists."""
     paths = {}
     for method in methods:
-        path = folder / method
-        if not path.exists():
+        if not (folder / method).exists():
             print(f"making the {method} vault ...", flush=True)
-            child = multiprocessing.get_context("spawn").Process(
-                target=_make_vault, args=(method, path, hidden, threads)
-            )
-            child.start()
-            child.join()
-            if child.exitcode != 0:
-                raise SystemExit(f"making the {method} vault failed (exit code {child.exitcode}).")
-        paths[method] = path
+        paths[method] = make_world_vault(method, folder / method, hidden, settings.get(method), own_process=True)
     return paths
-
-
-def _make_vault(method: str, path: Path, hidden: list[str], threads: int) -> None:
-    torch.set_num_threads(threads)
-    started = time.perf_counter()
-    make_world_vault(method, path, hidden)
-    wall = {"wall_seconds": round(time.perf_counter() - started, 1)}
-    atomic_write_text(path.with_name(f"{path.name}.wall.json"), json.dumps(wall) + "\n")
 
 
 def hiding_figures(comparison) -> dict[str, dict]:
@@ -92,8 +76,7 @@ def hiding_figures(comparison) -> dict[str, dict]:
             cell = entry.result.figures.get(f, {}).get(entry.result.measures[0], {}).get("average")
             if cell and cell.get("value") is not None:
                 figures[f"{entry.name}: {LABELS[f]}"] = share_figure(cell)
-        wall = entry.vault.path.with_name(f"{entry.vault.path.name}.wall.json")
-        seconds = json.loads(wall.read_text())["wall_seconds"] if wall.is_file() else entry.cost()["seconds"]
+        seconds = entry.cost()["seconds"]  # the run and its setup, as the manifest records them
         figures[f"{entry.name}: time"] = {"value": seconds, "interval": None, "n": 1, "unit": "s"}
         memory = entry.cost()["peak_rss_mib"]
         if memory is not None:
@@ -119,17 +102,8 @@ def attack_figures(
             path = out / row.replace(" ", "-") / f"{attack}.json"
             if not path.is_file():
                 print(f"{attack} on {row} ...", flush=True)
-                result = run_attack(
-                    Attack(attack),
-                    target.pipe,
-                    campaign.recovery(target.pipe),
-                    campaign.config,
-                    model=row,
-                    images=campaign.images,
-                    prompts=campaign.prompts,
-                    key_spec=campaign.key_spec,
-                    other_keys={},
-                )
+                result = campaign.attack(target, Attack(attack))
+                result.model = row
                 path.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write_text(path, json.dumps(result.to_dict(), indent=1) + "\n")
             result = json.loads(path.read_text())
@@ -158,15 +132,21 @@ def main() -> None:
     parser.add_argument("--control", type=Path, help="a model folder that never learned the concept")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--set", action="append", default=[], help="a method's setting, method:name=value")
     parser.add_argument("--record", action="store_true", help="write the figures as a results record")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
+    settings = {}
+    for item in args.set:
+        method, assignment = item.split(":", 1)
+        name, value = assignment.split("=", 1)
+        settings.setdefault(method, {})[name] = json.loads(value)
     suite = resolve_suite(args.suite, concept=args.concept, size=args.size)
     hidden = [c.name for c in suite.hidden]
     out = args.out or Path("runs") / f"leaderboard-{suite.name}"
     methods = args.methods.split(",") if args.methods else default_methods()
-    paths = make_vaults(methods, out / "vaults", hidden, args.threads)
+    paths = make_vaults(methods, out / "vaults", hidden, settings)
     comparison = compare(load_pipeline(BUILTIN), {m: Vault.load(p, keys="all") for m, p in paths.items()}, suite, out)
     write_comparison(comparison)
     figures = hiding_figures(comparison)

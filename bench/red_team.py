@@ -40,7 +40,12 @@ def main() -> None:
     wanted = args.controls.split(",")
     names = [c for c in wanted if c != "original"]
     vaults = {
-        name: make_world_vault(name, args.out / "vaults" / name, [args.concept], args.hardened_every)
+        name: make_world_vault(
+            name,
+            args.out / "vaults" / name,
+            [args.concept],
+            {"adversary_every": args.hardened_every} if name == "hardened" else None,
+        )
         for name in ["kpop", *names]
     }
     controls = [str(vaults[name]) for name in names] + (["original"] if "original" in wanted else [])

@@ -7,17 +7,20 @@ prompts and seeds, judged, tabulated and written as an HTML report.
 
 from __future__ import annotations
 
+import multiprocessing
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from rich.console import Console
 
 from conceptvault.backbone import BUILTIN, load_pipeline
 from conceptvault.checkpoint import CHECKPOINT_FILE, output_lock
 from conceptvault.concepts import Concept
 from conceptvault.defaults import Family, family_config
+from conceptvault.errors import ConceptVaultError
 from conceptvault.evaluate import print_summary, resolve_suite, run_suite, write_report
 from conceptvault.methods.kpop import HideConfig, hide
 from conceptvault.records import evaluation_record, write_record
@@ -26,23 +29,42 @@ from conceptvault.vault import Vault, save_vault
 from conceptvault.world.profile import WORLD_CAPTIONS, world_prompts
 
 
-def make_world_vault(method: str, folder: Path, hidden: list[str], adversary_every: int = 2) -> Path:
+def make_world_vault(
+    method: str, folder: Path, hidden: list[str], settings: dict | None = None, own_process: bool = False
+) -> Path:
     """A vault of the built-in model hiding or erasing the shapes ``hidden`` with ``method``'s default
-    settings (any registered method or variant), made once: a folder that exists already is reused (how the
-    benches resume).
+    settings (any registered method or variant) and ``settings`` on top, made once: a folder that exists
+    already is reused (how the benches resume).
 
-    ``hardened`` is ``kpop`` with an attacker key re-learned every ``adversary_every`` model updates.
+    ``hardened`` is ``kpop`` with an attacker key re-learned every second model update (``adversary_every``).
+    ``own_process``: make it in a process of its own (with this one's thread count), so that the peak memory
+    its manifest records is its own, not that of everything this process did before.
     """
     name = "kpop" if method == "hardened" else method
     spec = get_method(name)
     if folder.exists():
         return folder
+    if own_process:
+        args = (method, folder, hidden, settings, torch.get_num_threads())
+        child = multiprocessing.get_context("spawn").Process(target=_make_world_vault_with_threads, args=args)
+        child.start()
+        child.join()
+        if child.exitcode != 0:
+            raise ConceptVaultError(
+                f"making the {method} vault failed in its own process (exit code {child.exitcode})."
+            )
+        return folder
     concepts, preserve = world_prompts("shape", hidden, WORLD_CAPTIONS.get(spec.name, {}))  # erasure: names only
-    hardening = {"adversary_every": adversary_every} if method == "hardened" else {}
+    explicit = {**({"adversary_every": 2} if method == "hardened" else {}), **(settings or {})}
     pipe = load_pipeline(BUILTIN)
-    result = spec.run(pipe, concepts, family_config(Family.SMALL, len(hidden), name, **hardening), preserve=preserve)
+    result = spec.run(pipe, concepts, family_config(Family.SMALL, len(hidden), name, **explicit), preserve=preserve)
     save_vault(folder, pipe, result)
     return folder
+
+
+def _make_world_vault_with_threads(method: str, folder: Path, hidden: list[str], settings, threads: int) -> None:
+    torch.set_num_threads(threads)
+    make_world_vault(method, folder, hidden, settings)
 
 
 def hide_and_evaluate(
