@@ -226,7 +226,13 @@ def test_a_leaderboard_record_renders_as_one_table_a_row_per_model_and_a_chart(t
             "kpop: ESR": dict(share, value=1.0, interval=[0.94, 1.0]),
             "kpop: RSR": share,
             "esd-x: ESR": share,
-            "kpop: finetune, steps to 50 %": {"value": 300, "interval": None, "n": 1, "unit": "steps", "censored": True},
+            "kpop: finetune, steps to 50 %": {
+                "value": 300,
+                "interval": None,
+                "n": 1,
+                "unit": "steps",
+                "censored": True,
+            },
             "esd-x: time": {"value": 202.0, "interval": None, "n": 1, "unit": "s"},
         },
     )
