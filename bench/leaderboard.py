@@ -124,7 +124,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("suite", choices=["shape", "five-shapes-a", "five-shapes-b"])
     parser.add_argument("--concept", help="the hidden shape of the one-shape suite")
-    parser.add_argument("--size", type=int, default=64, help="images of each concept in the evaluation")
+    parser.add_argument("--size", type=int, default=64, help="images of each hidden concept in the evaluation")
+    parser.add_argument("--kept-size", type=int, default=16, help="images of each kept concept in the evaluation")
     parser.add_argument("--methods", help="comma-separated; default every registered method and `hardened`")
     parser.add_argument("--attacks", default=",".join(ATTACKS), help="comma-separated, or 'none'")
     parser.add_argument("--attack-steps", type=int, default=300)
@@ -142,7 +143,7 @@ def main() -> None:
         method, assignment = item.split(":", 1)
         name, value = assignment.split("=", 1)
         settings.setdefault(method, {})[name] = json.loads(value)
-    suite = resolve_suite(args.suite, concept=args.concept, size=args.size)
+    suite = resolve_suite(args.suite, concept=args.concept, size=args.size, kept_size=args.kept_size)
     hidden = [c.name for c in suite.hidden]
     out = args.out or Path("runs") / f"leaderboard-{suite.name}"
     methods = args.methods.split(",") if args.methods else default_methods()
@@ -167,6 +168,7 @@ def main() -> None:
                 settings={
                     "leaderboard": {"rows": rows, "hidden": hidden, "attacks": attacks},
                     "size": args.size,
+                    "kept_size": args.kept_size,
                     "attack_steps": args.attack_steps,
                     "attack_size": args.attack_size,
                     "vault_settings": {m: Vault.load(p, keys=None).manifest.config for m, p in paths.items()},
