@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "conceptvault"
 
 # The layers of ARCHITECTURE.md, lowest first: a module imports from its own layer or below, never above.
 LAYERS = [
-    ("ground", ("errors", "digest", "files", "registry", "profiles", "delta_key", "key", "learned_token")),
+    ("ground", ("errors", "digest", "files", "registry", "profiles", "delta_key", "key", "learned_token", "parallel")),
     (
         "model",
         ("keyfile", "backbone", "latents", "settings", "concepts", "objective", "training", "manifest")

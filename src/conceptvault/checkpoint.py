@@ -114,6 +114,11 @@ def _from_bytes(data: bytes, path: Path) -> dict:
     return state
 
 
+def checkpoint_folder(out: Path) -> Path:
+    """Where the run that writes ``out`` keeps its checkpoints: beside it, as ``<out>.checkpoint``."""
+    return Path(out).with_name(f"{Path(out).name}.checkpoint")
+
+
 @contextmanager
 def output_lock(out: Path, resume: bool) -> Iterator[Path]:
     """Claim ``out`` for one run: its checkpoint folder ``<out>.checkpoint`` is created (which also proves the
@@ -122,7 +127,7 @@ def output_lock(out: Path, resume: bool) -> Iterator[Path]:
     out = Path(out)
     if not out.name or out.name in (".", ".."):
         raise ConceptVaultError(f"`out` '{out}' names no new folder; give one such as star.vault.")
-    folder = out.with_name(f"{out.name}.checkpoint")
+    folder = checkpoint_folder(out)
     if out.exists():
         raise ConceptVaultError(f"'{out}' already exists; choose another `out` or delete it first.")
     existed = folder.exists()

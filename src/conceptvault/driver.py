@@ -5,7 +5,9 @@ and ``total`` say where it stands), ``step()`` (one training step; returns what 
 among it), ``identity()`` (what a checkpoint must match to be resumed), ``checkpoint()`` (its public and
 secret state) and ``load(public, secret)``. :func:`drive` owns everything else: resuming, the checkpoint
 cadence, the finite-loss check, interruption and the final checkpoint. A :class:`Checkpointer` holds the
-checkpoint folder and the passphrase that seals the secret half, once for the whole run.
+checkpoint folder and the passphrase that seals the secret half, once for the whole run. On several processes
+(:mod:`conceptvault.parallel`) the gradients are averaged before every optimiser step and the first process alone
+writes checkpoints.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, Protocol
 
 from .checkpoint import CHECKPOINT_FILE, check_passphrase, read_checkpoint, write_checkpoint
 from .errors import ConceptVaultError
+from .parallel import averaged_gradients, is_main, mean
 from .training import RunState, progress_bar
 
 
@@ -57,6 +60,8 @@ class Checkpointer:
         return {**run.identity(), "method": self.method, "protected": self.passphrase is not None}
 
     def save(self, run: TrainingRun) -> None:
+        if not is_main():  # on several processes the first one writes
+            return
         public, secret = run.checkpoint()
         write_checkpoint(self.folder, {**public, "identity": self.identity(run)}, secret, self.passphrase)
 
@@ -99,9 +104,13 @@ def drive(
         checkpointer.restore(run)
     state, every = run.state, run.config.checkpoint_every
     try:
-        with progress_bar(progress, state.total, state.step, label) as advance:
+        with (
+            averaged_gradients(),
+            progress_bar(progress and is_main(), state.total, state.step, label) as advance,
+        ):
             while state.step < state.total:
                 info = run.step()
+                info["loss"] = mean(info["loss"])  # every process stops on the same step
                 if not math.isfinite(info["loss"]):
                     raise ConceptVaultError(
                         f"the training loss became {info['loss']} at step {state.step}; nothing was written. "

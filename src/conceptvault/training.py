@@ -20,6 +20,7 @@ from .backbone import encode_prompts, unet_fingerprint
 from .errors import ConceptVaultError
 from .key import is_key_parameter
 from .latents import CachedLatents, LatentSource, SampledLatents, Sampler
+from .parallel import sharded
 from .settings import TrainedLayers
 
 MOVING_AVERAGE_DECAY = 0.9
@@ -143,10 +144,10 @@ def latent_source(pipe, frozen_unet, texts, cached: list[str], config, generator
     model's trajectories of the ``cached`` prompts, made once, or sampling with the model as it trains."""
     sampler = Sampler.for_pipeline(pipe, config.sampler_steps, config.guidance, texts(""))
     if config.latents == LatentSource.CACHE:
-        return sampler, cached_latents(
-            frozen_unet, sampler, texts, cached, config.cache_trajectories, generator, progress
-        )
-    return sampler, SampledLatents(pipe.unet, sampler, texts)
+        source = cached_latents(frozen_unet, sampler, texts, cached, config.cache_trajectories, generator, progress)
+    else:
+        source = SampledLatents(pipe.unet, sampler, texts)
+    return sampler, sharded(source)  # on several processes, each trains on its share of every batch
 
 
 def cached_latents(frozen_unet, sampler: Sampler, texts, prompts: list[str], trajectories: int, generator, progress):

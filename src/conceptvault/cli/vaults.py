@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import shutil
+from contextlib import nullcontext
 from dataclasses import fields
 from enum import Enum
 from pathlib import Path
@@ -12,8 +13,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from .. import parallel
 from ..backbone import load_pipeline
-from ..checkpoint import output_lock
+from ..checkpoint import checkpoint_folder, output_lock
 from ..defaults import family_config, model_family
 from ..errors import ConceptVaultError
 from ..generate import MAX_GUIDANCE, MAX_SAMPLER_STEPS, generate_images, image_grid
@@ -197,8 +199,11 @@ def hide_command(
     concepts, preserve = parse_concepts(concept, anchor or []), preserve or []
     hidden = existing.concepts if existing else []
     concepts, preserve = profile_for(base).fill_in(concepts, preserve, spec.name, preserve_captions, hidden)
-    with output_lock(out, resume) as checkpoint_dir:
-        pipe = load_pipeline(base, device=device)
+    parallel.start()  # under a launcher (accelerate launch, torchrun): one of several processes
+    # the first process claims and writes the output; the others read its checkpoint when resuming
+    claim = output_lock(out, resume) if parallel.is_main() else nullcontext(checkpoint_folder(out))
+    with claim as checkpoint_dir:
+        pipe = load_pipeline(base, device=parallel.device(device))
         config = checked(lambda: family_config(model_family(pipe), len(concepts), method, **explicit))
         options = dict(preserve=preserve, checkpoint_dir=checkpoint_dir, resume=resume, passphrase=passphrase)
         if existing:
@@ -207,11 +212,16 @@ def hide_command(
             grown = Vault.from_hiding(
                 pipe, result, action="add", changed=[c.name for c in concepts], history=existing.manifest.history
             )
-            grown.save(out, passphrase=passphrase)
+            if parallel.is_main():
+                grown.save(out, passphrase=passphrase)
         else:
-            result = spec.run(pipe, concepts, config, **options)
-            save_vault(out, pipe, result, passphrase=passphrase)
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+            result = spec.run(pipe, concepts, config, progress=parallel.is_main(), **options)
+            if parallel.is_main():
+                save_vault(out, pipe, result, passphrase=passphrase)
+        if parallel.is_main():
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    if not parallel.is_main():
+        return
     _print_losses(result.stats)
     say(f"wrote the vault {out} (keys in {out / KEYS_DIR})")
 

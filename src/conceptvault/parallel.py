@@ -1,0 +1,106 @@
+"""Training on several processes: data parallel over each step's latents, on torch.distributed.
+
+A launcher (``accelerate launch``, ``torchrun``) starts one process per device and tells each its ``RANK`` and
+the ``WORLD_SIZE`` in the environment; :func:`start` joins them into one process group. Every process then runs
+the same run with the same generator, so each draws the same prompts, timesteps and noise as the others and as
+a single process would; each keeps only its share of every batch of latents (:class:`ShardedLatents`), and
+before every optimiser step the gradients are averaged over the processes (:func:`averaged_gradients`). Every
+process therefore holds the same weights after every step, and these are the single process's weights up to
+floating point. Only the first process writes (checkpoints, the vault).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.distributed as dist
+from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+from .errors import ConceptVaultError
+
+
+def start() -> None:
+    """Join the process group a launcher set up in the environment (nothing when started as one process)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+
+def size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def is_main() -> bool:
+    """Whether this process writes: the only one, or the first of several."""
+    return rank() == 0
+
+
+def device(asked: str | None) -> str | None:
+    """The device this process trains on: the one asked for, else on a machine with several GPUs its own."""
+    if asked is None and size() > 1 and torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', rank()))}"
+    return asked
+
+
+def mean(value: float) -> float:
+    """``value`` averaged over the processes (so that every process takes the same decisions on it)."""
+    if size() == 1:
+        return value
+    total = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(total)
+    return float(total) / size()
+
+
+class ShardedLatents:
+    """A latent source whose batches are split between the processes: each draws the whole batch (the same
+    draws everywhere, which keeps the generators in step) and keeps its own contiguous share."""
+
+    def __init__(self, source, processes: int, index: int):
+        self.source, self.processes, self.index = source, processes, index
+        self.last_teacher: dict[str, torch.Tensor] = {}
+        self.last_sampler_calls = 0
+
+    def draw(self, prompt: str, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        if batch % self.processes:
+            raise ConceptVaultError(
+                f"a batch of {batch} latents does not split evenly between {self.processes} processes; make "
+                f"`batch_size` a multiple of {self.processes}."
+            )
+        z, t = self.source.draw(prompt, batch, generator)
+        share = batch // self.processes
+        mine = slice(self.index * share, (self.index + 1) * share)
+        self.last_teacher = {name: prediction[mine] for name, prediction in self.source.last_teacher.items()}
+        self.last_sampler_calls = self.source.last_sampler_calls
+        return z[mine], t[mine]
+
+
+def sharded(source):
+    """``source`` split between the processes, or as it is in a single process."""
+    return ShardedLatents(source, size(), rank()) if size() > 1 else source
+
+
+@contextmanager
+def averaged_gradients() -> Iterator[None]:
+    """While open, every optimiser step first averages its gradients over the processes (nothing in one)."""
+    if size() == 1:
+        yield
+        return
+
+    def average(optimiser, args, kwargs) -> None:
+        for group in optimiser.param_groups:
+            for parameter in group["params"]:
+                if parameter.grad is not None:
+                    dist.all_reduce(parameter.grad)
+                    parameter.grad /= size()
+
+    handle = register_optimizer_step_pre_hook(average)
+    try:
+        yield
+    finally:
+        handle.remove()
