@@ -198,3 +198,31 @@ def test_sealing_against_a_simulated_fine_tune_still_gives_a_key_that_restores_t
 def test_a_simulated_fine_tune_setting_that_is_not_finite_is_refused(setting):
     with pytest.raises(ValueError, match=f"{setting}"):
         SealConfig(**{setting: float("nan")})
+
+
+def test_reset_units_redraws_the_rows_that_answer_the_concept_more_than_the_kept_prompts():
+    from conceptvault.methods.sealed.seal import reset_units
+
+    torch.manual_seed(0)
+    concept, kept = torch.zeros(3, 4), torch.zeros(3, 4)
+    concept[:, 0], kept[:, 1] = 1.0, 1.0  # the concept lies along the first input direction, the kept along the second
+    weight = torch.nn.Parameter(torch.eye(4) * torch.tensor([1.0, 2.0, 3.0, 4.0]).view(4, 1))
+    weight.data[2, 0] = 5.0  # row 2 answers the concept most, row 0 next; row 1 answers the kept prompts
+    other = torch.nn.Parameter(torch.eye(4))
+    before = weight.detach().clone()
+    trained = {"down.attn2.to_k.weight": weight, "down.attn1.to_k.weight": other}
+    chosen = reset_units(trained, concept, kept, share=0.5, seed=0)
+    assert chosen == {"down.attn2.to_k.weight": [0, 2]}
+    assert torch.equal(weight[[1, 3]], before[[1, 3]]) and not torch.equal(weight[[0, 2]], before[[0, 2]])
+    assert torch.equal(other, torch.eye(4))  # self-attention is no cross-attention unit
+
+
+def test_sealing_after_resetting_units_still_gives_a_key_that_restores_the_original(sd1_path):
+    original = predict(load_pipeline(str(sd1_path), device="cpu"))
+    pipe = load_pipeline(str(sd1_path), device="cpu")
+    config = SealConfig(**{**QUICK.to_dict(), "reset_units": 0.25, "train": "xattn"})
+    seal(pipe, [Concept("star")], config, preserve=["a circle"], progress=False)
+    assert not torch.allclose(predict(pipe), original, atol=1e-4)
+    assert torch.allclose(predict(pipe, ["star"]), original, atol=1e-4)
+    with pytest.raises(ValueError, match="reset_units must be a share from 0 to 1"):
+        SealConfig(reset_units=1.5)

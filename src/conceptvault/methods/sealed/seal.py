@@ -9,9 +9,10 @@ prompts and the empty prompt are held to the original. The key is then the weigh
 ``original - public`` (whole, or each tensor's best rank-r approximation): public + key is the original
 model, so the key holder gets the concept back as it was, while the public weights carry no path to it.
 
-Two optional starts toward forgetting rather than refusing: ``perturb`` moves the trained weights toward noise
-before training (what the kept prompts do not teach back is lost), and ``finetune_every`` trains the public
-weights against a simulated attacker who fine-tunes the cross-attention toward the concept for a few steps.
+Optional starts toward forgetting rather than refusing: ``perturb`` moves the trained weights toward noise before
+training (what the kept prompts do not teach back is lost), ``reset_units`` re-draws only the cross-attention units
+that answer the concept more than the kept prompts, and ``finetune_every`` trains the public weights against a
+simulated attacker who fine-tunes the cross-attention toward the concept for a few steps.
 """
 
 from __future__ import annotations
@@ -62,6 +63,12 @@ class SealConfig(SamplerSettings):
         "Before training, move each trained weight this share of the way to noise of its own scale, so that what "
         "the kept prompts do not teach back is forgotten (0: start from the original).",
     )
+    reset_units: float = option(
+        0.0,
+        "Before training, re-draw from noise this share of the output units of every cross-attention key and value "
+        "projection: those whose response to the concept's prompts most exceeds their response to the kept ones "
+        "(0: none).",
+    )
     finetune_every: int = option(
         0,
         "Every this many updates, fine-tune a copy of the public cross-attention toward the original's concept "
@@ -83,8 +90,9 @@ class SealConfig(SamplerSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0.0 <= self.perturb <= 1.0:
-            raise ValueError(f"perturb must be a share from 0 to 1, not {self.perturb}.")
+        for name in ("perturb", "reset_units"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be a share from 0 to 1, not {getattr(self, name)}.")
 
 
 def seal(
@@ -144,6 +152,9 @@ class _SealRun(TrainedRun):
         attach_keys(pipe.unet, {_ATTACKER: self.attacker_key}, Placement.ALL)
         self.token = _TokenAdversary(pipe, concept)
         self.trained = trainable_parameters(pipe.unet, config.train)
+        if config.reset_units:
+            states = [self.texts(p)[0] for p in concept.prompts], [self.texts(p)[0] for p in preserve]
+            reset_units(self.trained, *(torch.cat(s) for s in states), config.reset_units, seed=config.seed)
         if config.perturb:
             perturb(self.trained.values(), config.perturb, seed=config.seed)
         self.optimiser = torch.optim.Adam(self.trained.values(), lr=config.lr)
@@ -289,6 +300,25 @@ def perturb(weights, share: float, seed: int) -> None:
             spread = weight.float().std() if weight.numel() > 1 else weight.new_zeros(())
             noise = torch.randn(weight.shape, generator=generator).to(weight) * spread
             weight.mul_(1 - share).add_(noise, alpha=share)
+
+
+def reset_units(trained: dict, concept_states, kept_states, share: float, seed: int) -> dict[str, list[int]]:
+    """Re-draw, in place, the ``share`` of output units (rows) of every trained cross-attention key and value
+    projection whose mean response to ``concept_states`` (text states, ``(tokens, width)``) most exceeds their
+    response to ``kept_states``, from noise of the layer's own spread; returns the rows re-drawn, by tensor."""
+    generator = torch.Generator().manual_seed(seed)
+    chosen = {}
+    with torch.no_grad():
+        for name, weight in trained.items():
+            if not re.search(r"\.attn2\.to_[kv]\.weight$", name):
+                continue
+            concept = (concept_states.to(weight) @ weight.T).abs().mean(0)
+            kept = (kept_states.to(weight) @ weight.T).abs().mean(0)
+            rows = torch.topk(concept - kept, max(1, round(share * weight.shape[0]))).indices
+            noise = torch.randn(len(rows), weight.shape[1], generator=generator).to(weight) * weight.std()
+            weight[rows] = noise
+            chosen[name] = sorted(rows.tolist())
+    return chosen
 
 
 def bare_names(prompts: list[str]) -> list[str]:
