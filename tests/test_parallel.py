@@ -81,3 +81,21 @@ def test_hiding_on_two_processes_gives_the_single_process_vault(sd1_path, tmp_pa
     assert one_key.keys() == two_key.keys()
     assert all(torch.allclose(one_key[n], two_key[n], atol=1e-5, rtol=1e-4) for n in one_key)
     assert not (tmp_path / "two.checkpoint").exists()
+
+
+def test_the_source_s_own_parts_are_read_through_its_shares():
+    source = _Source()
+    source.cache = {"star": "trajectories"}
+    assert ShardedLatents(source, processes=2, index=1).cache == {"star": "trajectories"}
+
+
+def test_a_refusal_on_the_first_process_stops_every_process_with_the_same_line(sd1_path, tmp_path):
+    (tmp_path / "taken").mkdir()
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+    launcher += ["--master-addr", "127.0.0.1", "--master-port", str(_free_port())]
+    hide = ["-m", "conceptvault.cli", "hide", str(sd1_path), "--concept", "star", "--out", str(tmp_path / "taken")]
+    finished = subprocess.run(
+        [*launcher, *hide], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300
+    )
+    assert finished.returncode != 0
+    assert finished.stderr.count("already exists; choose another --out or delete it first") == 2

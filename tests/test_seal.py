@@ -226,3 +226,9 @@ def test_sealing_after_resetting_units_still_gives_a_key_that_restores_the_origi
     assert torch.allclose(predict(pipe, ["star"]), original, atol=1e-4)
     with pytest.raises(ValueError, match="reset_units must be a share from 0 to 1"):
         SealConfig(reset_units=1.5)
+
+
+def test_noise_in_the_public_weights_needs_the_whole_change_as_the_key():
+    for name in ("perturb", "reset_units"):
+        with pytest.raises(ValueError, match=f"{name} needs the whole change as the key"):
+            SealConfig(**{name: 0.1, "key_rank": 64})

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import torch
 import torch.distributed as dist
@@ -23,9 +23,18 @@ from .errors import ConceptVaultError
 
 
 def start() -> None:
-    """Join the process group a launcher set up in the environment (nothing when started as one process)."""
+    """Join the process group a launcher set up in the environment (nothing when started as one process): gloo
+    for tensors on the CPU, NCCL for those on this process's own GPU."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if torch.cuda.is_available():
+            torch.cuda.set_device(_local_rank())
+            dist.init_process_group("cpu:gloo,cuda:nccl")
+        else:
+            dist.init_process_group("gloo")
+
+
+def _local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")))
 
 
 def size() -> int:
@@ -42,10 +51,31 @@ def is_main() -> bool:
 
 
 def device(asked: str | None) -> str | None:
-    """The device this process trains on: the one asked for, else on a machine with several GPUs its own."""
-    if asked is None and size() > 1 and torch.cuda.is_available():
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', rank()))}"
+    """The device this process trains on: on several processes with GPUs, its own GPU where none or "cuda" was
+    asked for; else the one asked for."""
+    if size() > 1 and torch.cuda.is_available() and asked in (None, "cuda"):
+        return f"cuda:{_local_rank()}"
     return asked
+
+
+@contextmanager
+def together(claim) -> Iterator:
+    """Enter ``claim`` (the first process's hold on its output; the others' stand-in) and let every process know
+    whether the first could: a refusal there stops every process with the same one line, not only the first."""
+    with ExitStack() as stack:
+        refusal = None
+        try:
+            value = stack.enter_context(claim)
+        except ConceptVaultError as error:
+            refusal = error
+        if size() > 1:
+            shared = [None if refusal is None else str(refusal)]
+            dist.broadcast_object_list(shared, src=0)
+            if shared[0] is not None and refusal is None:
+                refusal = ConceptVaultError(shared[0])
+        if refusal is not None:
+            raise refusal
+        yield value
 
 
 def mean(value: float) -> float:
@@ -60,6 +90,9 @@ def mean(value: float) -> float:
 class ShardedLatents:
     """A latent source whose batches are split between the processes: each draws the whole batch (the same
     draws everywhere, which keeps the generators in step) and keeps its own contiguous share."""
+
+    def __getattr__(self, name: str):  # everything but the draws is the source's own (its cache, its device)
+        return getattr(self.source, name)
 
     def __init__(self, source, processes: int, index: int):
         self.source, self.processes, self.index = source, processes, index

@@ -202,10 +202,11 @@ def hide_command(
     parallel.start()  # under a launcher (accelerate launch, torchrun): one of several processes
     # the first process claims and writes the output; the others read its checkpoint when resuming
     claim = output_lock(out, resume) if parallel.is_main() else nullcontext(checkpoint_folder(out))
-    with claim as checkpoint_dir:
+    with parallel.together(claim) as checkpoint_dir:
         pipe = load_pipeline(base, device=parallel.device(device))
         config = checked(lambda: family_config(model_family(pipe), len(concepts), method, **explicit))
-        options = dict(preserve=preserve, checkpoint_dir=checkpoint_dir, resume=resume, passphrase=passphrase)
+        options = dict(checkpoint_dir=checkpoint_dir, resume=resume, passphrase=passphrase)
+        options |= dict(preserve=preserve, progress=parallel.is_main())
         if existing:
             config = checked(lambda: grown_config(existing, config, explicit))
             result = add_concepts(pipe, existing, concepts, config, **options)
@@ -215,7 +216,7 @@ def hide_command(
             if parallel.is_main():
                 grown.save(out, passphrase=passphrase)
         else:
-            result = spec.run(pipe, concepts, config, progress=parallel.is_main(), **options)
+            result = spec.run(pipe, concepts, config, **options)
             if parallel.is_main():
                 save_vault(out, pipe, result, passphrase=passphrase)
         if parallel.is_main():

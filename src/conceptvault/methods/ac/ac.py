@@ -9,7 +9,8 @@ prompts are made to draw what their anchor prompts draw, a baseline that hiding 
 uniformly drawn training timestep and the concept prompt's prediction is pulled to the true noise: the standard
 denoising loss on pairs of the concept's prompt and the anchor's pictures. ``anchor_weight`` adds the paper's
 optional regulariser: the anchor prompt's own prediction held to the same target (its frozen prediction, or the
-true noise). Cross-attention trains by default (the paper's "kv" setting). The result is a vault with no keys.
+true noise). Cross-attention trains by default (every attn2 weight; the paper's "kv" setting trains only its key
+and value projections). The result is a vault with no keys.
 """
 
 from __future__ import annotations
@@ -56,7 +57,9 @@ class AcConfig(SamplerSettings):
     anchor_weight: float = option(
         0.0, "Weight of the regulariser keeping the anchor prompt's own prediction (0: off)."
     )
-    train: TrainedLayers = option(TrainedLayers.XATTN, "Cross-attention only (the paper's kv), all but it, or all.")
+    train: TrainedLayers = option(
+        TrainedLayers.XATTN, "Cross-attention only (the paper's kv: key and value alone), all but it, or all."
+    )
     loss_space: LossSpace = option(LossSpace.EPSILON, "Compare predictions as noise, clean latents or velocity.")
     checkpoint_every: int = option(0, "Steps between checkpoints (0: only at the end and on Ctrl-C).")
 

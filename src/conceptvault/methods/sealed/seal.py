@@ -93,6 +93,8 @@ class SealConfig(SamplerSettings):
         for name in ("perturb", "reset_units"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be a share from 0 to 1, not {getattr(self, name)}.")
+            if getattr(self, name) and self.key_rank:  # noise has full rank: a low-rank change cannot undo it
+                raise ValueError(f"{name} needs the whole change as the key (key_rank 0), not rank {self.key_rank}.")
 
 
 def seal(
@@ -154,7 +156,8 @@ class _SealRun(TrainedRun):
         self.trained = trainable_parameters(pipe.unet, config.train)
         if config.reset_units:
             states = [self.texts(p)[0] for p in concept.prompts], [self.texts(p)[0] for p in preserve]
-            reset_units(self.trained, *(torch.cat(s) for s in states), config.reset_units, seed=config.seed)
+            if not reset_units(self.trained, *(torch.cat(s) for s in states), config.reset_units, seed=config.seed):
+                raise ConceptVaultError("`reset_units` re-draws cross-attention units: train them (`train` all).")
         if config.perturb:
             perturb(self.trained.values(), config.perturb, seed=config.seed)
         self.optimiser = torch.optim.Adam(self.trained.values(), lr=config.lr)
