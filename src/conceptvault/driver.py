@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .checkpoint import CHECKPOINT_FILE, check_passphrase, read_checkpoint, write_checkpoint
+from .concepts import HideResult
 from .errors import ConceptVaultError
 from .parallel import averaged_gradients, is_main, mean
-from .training import RunState, progress_bar
+from .training import ErasureRun, RunState, gradients_for, progress_bar
 
 
 class TrainingRun(Protocol):
@@ -129,3 +130,26 @@ def drive(
         raise ConceptVaultError(f"interrupted at step {state.step} of {state.total}; {where}.") from None
     if checkpointer:
         checkpointer.save(run)
+
+
+def run_erasure(
+    run: ErasureRun,
+    unet,
+    *,
+    checkpoint_dir: Path | str | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    on_step: Callable[[int, dict], None] | None = None,
+) -> HideResult:
+    """Drive a trained eraser's run to its end, with gradients on its trained weights of ``unet`` alone and its
+    checkpoints (if ``checkpoint_dir``) under its method's name; returns what it leaves."""
+    with gradients_for([unet], run.trained.values()):
+        drive(
+            run,
+            checkpointer=Checkpointer.at(checkpoint_dir, run.method),
+            resume=resume,
+            progress=progress,
+            label="erasing",
+            on_step=on_step,
+        )
+    return run.result()

@@ -7,16 +7,19 @@ import copy
 import importlib
 import math
 import resource
+import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from typing import ClassVar
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
 from .backbone import encode_prompts, unet_fingerprint
+from .concepts import HideResult as _HideResult  # under its own name here it would hide the moved-name warning
 from .errors import ConceptVaultError
 from .key import is_key_parameter
 from .latents import CachedLatents, LatentSource, SampledLatents, Sampler
@@ -233,6 +236,43 @@ class TrainedRun:
         self.at_step_boundary()
         for name, value in public["run"].items():
             setattr(self.state, name, value)
+
+
+class ErasureRun(TrainedRun):
+    """A trained eraser's run: its ``trained`` weights and their one ``optimiser``, ``iterations`` long, leaving
+    those weights and no key. ``method`` names it (in checkpoints and in the vault)."""
+
+    method: ClassVar[str]
+    length_settings = ("iterations",)
+
+    def update(self, loss: torch.Tensor, losses: dict[str, torch.Tensor], started: float) -> dict:
+        """One optimiser step on ``loss``; records ``losses`` (timed from ``started``) and returns what the step
+        measured, for the driver."""
+        self.optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimiser.step()
+        self.state.step += 1
+        self.at_step_boundary()
+        self.state.record(losses, time.perf_counter() - started)
+        return dict(self.state.latest, loss=float(loss.detach()))
+
+    def checkpoint(self) -> tuple[dict, dict]:
+        return self.trained_state(), {}
+
+    def load(self, public: dict, secret: dict) -> None:
+        self.load_trained_state(public)
+
+    def result(self) -> _HideResult:
+        return _HideResult(
+            public={name: p.detach().cpu().clone() for name, p in self.trained.items()},
+            keys={},
+            stats=self.state.stats(self.state.step),
+            base_fingerprint=self.base_fingerprint,
+            concepts=self.concepts,
+            config=self.config,
+            preserve=list(self.preserve),
+            method=self.method,
+        )
 
 
 # where the names that lived here went: each still works, with a warning that gives its new home

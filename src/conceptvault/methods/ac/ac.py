@@ -25,11 +25,11 @@ import torch
 import torch.nn.functional as F
 
 from ...concepts import Concept, HideResult, check_inputs
-from ...driver import Checkpointer, drive
+from ...driver import run_erasure
 from ...latents import CachedLatents, LatentSource, Sampler
 from ...objective import Objective, TextStates
 from ...settings import LossSpace, SamplerSettings, TrainedLayers, option
-from ...training import RunState, TrainedRun, gradients_for, latent_source, trainable_parameters
+from ...training import ErasureRun, RunState, latent_source, trainable_parameters
 
 
 class AcTarget(str, Enum):
@@ -95,16 +95,9 @@ def erase_ac(
         on_step: called after every step as ``on_step(step, info)`` with the step's losses.
     """
     run = _AcRun(pipe, check_inputs(pipe, concepts, ())[0], config, progress)
-    with gradients_for([pipe.unet], run.trained.values()):
-        drive(
-            run,
-            checkpointer=Checkpointer.at(checkpoint_dir, "ac"),
-            resume=resume,
-            progress=progress,
-            label="ablating",
-            on_step=on_step,
-        )
-    return run.result()
+    return run_erasure(
+        run, pipe.unet, checkpoint_dir=checkpoint_dir, resume=resume, progress=progress, on_step=on_step
+    )
 
 
 def finished_samples(sampler: Sampler, source: CachedLatents) -> dict[str, torch.Tensor]:
@@ -117,10 +110,10 @@ def finished_samples(sampler: Sampler, source: CachedLatents) -> dict[str, torch
     return samples
 
 
-class _AcRun(TrainedRun):
+class _AcRun(ErasureRun):
     """One ablation run: the frozen model, the trained weights and their optimiser, the anchors' latents."""
 
-    length_settings = ("iterations",)
+    method = "ac"
 
     def __init__(self, pipe, concepts: list[Concept], config: AcConfig, progress: bool):
         started = time.perf_counter()
@@ -173,28 +166,4 @@ class _AcRun(TrainedRun):
         z, t, target = self.draw(anchor)
         losses = self.losses(z, t, prompt, anchor, target)
         loss = losses["L_ablate"] + self.config.anchor_weight * losses.get("L_anchor", 0.0)
-        self.optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimiser.step()
-        self.state.step += 1
-        self.at_step_boundary()
-        self.state.record(losses, time.perf_counter() - started)
-        return dict(self.state.latest, loss=float(loss.detach()))
-
-    def checkpoint(self) -> tuple[dict, dict]:
-        return self.trained_state(), {}
-
-    def load(self, public: dict, secret: dict) -> None:
-        self.load_trained_state(public)
-
-    def result(self) -> HideResult:
-        public = {name: p.detach().cpu().clone() for name, p in self.trained.items()}
-        return HideResult(
-            public=public,
-            keys={},
-            stats=self.state.stats(self.state.step),
-            base_fingerprint=self.base_fingerprint,
-            concepts=self.concepts,
-            config=self.config,
-            method="ac",
-        )
+        return self.update(loss, losses, started)

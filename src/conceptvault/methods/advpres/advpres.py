@@ -22,10 +22,10 @@ import torch
 
 from ...adversarial_preservation import SEARCH_LR, AdversarialConcept, vocabulary
 from ...concepts import Concept, HideResult, check_inputs
-from ...driver import Checkpointer, drive
+from ...driver import run_erasure
 from ...objective import Objective, TextStates
 from ...settings import LossSpace, SamplerSettings, TrainedLayers, option
-from ...training import RunState, TrainedRun, gradients_for, latent_source, trainable_parameters
+from ...training import ErasureRun, RunState, latent_source, trainable_parameters
 
 
 @dataclass
@@ -71,16 +71,15 @@ def erase_advpres(
         on_step: called after every step as ``on_step(step, info)`` with the step's losses.
     """
     run = _AdvPresRun(pipe, *check_inputs(pipe, concepts, preserve), config, progress)
-    checkpointer = Checkpointer.at(checkpoint_dir, "advpres")
-    with gradients_for([pipe.unet], run.trained.values()):
-        drive(run, checkpointer=checkpointer, resume=resume, progress=progress, label="erasing", on_step=on_step)
-    return run.result()
+    return run_erasure(
+        run, pipe.unet, checkpoint_dir=checkpoint_dir, resume=resume, progress=progress, on_step=on_step
+    )
 
 
-class _AdvPresRun(TrainedRun):
+class _AdvPresRun(ErasureRun):
     """One run: the frozen model, the trained weights and their optimiser, the adversarial concept, the latents."""
 
-    length_settings = ("iterations",)
+    method = "advpres"
 
     def __init__(self, pipe, concepts: list[Concept], preserve: list[str], config: AdvPresConfig, progress: bool):
         started = time.perf_counter()
@@ -111,13 +110,7 @@ class _AdvPresRun(TrainedRun):
         held = objective.predict_together([(z, t, self.adversarial.states())])[0]
         L_adv = self.adversarial.loss(held, objective, z, t)
         loss = L_hide + self.config.lambda_pres * L_adv
-        self.optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimiser.step()
-        self.state.step += 1
-        self.at_step_boundary()
-        self.state.record({"L_hide": L_hide, "L_adv": L_adv}, time.perf_counter() - started)
-        return dict(self.state.latest, loss=float(loss.detach()))
+        return self.update(loss, {"L_hide": L_hide, "L_adv": L_adv}, started)
 
     def checkpoint(self) -> tuple[dict, dict]:
         return {**self.trained_state(), "adversarial": self.adversarial.state_dict()}, {}
@@ -127,15 +120,6 @@ class _AdvPresRun(TrainedRun):
         self.adversarial.load_state_dict(public["adversarial"])
 
     def result(self) -> HideResult:
-        public = {name: p.detach().cpu().clone() for name, p in self.trained.items()}
-        stats = {**self.state.stats(self.state.step), "adversarial_concept": self.adversarial.strongest()}
-        return HideResult(
-            public=public,
-            keys={},
-            stats=stats,
-            base_fingerprint=self.base_fingerprint,
-            concepts=self.concepts,
-            config=self.config,
-            preserve=self.preserve,
-            method="advpres",
-        )
+        result = super().result()
+        result.stats["adversarial_concept"] = self.adversarial.strongest()
+        return result

@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 
 from ...concepts import Concept, HideResult, check_inputs
-from ...driver import Checkpointer, drive
+from ...driver import run_erasure
 from ...objective import Objective, TextStates
 from ...settings import LossSpace, SamplerSettings, TrainedLayers, option
-from ...training import RunState, TrainedRun, gradients_for, latent_source, trainable_parameters
+from ...training import ErasureRun, RunState, latent_source, trainable_parameters
 
 
 @dataclass
@@ -59,23 +59,15 @@ def erase_esd(
         on_step: called after every step as ``on_step(step, info)`` with the step's loss.
     """
     run = _EsdRun(pipe, check_inputs(pipe, concepts, ())[0], config, progress)
-    checkpointer = Checkpointer.at(checkpoint_dir, "esd")
-    with gradients_for([pipe.unet], run.trained.values()):
-        drive(
-            run,
-            checkpointer=checkpointer,
-            resume=resume,
-            progress=progress,
-            label="erasing",
-            on_step=on_step,
-        )
-    return run.result()
+    return run_erasure(
+        run, pipe.unet, checkpoint_dir=checkpoint_dir, resume=resume, progress=progress, on_step=on_step
+    )
 
 
-class _EsdRun(TrainedRun):
+class _EsdRun(ErasureRun):
     """One ESD run: the frozen model, the trained weights and their optimiser, the latent source."""
 
-    length_settings = ("iterations",)
+    method = "esd"
 
     def __init__(self, pipe, concepts: list[Concept], config: EsdConfig, progress: bool):
         started = time.perf_counter()
@@ -102,28 +94,4 @@ class _EsdRun(TrainedRun):
         z, t = self.source.draw(prompt, self.config.batch_size, self.generator)
         frozen, anchor = self.objective.teachers(z, t, texts, self.source.last_teacher), concept.anchor_of(prompt)
         L_hide = self.objective.hide(z, t, texts(prompt), texts(anchor), frozen(prompt), frozen_anchor=frozen(anchor))
-        self.optimiser.zero_grad(set_to_none=True)
-        L_hide.backward()
-        self.optimiser.step()
-        self.state.step += 1
-        self.at_step_boundary()
-        self.state.record({"L_hide": L_hide}, time.perf_counter() - started)
-        return dict(self.state.latest, loss=self.state.latest["L_hide"])
-
-    def checkpoint(self) -> tuple[dict, dict]:
-        return self.trained_state(), {}
-
-    def load(self, public: dict, secret: dict) -> None:
-        self.load_trained_state(public)
-
-    def result(self) -> HideResult:
-        public = {name: p.detach().cpu().clone() for name, p in self.trained.items()}
-        return HideResult(
-            public=public,
-            keys={},
-            stats=self.state.stats(self.state.step),
-            base_fingerprint=self.base_fingerprint,
-            concepts=self.concepts,
-            config=self.config,
-            method="esd",
-        )
+        return self.update(L_hide, {"L_hide": L_hide}, started)

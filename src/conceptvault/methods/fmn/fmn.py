@@ -30,10 +30,10 @@ from torch import nn
 
 from ...backbone import unet_predict
 from ...concepts import Concept, HideResult, check_inputs
-from ...driver import Checkpointer, drive
+from ...driver import run_erasure
 from ...objective import TextStates
 from ...settings import SamplerSettings, TrainedLayers, option
-from ...training import RunState, TrainedRun, gradients_for, latent_source, trainable_parameters
+from ...training import ErasureRun, RunState, latent_source, trainable_parameters
 
 CROSS_ATTENTION_PROCESSOR = "attn2.processor"
 
@@ -156,23 +156,16 @@ def erase_fmn(
         on_step: called after every step as ``on_step(step, info)`` with the step's loss.
     """
     run = _FmnRun(pipe, check_inputs(pipe, concepts, ())[0], config, progress)
-    with gradients_for([pipe.unet], run.trained.values()):
-        drive(
-            run,
-            checkpointer=Checkpointer.at(checkpoint_dir, "fmn"),
-            resume=resume,
-            progress=progress,
-            label="erasing",
-            on_step=on_step,
-        )
-    return run.result()
+    return run_erasure(
+        run, pipe.unet, checkpoint_dir=checkpoint_dir, resume=resume, progress=progress, on_step=on_step
+    )
 
 
-class _FmnRun(TrainedRun):
+class _FmnRun(ErasureRun):
     """One Forget-Me-Not run: the trained weights and their optimiser, the concepts' token positions, the latent
     source."""
 
-    length_settings = ("iterations",)
+    method = "fmn"
 
     def __init__(self, pipe, concepts: list[Concept], config: FmnConfig, progress: bool):
         started = time.perf_counter()
@@ -197,28 +190,4 @@ class _FmnRun(TrainedRun):
         prompt = self.pick(concept.prompts)
         z, t = self.source.draw(prompt, self.config.batch_size, self.generator)
         L_attention = concept_attention(self.unet, z, t, self.texts(prompt), self.positions[concept.name, prompt])
-        self.optimiser.zero_grad(set_to_none=True)
-        L_attention.backward()
-        self.optimiser.step()
-        self.state.step += 1
-        self.at_step_boundary()
-        self.state.record({"L_attention": L_attention}, time.perf_counter() - started)
-        return dict(self.state.latest, loss=self.state.latest["L_attention"])
-
-    def checkpoint(self) -> tuple[dict, dict]:
-        return self.trained_state(), {}
-
-    def load(self, public: dict, secret: dict) -> None:
-        self.load_trained_state(public)
-
-    def result(self) -> HideResult:
-        public = {name: p.detach().cpu().clone() for name, p in self.trained.items()}
-        return HideResult(
-            public=public,
-            keys={},
-            stats=self.state.stats(self.state.step),
-            base_fingerprint=self.base_fingerprint,
-            concepts=self.concepts,
-            config=self.config,
-            method="fmn",
-        )
+        return self.update(L_attention, {"L_attention": L_attention}, started)

@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 from ...concepts import Concept, HideResult, check_inputs
-from ...driver import Checkpointer, drive
+from ...driver import run_erasure
 from ...objective import Objective, TextStates
 from ...settings import LossSpace, SamplerSettings, TrainedLayers, option
-from ...training import RunState, TrainedRun, gradients_for, latent_source, trainable_parameters
+from ...training import ErasureRun, RunState, latent_source, trainable_parameters
 
 
 @dataclass
@@ -68,22 +68,15 @@ def erase_sdd(
         on_step: called after every step as ``on_step(step, info)`` with the step's loss.
     """
     run = _SddRun(pipe, check_inputs(pipe, concepts, ())[0], config, progress)
-    with gradients_for([pipe.unet], run.trained.values()):
-        drive(
-            run,
-            checkpointer=Checkpointer.at(checkpoint_dir, "sdd"),
-            resume=resume,
-            progress=progress,
-            label="erasing",
-            on_step=on_step,
-        )
-    return run.result()
+    return run_erasure(
+        run, pipe.unet, checkpoint_dir=checkpoint_dir, resume=resume, progress=progress, on_step=on_step
+    )
 
 
-class _SddRun(TrainedRun):
+class _SddRun(ErasureRun):
     """One SDD run: the student's trained weights and their optimiser, the moving-average teacher, the latents."""
 
-    length_settings = ("iterations",)
+    method = "sdd"
 
     def __init__(self, pipe, concepts: list[Concept], config: SddConfig, progress: bool):
         started = time.perf_counter()
@@ -113,14 +106,9 @@ class _SddRun(TrainedRun):
         # always the teacher as it is now: a cache's predictions are the original model's
         unconditional = self.objective.teacher(z, t, self.texts(""))
         L_distil = self.objective.distil(z, t, self.texts(prompt), target=unconditional)
-        self.optimiser.zero_grad(set_to_none=True)
-        L_distil.backward()
-        self.optimiser.step()
+        measured = self.update(L_distil, {"L_distil": L_distil}, started)
         self.follow_student()
-        self.state.step += 1
-        self.at_step_boundary()
-        self.state.record({"L_distil": L_distil}, time.perf_counter() - started)
-        return dict(self.state.latest, loss=self.state.latest["L_distil"])
+        return measured
 
     @torch.no_grad()
     def follow_student(self) -> None:
@@ -140,15 +128,3 @@ class _SddRun(TrainedRun):
         with torch.no_grad():
             for name, parameter in self.teacher.items():
                 parameter.copy_(saved[name])
-
-    def result(self) -> HideResult:
-        public = {name: p.detach().cpu().clone() for name, p in self.trained.items()}
-        return HideResult(
-            public=public,
-            keys={},
-            stats=self.state.stats(self.state.step),
-            base_fingerprint=self.base_fingerprint,
-            concepts=self.concepts,
-            config=self.config,
-            method="sdd",
-        )
