@@ -78,6 +78,12 @@ def together(claim) -> Iterator:
         yield value
 
 
+def barrier() -> None:
+    """Wait until every process is here."""
+    if size() > 1:
+        dist.barrier()
+
+
 def mean(value: float) -> float:
     """``value`` averaged over the processes (so that every process takes the same decisions on it)."""
     if size() == 1:

@@ -10,7 +10,6 @@ evaluation continues where it stopped.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +22,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+import conceptvault.parallel as parallel
 from conceptvault.backbone import unet_fingerprint
 from conceptvault.digest import tensor_digest
 from conceptvault.errors import ConceptVaultError
@@ -398,7 +398,8 @@ def _figures(judge: Judge, suite: Suite, records: list[ImageRecord]) -> dict[str
 
 @dataclass
 class Processes:
-    """This process's place among the processes ``accelerate launch`` started (one process: index 0 of 1)."""
+    """This process's place among the processes a launcher (``accelerate launch``, ``torchrun``) started (one
+    process: index 0 of 1), as :mod:`conceptvault.parallel` joins them."""
 
     index: int = 0
     count: int = 1
@@ -411,12 +412,10 @@ class Processes:
 
     @classmethod
     def current(cls) -> Processes:
-        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        parallel.start()
+        if parallel.size() == 1:
             return cls()
-        from accelerate import PartialState
-
-        state = PartialState()
-        return cls(state.process_index, state.num_processes, state.device, state.wait_for_everyone)
+        return cls(parallel.rank(), parallel.size(), parallel.device(None), parallel.barrier)
 
 
 # comparison -> (the concepts it covers, the model compared with the original on the same prompt and seed)
