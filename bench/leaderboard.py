@@ -42,7 +42,7 @@ from conceptvault.records import (
 from conceptvault.registry import choices
 from conceptvault.vault import Vault
 
-ATTACKS = ("prompt", "finetune", "benign-finetune", "ring-a-bell", "unlearndiff")
+ATTACKS = tuple(attack.value for attack in Attack)  # every attack of `conceptvault attack`
 ORIGINAL_ROW, NEVER_TRAINED_ROW = "original model", "never trained"
 
 
