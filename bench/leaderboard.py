@@ -47,8 +47,8 @@ ORIGINAL_ROW, NEVER_TRAINED_ROW = "original model", "never trained"
 
 
 def default_methods() -> list[str]:
-    """Every registered method or variant, ``kpop`` first (the attacks' campaign starts from a vault with keys),
-    and ``hardened`` (kpop with its attacker key) beside it."""
+    """Every registered method or variant, ``kpop`` first and ``hardened`` (kpop with its attacker key) beside
+    it."""
     names = choices()
     return ["kpop", "hardened", *(n for n in names if n != "kpop")]
 
@@ -89,13 +89,11 @@ def attack_figures(
 ) -> dict[str, dict]:
     """Every attack on every row's public model, with the same pictures and seeds; each result is kept in
     ``out`` as it ends and read back on a second call."""
-    keyed = next(name for name, path in vaults.items() if Vault.load(path, keys=None).method.has_keys)
-    others = [str(path) for name, path in vaults.items() if name != keyed]
-    rows = [keyed, *(n for n in vaults if n != keyed), ORIGINAL_ROW] + ([NEVER_TRAINED_ROW] if control else [])
+    first, *others = vaults
+    rows = [*vaults, ORIGINAL_ROW] + ([NEVER_TRAINED_ROW] if control else [])
     suite = world_suite("shape", [concept], size=size)
-    campaign = Campaign.prepare(
-        vaults[keyed], suite, steps=steps, controls=[*others, "original", *([str(control)] if control else [])]
-    )
+    controls = [*(str(vaults[name]) for name in others), "original", *([str(control)] if control else [])]
+    campaign = Campaign.prepare(vaults[first], suite, steps=steps, controls=controls)
     figures = {}
     for row, target in zip(rows, campaign.targets, strict=True):
         for attack in attacks:

@@ -27,6 +27,7 @@ from conceptvault.cli import main
 from conceptvault.concepts import Concept
 from conceptvault.evaluate import Suite, SuiteConcept, make_judge
 from conceptvault.methods.kpop import HideConfig, hide
+from conceptvault.methods.uce import UceConfig, erase_uce
 from conceptvault.profiles import profile_for
 from conceptvault.vault import save_vault
 
@@ -250,3 +251,21 @@ def test_a_searched_prompt_setting_out_of_range_is_refused_in_one_line(public_on
     assert code == 1 and option in err and len(err.strip().splitlines()) == 1, err
     with pytest.raises(ValueError, match="strength"):
         AttackConfig(strength=float("inf"))
+
+
+def test_an_erased_vault_is_attacked_directly_with_no_key_behind_it(sd1_path, tmp_path, capsys):
+    pipe = load_pipeline(str(sd1_path), device="cpu")
+    erased = tmp_path / "erased"
+    save_vault(erased, pipe, erase_uce(pipe, [Concept("star")], UceConfig()))
+    suite = tmp_path / "suite.json"
+    toy_suite().save(suite)
+    out = tmp_path / "out"
+    pictures_of_stars = picture_folder(tmp_path / "star", 2)
+    (tmp_path / "prompts.txt").write_text("a pentagram\na five-pointed star\n")
+    args = ["attack", erased, "--suite", suite, "--out", out, "--attack", "prompt", "--images-from", pictures_of_stars]
+    args += ["--prompts", tmp_path / "prompts.txt"]
+    code, printed, err = run(capsys, *args)
+    assert code == 0, err
+    data = json.loads((out / "attacks.json").read_text())
+    assert data["rsr"] is None and [r["attack"] for r in data["results"]] == ["prompt"]
+    assert data["results"][0]["curve"][-1]["recovery"]["n"] > 0

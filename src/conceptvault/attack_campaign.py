@@ -99,11 +99,7 @@ class Campaign:
                 f"attacks target one hidden concept; the suite {suite.name!r} hides {len(suite.hidden)}."
             )
         concept = suite.hidden[0]
-        public = Vault.load(vault_path, keys=None)  # the attacker's view: never the keys
-        if not public.method.has_keys:
-            raise ConceptVaultError(
-                "this vault has no keys; attack its public model as a `control` of a hiding vault."
-            )
+        public = Vault.load(vault_path, keys=None)  # the attacker's view: never the keys (an erased vault has none)
         entry = (
             public.manifest.entry(concept.key_name)
             if concept.key_name in public.concepts
