@@ -2,6 +2,7 @@
 
     python bench/world_quality.py [--model FOLDER] [--per-shape 32] [--grid docs/images/world-samples.png]
     python bench/world_quality.py --per-shape 64 --misses docs/images/world-misses.png
+    python bench/world_quality.py --per-shape 32 --record       # the figures as the record builtin-model-quality
 
 Prints shape accuracy per shape, colour accuracy where the caption names a colour, and style accuracy
 where it names a style, over captions with fixed seeds, 25 sampler steps, guidance 3; the share the judge
@@ -13,13 +14,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 from conceptvault.backbone import load_pipeline
+from conceptvault.evaluate.metrics import Rate
 from conceptvault.generate import generate_images, image_grid
+from conceptvault.records import builtin_model_fingerprint, folder_fingerprint, make_record, write_record
 from conceptvault.world import GUIDANCE, SAMPLE_STEPS
 from conceptvault.world.judge import JUDGE_DIR, load_judge
 from conceptvault.world.quality import quality_requests, score_requests, world_fid
@@ -35,6 +39,7 @@ def main() -> None:
     parser.add_argument("--misses", help="also write a grid of the images whose shape the judge misses, labelled")
     parser.add_argument("--judge", type=Path, default=JUDGE_DIR, help="a judge folder (default: the shipped one)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--record", action="store_true", help="write the figures as the record builtin-model-quality")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.model, device="cpu")
@@ -88,6 +93,46 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(scores, f, indent=2)
+    if args.record:
+        write_record(
+            make_record(
+                id="builtin-model-quality",
+                title=f"The shipped built-in model under the shipped judge, {args.per_shape} captions per shape",
+                command="python bench/world_quality.py " + " ".join(sys.argv[1:]),
+                settings={"per_shape": args.per_shape, "steps": SAMPLE_STEPS, "guidance": GUIDANCE},
+                seeds=sorted({r.seed for r in requests}),
+                n=len(requests),
+                figures=record_figures(scores, requests, args.per_shape),
+                wall_seconds=time.perf_counter() - start,
+                model_fingerprint=builtin_model_fingerprint(),
+                judge_fingerprint=folder_fingerprint(args.judge),
+            )
+        )
+
+
+def record_figures(scores: dict, requests: list, per_shape: int) -> dict:
+    """The accuracies as shares of the images they rest on (with Wilson intervals), and the FID beside its floor."""
+
+    def share(value: float, n: int) -> dict:
+        rate = Rate(round(value * n), n)
+        return {"value": rate.value, "interval": list(rate.ci), "n": n, "unit": "share"}
+
+    lowest = min(scores["per_shape"], key=scores["per_shape"].get)
+    named = {head: sum(getattr(r, head) is not None for r in requests) for head in ("colour", "style")}
+    return {
+        f"shape, {per_shape} captions per shape": share(scores["shape_accuracy"], len(requests)),
+        f"lowest shape ({lowest}), {per_shape} captions": share(scores["shape_accuracy_min"], per_shape),
+        "colour, where the caption names one": share(scores["colour_accuracy"], named["colour"]),
+        "style, where the caption names one": share(scores["style_accuracy"], named["style"]),
+        "no clear shape": share(scores["rejected"], len(requests)),
+        "world FID": {"value": round(scores["world_fid"], 2), "interval": None, "n": len(requests), "unit": ""},
+        "world FID floor (renders against renders)": {
+            "value": round(scores["world_fid_floor"], 2),
+            "interval": None,
+            "n": len(requests),
+            "unit": "",
+        },
+    }
 
 
 if __name__ == "__main__":
