@@ -15,12 +15,14 @@ All in float64: the Gram matrix of a few hundred text states is badly conditione
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
 from .backbone import encode_prompts, text_tokens
-from .concepts import Concept
+from .concepts import Concept, HideResult
+from .training import peak_memory
 
 PROJECTIONS = ("to_k", "to_v")
 
@@ -82,3 +84,20 @@ def ridge_solution(
     """The edited projection (float64) that sends ``sources`` where ``old`` sends ``targets`` and keeps ``kept``."""
     mixed = erase_scale * (old @ targets.T) @ sources + preserve_scale * (old @ kept.T) @ kept + lamb * old
     return mixed @ inverse
+
+
+def edit_projections(unet, solve: Callable[[str, torch.Tensor], torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Replace every cross-attention key and value projection by ``solve(name, weight as float64)``, in the
+    layer's own dtype; returns the new weights (on the CPU), by state-dict name: the edit's public tensors."""
+    public = {}
+    for name, layer in cross_attention_projections(unet):
+        layer.weight.copy_(solve(name, layer.weight.double()).to(layer.weight.dtype))
+        public[name] = layer.weight.detach().cpu().clone()
+    return public
+
+
+def edit_result(method: str, public: dict, stats: dict, started: float, **asked) -> HideResult:
+    """A closed-form edit's result: no key and no steps; its time since ``started``, ``stats`` and peak memory;
+    ``asked`` is what it was asked (``base_fingerprint``, ``concepts``, ``config``, ``preserve``)."""
+    stats = {"steps": 0, "seconds": round(time.perf_counter() - started, 3), **stats, **peak_memory()}
+    return HideResult(public=public, keys={}, stats=stats, method=method, **asked)

@@ -36,12 +36,13 @@ from ...concepts import Concept, HideResult, check_inputs
 from ...cross_attention_edit import (
     aligned_states,
     cross_attention_projections,
+    edit_projections,
+    edit_result,
     prompt_states,
     ridge_inverse,
     ridge_solution,
 )
 from ...settings import Settings, option
-from ...training import peak_memory
 
 
 @dataclass
@@ -93,8 +94,7 @@ def erase_rece(pipe, concepts: Sequence[Concept], config: ReceConfig, *, preserv
     concept_states = torch.cat([s for s, _ in erase])  # (N, d)
     anchor_states = torch.cat([a for _, a in erase])
     kept = prompt_states(pipe, preserve, like=concept_states)
-    layers = dict(cross_attention_projections(pipe.unet))
-    originals = {name: layer.weight.double().clone() for name, layer in layers.items()}
+    originals = {name: layer.weight.double().clone() for name, layer in cross_attention_projections(pipe.unet)}
     sources, targets, distances = concept_states, anchor_states, []
     edited = _solve(originals, sources, targets, kept, config)
     for _ in range(config.rounds):
@@ -102,26 +102,17 @@ def erase_rece(pipe, concepts: Sequence[Concept], config: ReceConfig, *, preserv
         distances.append(round(distance, 6))
         sources, targets = torch.cat([sources, found]), torch.cat([targets, anchor_states])
         edited = _solve(originals, sources, targets, kept, config)
-    public = {}
-    for name, layer in layers.items():
-        layer.weight.copy_(edited[name].to(layer.weight.dtype))
-        public[name] = layer.weight.detach().cpu().clone()
-    stats = {
-        "steps": 0,
-        "seconds": round(time.perf_counter() - started, 3),
-        "erased_states": len(sources),
-        "adversarial_distance": distances,
-        **peak_memory(),
-    }
-    return HideResult(
-        public=public,
-        keys={},
-        stats=stats,
+    public = edit_projections(pipe.unet, lambda name, old: edited[name])
+    stats = {"erased_states": len(sources), "adversarial_distance": distances}
+    return edit_result(
+        "rece",
+        public,
+        stats,
+        started,
         base_fingerprint=base_fingerprint,
         concepts=concepts,
         config=config,
         preserve=preserve,
-        method="rece",
     )
 
 

@@ -33,10 +33,9 @@ import torch
 
 from ...backbone import unet_fingerprint
 from ...concepts import Concept, HideResult, check_inputs
-from ...cross_attention_edit import concept_token_states, cross_attention_projections, prompt_states
+from ...cross_attention_edit import concept_token_states, edit_projections, edit_result, prompt_states
 from ...errors import ConceptVaultError
 from ...settings import Settings, option
-from ...training import peak_memory
 
 
 @dataclass
@@ -120,19 +119,14 @@ def erase_suppress(
     started = time.perf_counter()
     base_fingerprint = unet_fingerprint(pipe.unet)
     basis, held = concept_subspace(pipe, concepts, preserve, config)
-    public = {}
-    for name, layer in cross_attention_projections(pipe.unet):
-        old = layer.weight.double()
-        layer.weight.copy_((old - (old @ basis) @ basis.T).to(layer.weight.dtype))
-        public[name] = layer.weight.detach().cpu().clone()
-    stats = {"steps": 0, "seconds": round(time.perf_counter() - started, 3), **held, **peak_memory()}
-    return HideResult(
-        public=public,
-        keys={},
-        stats=stats,
+    public = edit_projections(pipe.unet, lambda name, old: old - (old @ basis) @ basis.T)
+    return edit_result(
+        "suppress",
+        public,
+        held,
+        started,
         base_fingerprint=base_fingerprint,
         concepts=concepts,
         config=config,
         preserve=preserve,
-        method="suppress",
     )

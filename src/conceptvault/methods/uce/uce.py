@@ -28,13 +28,13 @@ from ...concepts import Concept, HideResult, check_inputs
 from ...cross_attention_edit import (
     aligned_states,
     concept_token_states,
-    cross_attention_projections,
+    edit_projections,
+    edit_result,
     prompt_states,
     ridge_inverse,
     ridge_solution,
 )
 from ...settings import Settings, option
-from ...training import peak_memory
 
 __all__ = ["UceConfig", "concept_token_states", "erase_uce"]
 
@@ -70,24 +70,17 @@ def erase_uce(pipe, concepts: Sequence[Concept], config: UceConfig, *, preserve:
     kept = prompt_states(pipe, preserve, like=sources)
     scales = dict(erase_scale=config.erase_scale, preserve_scale=config.preserve_scale, lamb=config.lamb)
     inverse = ridge_inverse(sources, kept, **scales)
-    public = {}
-    for name, layer in cross_attention_projections(pipe.unet):
-        solved = ridge_solution(layer.weight.double(), sources, targets, kept, inverse, **scales)
-        layer.weight.copy_(solved.to(layer.weight.dtype))
-        public[name] = layer.weight.detach().cpu().clone()
-    stats = {
-        "steps": 0,
-        "seconds": round(time.perf_counter() - started, 3),
-        "erased_states": len(sources),
-        **peak_memory(),
-    }
-    return HideResult(
-        public=public,
-        keys={},
-        stats=stats,
+    public = edit_projections(
+        pipe.unet, lambda name, old: ridge_solution(old, sources, targets, kept, inverse, **scales)
+    )
+    stats = {"erased_states": len(sources)}
+    return edit_result(
+        "uce",
+        public,
+        stats,
+        started,
         base_fingerprint=base_fingerprint,
         concepts=concepts,
         config=config,
         preserve=preserve,
-        method="uce",
     )
