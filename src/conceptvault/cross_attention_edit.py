@@ -53,6 +53,14 @@ def prompt_states(pipe, prompts: Sequence[str], like: torch.Tensor) -> torch.Ten
     return torch.cat([text_tokens(pipe.unet, encode_prompts(pipe, [p]))[0].double() for p in prompts])
 
 
+def erased_and_kept_states(pipe, concepts: Sequence[Concept], preserve: Sequence[str]):
+    """``(concept states, anchor states, kept states)``: every concept prompt's states from its last content token
+    on, row by row beside its anchor's (``(N, d)`` each), and every state of the kept prompts (float64)."""
+    pairs = [pair for concept in concepts for pair in aligned_states(pipe, concept)]
+    sources = torch.cat([states for states, _ in pairs])
+    return sources, torch.cat([anchor for _, anchor in pairs]), prompt_states(pipe, preserve, like=sources)
+
+
 def cross_attention_projections(unet) -> Iterator[tuple[str, torch.nn.Linear]]:
     """``(state-dict name of the weight, layer)`` of every cross-attention key and value projection."""
     for name, module in unet.named_modules():

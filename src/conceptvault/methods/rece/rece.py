@@ -34,11 +34,10 @@ import torch
 from ...backbone import unet_fingerprint
 from ...concepts import Concept, HideResult, check_inputs
 from ...cross_attention_edit import (
-    aligned_states,
     cross_attention_projections,
     edit_projections,
     edit_result,
-    prompt_states,
+    erased_and_kept_states,
     ridge_inverse,
     ridge_solution,
 )
@@ -90,10 +89,7 @@ def erase_rece(pipe, concepts: Sequence[Concept], config: ReceConfig, *, preserv
     concepts, preserve = check_inputs(pipe, concepts, preserve)
     started = time.perf_counter()
     base_fingerprint = unet_fingerprint(pipe.unet)
-    erase = [pair for c in concepts for pair in aligned_states(pipe, c)]
-    concept_states = torch.cat([s for s, _ in erase])  # (N, d)
-    anchor_states = torch.cat([a for _, a in erase])
-    kept = prompt_states(pipe, preserve, like=concept_states)
+    concept_states, anchor_states, kept = erased_and_kept_states(pipe, concepts, preserve)
     originals = {name: layer.weight.double().clone() for name, layer in cross_attention_projections(pipe.unet)}
     sources, targets, distances = concept_states, anchor_states, []
     edited = _solve(originals, sources, targets, kept, config)

@@ -26,11 +26,10 @@ import torch
 from ...backbone import unet_fingerprint
 from ...concepts import Concept, HideResult, check_inputs
 from ...cross_attention_edit import (
-    aligned_states,
     concept_token_states,
     edit_projections,
     edit_result,
-    prompt_states,
+    erased_and_kept_states,
     ridge_inverse,
     ridge_solution,
 )
@@ -64,10 +63,7 @@ def erase_uce(pipe, concepts: Sequence[Concept], config: UceConfig, *, preserve:
     concepts, preserve = check_inputs(pipe, concepts, preserve)
     started = time.perf_counter()
     base_fingerprint = unet_fingerprint(pipe.unet)
-    erase = [pair for c in concepts for pair in aligned_states(pipe, c)]
-    sources = torch.cat([s for s, _ in erase])  # (N, d)
-    targets = torch.cat([a for _, a in erase])
-    kept = prompt_states(pipe, preserve, like=sources)
+    sources, targets, kept = erased_and_kept_states(pipe, concepts, preserve)
     scales = dict(erase_scale=config.erase_scale, preserve_scale=config.preserve_scale, lamb=config.lamb)
     inverse = ridge_inverse(sources, kept, **scales)
     public = edit_projections(
