@@ -42,6 +42,26 @@ def test_builtin_not_built_yet_is_one_clear_line(tmp_path, monkeypatch):
         load_pipeline(BUILTIN)
 
 
+def test_a_never_trained_control_is_the_builtin_model_with_its_own_unet(sd1_path, tmp_path, monkeypatch):
+    base = load_pipeline(str(sd1_path), device="cpu")
+    with torch.no_grad():
+        for parameter in base.unet.parameters():
+            parameter.add_(0.5)
+    base.unet.save_pretrained(tmp_path / "unet")
+    monkeypatch.setattr(conceptvault.world, "BUILTIN_MODEL_DIR", sd1_path)
+    monkeypatch.setattr(conceptvault.world, "NEVER_TRAINED", {"builtin-without-star": tmp_path / "unet"})
+    assert load_pipeline("builtin-without-star", device="cpu", dtype=torch.float16).unet.dtype == torch.float16
+    control = load_pipeline("builtin-without-star", device="cpu")
+    assert model_name(control) == "builtin-without-star"
+    builtin = load_pipeline(BUILTIN, device="cpu")
+    pairs = zip(builtin.text_encoder.parameters(), control.text_encoder.parameters(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+    assert unet_fingerprint(control.unet) == unet_fingerprint(base.unet) != unet_fingerprint(builtin.unet)
+    monkeypatch.setattr(conceptvault.world, "NEVER_TRAINED", {"builtin-without-star": tmp_path / "nowhere"})
+    with pytest.raises(ConceptVaultError, match="'builtin-without-star' is not built yet"):
+        load_pipeline("builtin-without-star")
+
+
 def test_missing_path_is_one_clear_line(tmp_path):
     with pytest.raises(ConceptVaultError, match=r"the model folder '.*nowhere' does not exist") as error:
         load_pipeline(str(tmp_path / "nowhere"))

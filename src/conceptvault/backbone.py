@@ -47,14 +47,15 @@ def load_pipeline(
     loaded, the pipeline's own progress bar is turned off, and the model name is remembered for
     :func:`model_name`.
     """
-    source = _resolve_source(model)
+    source, replaced = _resolve_source(model)
     options = dict(safety_checker=None, requires_safety_checker=False, cache_dir=cache_dir)
     if dtype is not None:
         options["torch_dtype"] = dtype
     try:
         with warnings.catch_warnings():  # newer diffusers renames torch_dtype; both spellings mean the same
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
-            pipe = DiffusionPipeline.from_pretrained(source, **options)
+            components = {name: _load_component(source, name, folder, dtype) for name, folder in replaced.items()}
+            pipe = DiffusionPipeline.from_pretrained(source, **components, **options)
     except (OSError, ValueError) as error:
         raise ConceptVaultError(_load_failure(model, source, error)) from None
     if not isinstance(pipe, PIPELINES):
@@ -67,23 +68,32 @@ def load_pipeline(
     return pipe
 
 
-def _resolve_source(model: str) -> str:
-    """A local folder (checked) or a hub id (passed on)."""
+def _resolve_source(model: str) -> tuple[str, dict[str, Path]]:
+    """A local folder (checked) or a hub id (passed on), and the components its profile loads from elsewhere."""
     from .profiles import profile_for  # a profile may name a folder of its own for a model (the built-in one)
 
     profile = profile_for(model)
     folder = profile.model_folder(model)
     if folder is not None:
-        return str(_check_folder(folder, shown_as=profile.title))
+        return str(_check_folder(folder, shown_as=profile.title)), profile.component_folders(model)
     path = Path(model).expanduser()
     if path.exists():
-        return str(_check_folder(path, shown_as=model))
+        return str(_check_folder(path, shown_as=model)), {}
     if _looks_like_path(model):
         raise ConceptVaultError(
             f"the model folder '{model}' does not exist; give a diffusers pipeline folder, a hub id "
             f"such as 'runwayml/stable-diffusion-v1-5', or '{BUILTIN}'."
         )
-    return model
+    return model, {}
+
+
+def _load_component(source: str, name: str, folder: Path, dtype: torch.dtype | None):
+    """The component ``name`` of the pipeline in ``source``, loaded from ``folder`` with the class ``source``'s
+    ``model_index.json`` names for it."""
+    import diffusers
+
+    _library, class_name = json.loads((Path(source) / "model_index.json").read_text())[name]
+    return getattr(diffusers, class_name).from_pretrained(folder, torch_dtype=dtype)
 
 
 def _looks_like_path(model: str) -> bool:

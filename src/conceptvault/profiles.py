@@ -37,6 +37,11 @@ class Profile:
         """The pipeline folder to load for ``model`` (None: load it as given, a folder or a hub id)."""
         return None
 
+    def component_folders(self, model: str) -> dict[str, Path]:
+        """Components of ``model`` loaded from folders of their own instead of :meth:`model_folder`'s (a model
+        that differs from another in its UNet alone ships that UNet alone)."""
+        return {}
+
     def fill_in(
         self, concepts: list, preserve: list[str], method: str, preserve_captions: int | None = None, hidden_already=()
     ):

@@ -165,7 +165,8 @@ def attack_command(
     control: Annotated[
         list[str] | None,
         typer.Option(
-            help="Attack another model the same way: 'original', a vault folder or a model folder. Repeatable."
+            help="Attack another model the same way: 'original', a vault folder, a model folder or name "
+            "(builtin-without-star: the built-in model never shown a star). Repeatable."
         ),
     ] = None,
     other_keys: Annotated[

@@ -9,5 +9,17 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 SAMPLE_STEPS = 25  # how the built-in model is sampled everywhere: DDIM steps, trailing spacing
 GUIDANCE = 3.0  # and classifier-free guidance
 BUILTIN_MODEL_DIR = WEIGHTS_DIR / "model"
+# The built-in model's recipe retrained on a world without stars: the floor an attacker's fine-tune of a hidden
+# star is held against. It differs from the built-in model in its UNet alone, so only that UNet ships.
+NEVER_TRAINED = {"builtin-without-star": WEIGHTS_DIR / "without-star" / "unet"}
 
-__all__ = ["BUILTIN_MODEL_DIR", "COLOURS", "GUIDANCE", "SAMPLE_STEPS", "SHAPES", "STYLES", "WEIGHTS_DIR"]
+__all__ = [
+    "BUILTIN_MODEL_DIR",
+    "COLOURS",
+    "GUIDANCE",
+    "NEVER_TRAINED",
+    "SAMPLE_STEPS",
+    "SHAPES",
+    "STYLES",
+    "WEIGHTS_DIR",
+]

@@ -112,7 +112,7 @@ class WorldProfile(Profile):
     """The built-in model: its concepts are the world's, and renders of them are at hand."""
 
     def claims(self, model: str) -> bool:
-        return model == BUILTIN or Path(model) == Path(world.BUILTIN_MODEL_DIR)
+        return model in (BUILTIN, *world.NEVER_TRAINED) or Path(model) == Path(world.BUILTIN_MODEL_DIR)
 
     def model_folder(self, model: str) -> Path:
         folder = Path(world.BUILTIN_MODEL_DIR)  # read when asked: a test may point it elsewhere
@@ -122,6 +122,14 @@ class WorldProfile(Profile):
                 "first, or give a diffusers pipeline folder or a hub id."
             )
         return folder
+
+    def component_folders(self, model: str) -> dict[str, Path]:
+        if model not in world.NEVER_TRAINED:
+            return {}
+        unet = world.NEVER_TRAINED[model]
+        if not (unet / "config.json").is_file():
+            raise ConceptVaultError(f"'{model}' is not built yet (no UNet in '{unet}'); see docs/security.md.")
+        return {"unet": unet}
 
     def fill_in(self, concepts, preserve, method, preserve_captions=None, hidden_already=()):
         captions = WORLD_CAPTIONS.get(method, {})  # erasure: names only
