@@ -2,7 +2,7 @@
 fine-tuned by an attacker, beside the original model (and a never-trained one, with ``--control``).
 
     python bench/forget.py                                   # every candidate, fine-tuned, the table
-    python bench/forget.py --control runs/world-without-star/model --record
+    python bench/forget.py --control builtin-without-star --record
     python bench/forget.py --only perturb-all-0.1 --hide-only   # one candidate, beside a run of the others
     python bench/forget.py --out runs/forget-quick --size 8 --steps 12 --set model_updates=4 --only distil
 
@@ -27,12 +27,11 @@ from pathlib import Path
 
 import torch
 
-from conceptvault.attack_campaign import Campaign
-from conceptvault.attacks import Attack
 from conceptvault.backbone import BUILTIN, load_pipeline
 from conceptvault.checkpoint import CHECKPOINT_FILE
 from conceptvault.defaults import family_config
 from conceptvault.evaluate import run_suite
+from conceptvault.evaluate.compare import LABELS
 from conceptvault.evaluate.world_suites import world_suite
 from conceptvault.methods.sealed import seal
 from conceptvault.records import (
@@ -44,6 +43,7 @@ from conceptvault.records import (
 )
 from conceptvault.vault import Vault
 from conceptvault.world.profile import WORLD_CAPTIONS, world_concepts, world_preserve
+from leaderboard import NEVER_TRAINED_ROW, ORIGINAL_ROW, attack_figures  # bench/, beside this script
 
 SHAPE = "star"
 CANDIDATES = {
@@ -98,33 +98,13 @@ def hiding_figures(vault: Vault, out: Path, size: int, originals: Path) -> dict:
     return cells
 
 
-def attack_all(
-    folders: list[Path], controls: list[str], out: Path, attacks: list[Attack], steps: int, size: int
-) -> dict:
-    """The attacks on every candidate's public model and the controls, as one campaign."""
-    if (out / "attacks.json").exists():
-        return json.loads((out / "attacks.json").read_text())
-    others = [str(vault_path(folder)) for folder in folders[1:]]
-    campaign = Campaign.prepare(
-        vault_path(folders[0]), world_suite("shape", [SHAPE], size=size), steps=steps, controls=[*others, *controls]
-    )
-    run = campaign.run(attacks)
-    for result in run.results:  # the campaign calls its first vault "public": name it after its candidate
-        if result.model == "public":
-            result.model = f"{folders[0].name}.vault (sealed)"
-    campaign.write(run, out)
-    return json.loads((out / "attacks.json").read_text())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs") / "forget")
     parser.add_argument("--size", type=int, default=64, help="images of the star in each evaluation")
     parser.add_argument("--steps", type=int, default=300, help="steps of each attack")
     parser.add_argument("--attack-size", type=int, default=32, help="images of the star per attack measurement")
-    parser.add_argument(
-        "--control", action="append", default=[], help="another attacked model: a model folder, or original"
-    )
+    parser.add_argument("--control", help="a model that never learned the star: a name or a folder")
     parser.add_argument("--attack", action="append", default=[], help="an attack beside fine-tuning (repeatable)")
     parser.add_argument("--only", action="append", default=[], help="run only this candidate (repeatable)")
     parser.add_argument("--set", action="append", default=[], help="a setting for every candidate, name=value")
@@ -139,52 +119,46 @@ def main() -> None:
     chosen = {
         name: {**settings, **shared} for name, settings in CANDIDATES.items() if not args.only or name in args.only
     }
-    started, figures, seconds = time.perf_counter(), {}, {}
+    started, figures, vaults = time.perf_counter(), {}, {}
     for name, settings in chosen.items():
         vault = sealed_vault(args.out / name, settings)
-        seconds[name] = vault.manifest.stats.get("wall_seconds")
+        vaults[name] = vault_path(args.out / name)
         cells = hiding_figures(vault, args.out / name / "evaluation", args.size, args.out / "original")
-        figures.update({f"{name}: {figure}": cell for figure, cell in cells.items()})
+        figures |= {f"{ORIGINAL_ROW}: {LABELS[f]}": share_figure(cells[f]["original"]) for f in ("esr", "psr", "rsr")}
+        figures |= {f"{name}: {LABELS[figure]}": share_figure(cell) for figure, cell in cells.items()}
+        seconds = vault.manifest.stats.get("wall_seconds")
+        figures[f"{name}: time"] = {"value": seconds, "interval": None, "n": 1, "unit": "s"}
         print(name, json.dumps({k: round(v["value"], 3) for k, v in cells.items()}), flush=True)
     if args.hide_only:
         return
-    attacks = attack_all(
-        [args.out / name for name in chosen],
-        args.control,
-        args.out / "attacks",
-        [Attack.FINETUNE, *(Attack(a) for a in args.attack)],
-        args.steps,
-        args.attack_size,
-    )
-    print("\n| model | attack | recovery at the end | steps to 50 % |\n|---|---|---|---|")
-    for result in attacks["results"]:
-        end, to_half = result["curve"][-1]["recovery"], result["steps_to_50"]
-        model = result["model"]
-        figures[f"{model}: {result['attack']} at {args.steps} steps"] = end
-        if to_half is not None:  # interpolated between measurements; one attack seed, so no interval
-            figures[f"{model}: {result['attack']}, steps to 50 %"] = {
-                "value": to_half,
-                "interval": None,
-                "n": 1,
-                "unit": "steps",
-            }
-        print(
-            f"| {model} | {result['attack']} | {100 * end['value']:.1f} % | "
-            f"{'-' if to_half is None else f'{to_half:.0f}'} |"
-        )
+    attacks = ["finetune", *args.attack]
+    figures |= attack_figures(vaults, args.control, attacks, args.out / "attacks", SHAPE, args.steps, args.attack_size)
+    for name, figure in figures.items():
+        print(f"{name}: {figure['value']:g} {figure['unit']}{' (not reached)' if figure.get('censored') else ''}")
     if args.record:
+        rows = [ORIGINAL_ROW, *([NEVER_TRAINED_ROW] if args.control else []), *chosen]
         write_record(
             make_record(
                 id="forget-candidates",
                 title="Sealing variants that start the public weights from noise, fine-tuned by an attacker",
                 command="python bench/forget.py " + " ".join(sys.argv[1:]),
                 settings={
-                    name: family_config("small", 1, method="sealed", **s).to_dict() for name, s in chosen.items()
-                }
-                | {"attack_steps": args.steps, "hide_seconds": seconds},
+                    "leaderboard": {
+                        "rows": rows,
+                        "hidden": [SHAPE],
+                        "attacks": attacks,
+                        "original": ORIGINAL_ROW,
+                        "never_trained": NEVER_TRAINED_ROW if args.control else None,
+                    },
+                    "candidates": {
+                        name: family_config("small", 1, method="sealed", **s).to_dict() for name, s in chosen.items()
+                    },
+                    "attack_steps": args.steps,
+                    "attack_size": args.attack_size,
+                },
                 seeds=list(range(args.size)),
                 n=args.size,
-                figures={name: cell if "steps to" in name else share_figure(cell) for name, cell in figures.items()},
+                figures=figures,
                 wall_seconds=time.perf_counter() - started,
                 model_fingerprint=builtin_model_fingerprint(),
                 judge_fingerprint=shipped_judge_fingerprint(),

@@ -3,7 +3,7 @@ prompts, seeds, judge and attacks, beside the original model and, given one, a m
 
     python bench/leaderboard.py shape --concept star --size 64 --record            # every method, every attack
     python bench/leaderboard.py five-shapes-a --size 64 --record                   # five shapes at once (no attacks)
-    python bench/leaderboard.py shape --concept star --control runs/world-without-star/model --record
+    python bench/leaderboard.py shape --concept star --control builtin-without-star --record
     python bench/leaderboard.py shape --concept star --methods kpop,esd-x --attacks finetune --size 8 --out runs/lb \
         --attack-steps 4 --set kpop:model_updates=4 --set esd-x:iterations=4
 
@@ -85,7 +85,7 @@ def hiding_figures(comparison) -> dict[str, dict]:
 
 
 def attack_figures(
-    vaults: dict[str, Path], control: Path | None, attacks: list[str], out: Path, concept: str, steps: int, size: int
+    vaults: dict[str, Path], control: str | None, attacks: list[str], out: Path, concept: str, steps: int, size: int
 ) -> dict[str, dict]:
     """Every attack on every row's public model, with the same pictures and seeds; each result is kept in
     ``out`` as it ends and read back on a second call."""
@@ -128,7 +128,7 @@ def main() -> None:
     parser.add_argument("--attacks", default=",".join(ATTACKS), help="comma-separated, or 'none'")
     parser.add_argument("--attack-steps", type=int, default=300)
     parser.add_argument("--attack-size", type=int, default=32, help="images of the concept per recovery measure")
-    parser.add_argument("--control", type=Path, help="a model folder that never learned the concept")
+    parser.add_argument("--control", help="a model that never learned the concept: a name or a folder")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--set", action="append", default=[], help="a method's setting, method:name=value")
@@ -164,7 +164,13 @@ def main() -> None:
                 title=f"Every method on one suite ({suite.name}): hiding, sealing and erasure beside each attack",
                 command="python bench/leaderboard.py " + " ".join(sys.argv[1:]),
                 settings={
-                    "leaderboard": {"rows": rows, "hidden": hidden, "attacks": attacks},
+                    "leaderboard": {
+                        "rows": rows,
+                        "hidden": hidden,
+                        "attacks": attacks,
+                        "original": ORIGINAL_ROW,
+                        "never_trained": NEVER_TRAINED_ROW if args.control and attacks else None,
+                    },
                     "size": args.size,
                     "kept_size": args.kept_size,
                     "attack_steps": args.attack_steps,

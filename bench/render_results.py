@@ -98,6 +98,8 @@ def _record_section(r: dict, shipped_judge: str, shipped_model: str) -> list[str
         lines.append(f"- notes: {r['notes']}")
     if "leaderboard" in r["settings"]:
         lines += ["", *leaderboard_table(r), "", f"![{r['id']}](images/{r['id']}.png)"]
+    if frontier_points(r):
+        lines += ["", *frontier_table(r), "", f"![{r['id']} frontier](images/{r['id']}-frontier.png)"]
     lines += [
         "",
         "| figure | value | 95 % interval | n | original model | original's interval |",
@@ -188,6 +190,101 @@ def leaderboard_chart(record: dict, path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+FRONTIER_ATTACK = "finetune, steps to 50 %"
+
+
+def frontier_points(record: dict) -> list[dict]:
+    """Each row's fine-tuning attacker (steps to 50 % recovery, and whether it never got there) beside its PSR and
+    RSR as shares of the original model's and its time to hide; empty unless the record has a row of a model that
+    never learned the concept to hold the attacker's steps against."""
+    board = record["settings"].get("leaderboard", {})
+    control = record["figures"].get(f"{board.get('never_trained')}: {FRONTIER_ATTACK}")
+    if control is None:
+        return []
+    original = {f: record["figures"].get(f"{board.get('original')}: {f}") for f in ("PSR", "RSR")}
+    points = []
+    for row in board["rows"]:
+        attack = record["figures"].get(f"{row}: {FRONTIER_ATTACK}")
+        if attack is None or row in (board.get("original"), board["never_trained"]):
+            continue
+        point = {"row": row, "steps": attack["value"], "censored": attack.get("censored", False)}
+        point["ratio"] = attack["value"] / control["value"]  # a bound where either never got there
+        for f in ("PSR", "RSR"):
+            cell = record["figures"].get(f"{row}: {f}")
+            point[f] = cell["value"] / original[f]["value"] if cell and original[f] else None
+        time = record["figures"].get(f"{row}: time")
+        point["minutes"] = time["value"] / 60 if time and time["value"] is not None else None
+        points.append(point)
+    censored = control.get("censored", False)
+    return [{"row": board["never_trained"], "steps": control["value"], "censored": censored}, *points]
+
+
+def frontier_table(record: dict) -> list[str]:
+    """The frontier as a table: each row's fine-tuning attacker's steps to 50 %, as a ratio to the never-trained
+    model's (a bound where one of the two never got there), beside PSR and RSR of the original's and time."""
+    control, *points = frontier_points(record)
+    lines = [
+        f"| model | {FRONTIER_ATTACK} | ratio to {control['row']} ({_steps(control)}) | PSR of original "
+        "| RSR of original | time to hide |",
+        "|---|---|---|---|---|---|",
+    ]
+    for p in points:
+        minutes = "–" if p["minutes"] is None else f"{p['minutes']:.1f} min"
+        shares = f"{_share(p['PSR'])} | {_share(p['RSR'])}"
+        lines.append(f"| {p['row']} | {_steps(p)} | {_ratio(p, control)} | {shares} | {minutes} |")
+    return lines
+
+
+def frontier_chart(record: dict, path: Path) -> None:
+    """Three panels, one point per row: PSR and RSR (of the original's) and the time to hide against the
+    fine-tuning attacker's steps to 50 %; the never-trained model's steps as a dashed line, and a row the
+    attacker never brought to 50 % drawn as a right arrow at the attack's end."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    control, *points = frontier_points(record)
+    panels = [("PSR", "PSR, % of the original's"), ("RSR", "RSR, % of the original's"), ("minutes", "minutes to hide")]
+    figure, axes = plt.subplots(1, 3, figsize=(13, 4.2))
+    for axis, (key, label) in zip(axes, panels, strict=True):
+        for p in points:
+            if p[key] is None:
+                continue
+            y = 100 * p[key] if key != "minutes" else p[key]
+            axis.plot(p["steps"], y, ">" if p["censored"] else "o", markersize=7)
+            axis.annotate(p["row"], (p["steps"], y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        axis.axvline(control["steps"], color="black", linestyle="--", linewidth=1)
+        axis.set_xlabel(f"attacker's {FRONTIER_ATTACK} ({control['row']}: {_steps(control)}, dashed)")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+    figure.suptitle(
+        "Forgetting against cost: further right is harder to teach back (right of the dashed line: "
+        "harder than a model that never learned it)",
+        fontsize=9,
+    )
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def _steps(point: dict) -> str:
+    return f"> {point['steps']:g}" if point["censored"] else f"{point['steps']:.0f}"
+
+
+def _ratio(point: dict, control: dict) -> str:
+    """The row's steps over the never-trained model's: exact, a lower bound where only the row never reached 50 %,
+    an upper bound where only the never-trained model never did, and no ratio where neither did."""
+    if point["censored"] and control["censored"]:
+        return "neither reached 50 %"
+    bound = "≥ " if point["censored"] else "≤ " if control["censored"] else ""
+    return f"{bound}{point['ratio']:.2f}"
+
+
+def _share(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f} %"
 
 
 def _is_share(record: dict, rows: list[str], column: str) -> bool:
@@ -299,6 +396,9 @@ def main() -> int:
         if "leaderboard" in record["settings"] and record["status"] == "measured":
             leaderboard_chart(record, IMAGES / f"{record['id']}.png")
             print(f"wrote {IMAGES / (record['id'] + '.png')}")
+        if frontier_points(record) and record["status"] == "measured":
+            frontier_chart(record, IMAGES / f"{record['id']}-frontier.png")
+            print(f"wrote {IMAGES / (record['id'] + '-frontier.png')}")
     return 0
 
 

@@ -247,6 +247,41 @@ def test_a_leaderboard_record_renders_as_one_table_a_row_per_model_and_a_chart(t
     assert (tmp_path / "chart.png").stat().st_size > 1000
 
 
+def test_a_record_with_a_never_trained_row_renders_its_frontier_with_bounds_where_an_attack_never_got_there(tmp_path):
+    renderer = load_renderer()
+    share = {"interval": [0.4, 0.6], "n": 64, "unit": "share"}
+
+    def steps(value, censored=False):
+        return {"value": value, "interval": None, "n": 1, "unit": "steps", "censored": censored}
+
+    board = {"rows": ["original model", "never trained", "a", "b"], "hidden": ["star"]}
+    figures = {
+        "original model: PSR": dict(share, value=0.8),
+        "original model: RSR": dict(share, value=1.0),
+        "never trained: finetune, steps to 50 %": steps(300, censored=True),
+        "a: finetune, steps to 50 %": steps(150),
+        "a: PSR": dict(share, value=0.6),
+        "a: RSR": dict(share, value=0.9),
+        "a: time": {"value": 90.0, "interval": None, "n": 1, "unit": "s"},
+        "b: finetune, steps to 50 %": steps(300, censored=True),
+    }
+    without = a_record(id="f", settings={"leaderboard": dict(board, original="original model", never_trained=None)})
+    assert renderer.frontier_points(dict(without, figures=figures)) == []
+    record = a_record(
+        id="f",
+        settings={"leaderboard": dict(board, original="original model", never_trained="never trained")},
+        figures=figures,
+    )
+    table = renderer.frontier_table(record)
+    assert table[0].startswith("| model | finetune, steps to 50 % | ratio to never trained (> 300) |")
+    assert table[2] == "| a | 150 | ≤ 0.50 | 75.0 % | 90.0 % | 1.5 min |"
+    assert table[3] == "| b | > 300 | neither reached 50 % | – | – | – |"
+    page = renderer.render([record], shipped_judge_fingerprint(), SHIPPED_MODEL)
+    assert "\n".join(table) in page and "![f frontier](images/f-frontier.png)" in page
+    renderer.frontier_chart(record, tmp_path / "frontier.png")
+    assert (tmp_path / "frontier.png").stat().st_size > 1000
+
+
 def test_a_censored_figure_must_say_so_with_true_or_false():
     figures = {"steps": {"value": 300, "interval": None, "n": 1, "unit": "steps", "censored": "yes"}}
     with pytest.raises(RecordError, match="censored='yes'; it must be true or false"):
