@@ -97,7 +97,8 @@ def _record_section(r: dict, shipped_judge: str, shipped_model: str) -> list[str
     if r["notes"]:
         lines.append(f"- notes: {r['notes']}")
     if "leaderboard" in r["settings"]:
-        lines += ["", *leaderboard_table(r), "", f"![{r['id']}](images/{r['id']}.png)"]
+        lines += ["", *leaderboard_table(r)]
+        lines += ["", f"![{r['id']}](images/{r['id']}.png)"] if share_columns(r) else []
     if frontier_points(r):
         lines += ["", *frontier_table(r), "", f"![{r['id']} frontier](images/{r['id']}-frontier.png)"]
     lines += [
@@ -166,8 +167,7 @@ def leaderboard_chart(record: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = record["settings"]["leaderboard"]["rows"]
-    columns = [c for c in leaderboard_columns(record) if _is_share(record, rows, c)]
+    rows, columns = record["settings"]["leaderboard"]["rows"], share_columns(record)
     width = 0.8 / len(columns)
     figure, axes = plt.subplots(figsize=(max(8, 0.9 * len(rows) * len(columns) / 3), 4.8))
     for j, column in enumerate(columns):
@@ -287,9 +287,11 @@ def _share(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f} %"
 
 
-def _is_share(record: dict, rows: list[str], column: str) -> bool:
-    cells = [record["figures"].get(f"{row}: {column}") for row in rows]
-    return all(c is None or c.get("unit", "share") == "share" for c in cells)
+def share_columns(record: dict) -> list[str]:
+    """The leaderboard columns whose figures are shares (those the chart draws as bars)."""
+    rows = record["settings"]["leaderboard"]["rows"]
+    cells = {c: [record["figures"].get(f"{row}: {c}") for row in rows] for c in leaderboard_columns(record)}
+    return [c for c, column in cells.items() if all(x is None or x.get("unit", "share") == "share" for x in column)]
 
 
 def with_readme_table(readme: str, records: list[dict]) -> str:
@@ -393,7 +395,7 @@ def main() -> int:
         path.write_text(text, encoding="utf-8")
         print(f"wrote {path}")
     for record in records:  # the charts are pictures of the records, drawn beside the page
-        if "leaderboard" in record["settings"] and record["status"] == "measured":
+        if "leaderboard" in record["settings"] and share_columns(record) and record["status"] == "measured":
             leaderboard_chart(record, IMAGES / f"{record['id']}.png")
             print(f"wrote {IMAGES / (record['id'] + '.png')}")
         if frontier_points(record) and record["status"] == "measured":
