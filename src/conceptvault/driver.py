@@ -143,7 +143,7 @@ def run_erasure(
 ) -> HideResult:
     """Drive a trained eraser's run to its end, with gradients on its trained weights of ``unet`` alone and its
     checkpoints (if ``checkpoint_dir``) under its method's name; returns what it leaves."""
-    with gradients_for([unet], run.trained.values()):
+    with gradients_for([unet], run.trained.values()), run.attached():
         drive(
             run,
             checkpointer=Checkpointer.at(checkpoint_dir, run.method),

@@ -10,7 +10,7 @@ import resource
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import ClassVar
 
@@ -255,6 +255,10 @@ class ErasureRun(TrainedRun):
         self.at_step_boundary()
         self.state.record(losses, time.perf_counter() - started)
         return dict(self.state.latest, loss=float(loss.detach()))
+
+    def attached(self) -> AbstractContextManager:
+        """What the run puts on the model while it trains and takes off before :meth:`result` (nothing, for most)."""
+        return nullcontext()
 
     def checkpoint(self) -> tuple[dict, dict]:
         return self.trained_state(), {}

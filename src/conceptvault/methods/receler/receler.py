@@ -41,10 +41,10 @@ from torch import nn
 
 from ...backbone import is_sdxl
 from ...concepts import Concept, HideResult, check_inputs
-from ...driver import Checkpointer, drive
+from ...driver import run_erasure
 from ...objective import Objective, TextStates
 from ...settings import LossSpace, SamplerSettings, option
-from ...training import RunState, TrainedRun, concept_tokens, gradients_for, latent_source
+from ...training import ErasureRun, RunState, concept_tokens, latent_source
 
 
 @dataclass
@@ -154,16 +154,9 @@ def erase_receler(
             while it runs).
     """
     run = _RecelerRun(pipe, check_inputs(pipe, concepts, ())[0], config, progress)
-    with gradients_for([pipe.unet]), run.erasers.attached():
-        drive(
-            run,
-            checkpointer=Checkpointer.at(checkpoint_dir, "receler"),
-            resume=resume,
-            progress=progress,
-            label="erasing",
-            on_step=on_step,
-        )
-    return run.result()
+    return run_erasure(
+        run, pipe.unet, checkpoint_dir=checkpoint_dir, resume=resume, progress=progress, on_step=on_step
+    )
 
 
 def with_tokens(states: torch.Tensor, tokens: torch.Tensor, sdxl: bool = False) -> torch.Tensor:
@@ -174,11 +167,11 @@ def with_tokens(states: torch.Tensor, tokens: torch.Tensor, sdxl: bool = False) 
     return torch.cat([states, tokens], dim=1)
 
 
-class _RecelerRun(TrainedRun):
+class _RecelerRun(ErasureRun):
     """One Receler run: the frozen model, the erasers and their optimiser, the adversary's soft tokens and theirs,
     the latent source."""
 
-    length_settings = ("iterations",)
+    method = "receler"
 
     def __init__(self, pipe, concepts: list[Concept], config: RecelerConfig, progress: bool):
         started = time.perf_counter()
@@ -228,13 +221,7 @@ class _RecelerRun(TrainedRun):
             adversarial = with_tokens(texts(prompt), adversary.detach(), self.sdxl)
             losses["L_erase_adv"] = self.objective.hide(z, t, adversarial, texts(anchor), **erase)
             loss = loss + self.config.lambda_adversary * losses["L_erase_adv"]
-        self.optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimiser.step()
-        self.state.step += 1
-        self.at_step_boundary()
-        self.state.record(losses, time.perf_counter() - started)
-        return dict(self.state.latest, loss=float(loss.detach()))
+        return self.update(loss, losses, started)
 
     def _attack(self, z, t, states, frozen_concept, adversary: nn.Parameter) -> dict[str, torch.Tensor]:
         """Move the soft tokens toward a prompt that brings the concept back: the eraser-equipped prediction
@@ -248,6 +235,9 @@ class _RecelerRun(TrainedRun):
             self.adversary_optimiser.step()
             losses["L_adversary"] = recovery
         return losses
+
+    def attached(self):
+        return self.erasers.attached()
 
     def checkpoint(self) -> tuple[dict, dict]:
         public = {
