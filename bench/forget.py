@@ -34,13 +34,7 @@ from conceptvault.evaluate import run_suite
 from conceptvault.evaluate.compare import LABELS
 from conceptvault.evaluate.world_suites import world_suite
 from conceptvault.methods.sealed import seal
-from conceptvault.records import (
-    builtin_model_fingerprint,
-    make_record,
-    share_figure,
-    shipped_judge_fingerprint,
-    write_record,
-)
+from conceptvault.records import builtin_record, share_figure, write_record
 from conceptvault.vault import Vault
 from conceptvault.world.profile import WORLD_CAPTIONS, world_concepts, world_preserve
 from leaderboard import NEVER_TRAINED_ROW, ORIGINAL_ROW, attack_figures  # bench/, beside this script
@@ -138,7 +132,7 @@ def main() -> None:
     if args.record:
         rows = [ORIGINAL_ROW, *([NEVER_TRAINED_ROW] if args.control else []), *chosen]
         write_record(
-            make_record(
+            builtin_record(
                 id="forget-candidates",
                 title="Sealing variants that start the public weights from noise, fine-tuned by an attacker",
                 command="python bench/forget.py " + " ".join(sys.argv[1:]),
@@ -160,8 +154,6 @@ def main() -> None:
                 n=args.size,
                 figures=figures,
                 wall_seconds=time.perf_counter() - started,
-                model_fingerprint=builtin_model_fingerprint(),
-                judge_fingerprint=shipped_judge_fingerprint(),
             )
         )
 

@@ -25,13 +25,7 @@ from conceptvault.defaults import family_config
 from conceptvault.evaluate import run_suite
 from conceptvault.evaluate.world_suites import world_suite
 from conceptvault.methods.kpop import add_concepts, grown_config, hide, rotate_key
-from conceptvault.records import (
-    builtin_model_fingerprint,
-    make_record,
-    share_figure,
-    shipped_judge_fingerprint,
-    write_record,
-)
+from conceptvault.records import builtin_record, share_figure, write_record
 from conceptvault.vault import Vault
 from conceptvault.world.profile import WORLD_CAPTIONS, world_concepts, world_preserve
 
@@ -114,7 +108,7 @@ def main() -> None:
         for key, cell in rotated.items():
             record_figures[f"after rotation, {key}"] = share_figure(cell)
         write_record(
-            make_record(
+            builtin_record(
                 id="-".join(["grow-five-shapes", *(re.sub(r"[^a-z0-9]+", "-", item.lower()) for item in args.set)]),
                 title="Five shapes hidden one at a time on the built-in model, then the first one's key rotated",
                 command=" ".join(
@@ -125,8 +119,6 @@ def main() -> None:
                 n=args.size,
                 figures=record_figures,
                 wall_seconds=time.perf_counter() - started,
-                model_fingerprint=builtin_model_fingerprint(),
-                judge_fingerprint=shipped_judge_fingerprint(),
             )
         )
 

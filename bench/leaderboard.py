@@ -32,13 +32,7 @@ from conceptvault.evaluate import resolve_suite
 from conceptvault.evaluate.compare import FIGURES, LABELS, compare, write_comparison
 from conceptvault.evaluate.world_suites import world_suite
 from conceptvault.files import atomic_write_text
-from conceptvault.records import (
-    builtin_model_fingerprint,
-    make_record,
-    share_figure,
-    shipped_judge_fingerprint,
-    write_record,
-)
+from conceptvault.records import builtin_record, share_figure, write_record
 from conceptvault.registry import choices
 from conceptvault.vault import Vault
 
@@ -159,7 +153,7 @@ def main() -> None:
     if args.record:
         rows = [ORIGINAL_ROW, *([NEVER_TRAINED_ROW] if args.control and attacks else []), *methods]
         write_record(
-            make_record(
+            builtin_record(
                 id=f"leaderboard-{suite.name}",
                 title=f"Every method on one suite ({suite.name}): hiding, sealing and erasure beside each attack",
                 command="python bench/leaderboard.py " + " ".join(sys.argv[1:]),
@@ -181,8 +175,6 @@ def main() -> None:
                 n=args.size,
                 figures=figures,
                 wall_seconds=time.perf_counter() - started,
-                model_fingerprint=builtin_model_fingerprint(),
-                judge_fingerprint=shipped_judge_fingerprint(),
             )
         )
 

@@ -31,13 +31,7 @@ from conceptvault.evaluate.judges import make_judge
 from conceptvault.evaluate.metrics import Rate
 from conceptvault.evaluate.world_suites import world_suite
 from conceptvault.files import atomic_write_text
-from conceptvault.records import (
-    builtin_model_fingerprint,
-    make_record,
-    share_figure,
-    shipped_judge_fingerprint,
-    write_record,
-)
+from conceptvault.records import builtin_record, share_figure, write_record
 from conceptvault.vault import Vault
 
 ORDER = ("star", "heart", "arrow", "crescent", "cross", "diamond", "hexagon", "circle")
@@ -179,7 +173,7 @@ def main() -> None:
             figures[f"k={k}: time"] = {"value": result["seconds"], "interval": None, "n": 1, "unit": "s"}
             figures[f"k={k}: peak memory"] = {"value": result["peak_rss_mib"], "interval": None, "n": 1, "unit": "MiB"}
         write_record(
-            make_record(
+            builtin_record(
                 id="many-shapes",
                 title="Several shapes hidden at once on the built-in model, k = " + ", ".join(map(str, results)),
                 command="python bench/many.py " + " ".join(sys.argv[1:]),
@@ -192,8 +186,6 @@ def main() -> None:
                 n=args.size,
                 figures=figures,
                 wall_seconds=time.perf_counter() - started,
-                model_fingerprint=builtin_model_fingerprint(),
-                judge_fingerprint=shipped_judge_fingerprint(),
             )
         )
 

@@ -22,13 +22,7 @@ from pathlib import Path
 from conceptvault.backbone import BUILTIN, load_pipeline
 from conceptvault.evaluate import run_suite
 from conceptvault.evaluate.world_suites import world_suite
-from conceptvault.records import (
-    builtin_model_fingerprint,
-    make_record,
-    share_figure,
-    shipped_judge_fingerprint,
-    write_record,
-)
+from conceptvault.records import builtin_record, share_figure, write_record
 from conceptvault.vault import Vault
 
 
@@ -94,7 +88,7 @@ def main() -> None:
         )
     if args.record:
         write_record(
-            make_record(
+            builtin_record(
                 id="parallel-hiding",
                 title=f"Hiding the {args.concept} on one process (two threads) and on two (one thread each)",
                 command="python bench/parallel.py " + " ".join(sys.argv[1:]),
@@ -103,8 +97,6 @@ def main() -> None:
                 n=args.size,
                 figures=figures,
                 wall_seconds=time.perf_counter() - started,
-                model_fingerprint=builtin_model_fingerprint(),
-                judge_fingerprint=shipped_judge_fingerprint(),
             )
         )
 

@@ -25,7 +25,7 @@ from conceptvault.attack_campaign import Campaign
 from conceptvault.attack_sweep import SweepPlan, run_sweep
 from conceptvault.cli.common import parse_seeds
 from conceptvault.evaluate.world_suites import world_suite
-from conceptvault.records import builtin_model_fingerprint, make_record, shipped_judge_fingerprint, write_record
+from conceptvault.records import builtin_record, write_record
 
 BEST = "best setting"
 
@@ -78,7 +78,7 @@ def main() -> None:
     figures |= {f"{model}: {BEST}": steps_figure(s) for model, s in sweep["best"].items()}
     rows = [t.name for t in campaign.targets]
     write_record(
-        make_record(
+        builtin_record(
             id="attack-sweep-" + re.sub(r"[^a-z0-9]+", "-", args.vault.stem.lower()).strip("-"),
             title=f"The fine-tuning attacker's best setting on {args.vault.stem} and its controls",
             command="python bench/sweep.py " + " ".join(sys.argv[1:]),
@@ -98,8 +98,6 @@ def main() -> None:
             n=len(plan.seeds),
             figures=figures,
             wall_seconds=time.perf_counter() - started,
-            model_fingerprint=builtin_model_fingerprint(),
-            judge_fingerprint=shipped_judge_fingerprint(),
         )
     )
 

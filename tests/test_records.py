@@ -9,6 +9,8 @@ import pytest
 
 from conceptvault.records import (
     RecordError,
+    builtin_model_fingerprint,
+    builtin_record,
     check_record,
     current_commit,
     folder_fingerprint,
@@ -280,6 +282,13 @@ def test_a_record_with_a_never_trained_row_renders_its_frontier_with_bounds_wher
     assert "\n".join(table) in page and "![f frontier](images/f-frontier.png)" in page
     renderer.frontier_chart(record, tmp_path / "frontier.png")
     assert (tmp_path / "frontier.png").stat().st_size > 1000
+
+
+def test_a_builtin_record_names_the_shipped_model_and_judge():
+    fields = {k: a_record()[k] for k in ("id", "title", "command", "settings", "seeds", "n", "figures")}
+    record = builtin_record(**fields, wall_seconds=1.0)
+    assert record["model_fingerprint"] == builtin_model_fingerprint()
+    assert record["judge_fingerprint"] == shipped_judge_fingerprint() and record["figures"] == fields["figures"]
 
 
 def test_a_censored_figure_must_say_so_with_true_or_false():

@@ -107,6 +107,13 @@ def make_record(
     return record
 
 
+def builtin_record(**fields) -> dict:
+    """A record (:func:`make_record`'s fields) of a measurement on the shipped built-in model by the shipped judge."""
+    return make_record(
+        model_fingerprint=builtin_model_fingerprint(), judge_fingerprint=shipped_judge_fingerprint(), **fields
+    )
+
+
 def write_record(record: dict, folder: Path = RESULTS_DIR) -> Path:
     """Check ``record`` and write it atomically to ``folder/<id>.json``; returns the path."""
     check_record(record)
