@@ -52,9 +52,11 @@ def _free_port() -> int:
         return listener.getsockname()[1]
 
 
-def test_hiding_on_two_processes_gives_the_single_process_vault(sd1_path, tmp_path):
+@pytest.mark.parametrize("latents", ["sample", "cache"])  # cached: each process makes its share of the cache
+def test_hiding_on_two_processes_gives_the_single_process_vault(sd1_path, tmp_path, latents):
     hide = ["hide", str(sd1_path), "--concept", "star", "--preserve", "a circle", "--model-updates", "3"]
     hide += ["--key-updates", "1", "--sampler-steps", "2", "--batch-size", "2", "--seed", "1"]
+    hide += ["--set", f"latents={latents}", "--set", "cache_trajectories=16"]  # 16: one prompt a sampler call
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     one = subprocess.run(
         [sys.executable, "-m", "conceptvault.cli", *hide, "--out", str(tmp_path / "one")],

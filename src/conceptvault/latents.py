@@ -16,6 +16,7 @@ import torch
 from diffusers import DDIMScheduler
 from torch import nn
 
+from . import parallel
 from .backbone import unet_predict
 
 
@@ -131,8 +132,9 @@ class CachedLatents:
         unique = list(dict.fromkeys(prompts))
         noise = {prompt: sampler.noise(trajectories, generator, like=states(prompt)) for prompt in unique}
         together = max(1, self.TRAJECTORIES_PER_CALL // trajectories)
-        for start in range(0, len(unique), together):
-            chunk = unique[start : start + together]
+        chunks = [unique[start : start + together] for start in range(0, len(unique), together)]
+        for index in parallel.mine(len(chunks)):  # on several processes each makes its share of the prompts
+            chunk = chunks[index]
             chunk_states = torch.cat([states(prompt).expand(trajectories, -1, -1) for prompt in chunk])
             latents = torch.cat([noise[prompt] for prompt in chunk])
             visited: list[tuple[torch.Tensor, ...]] = []
@@ -143,7 +145,9 @@ class CachedLatents:
             parts = [torch.stack(part, dim=1).cpu().split(trajectories) for part in zip(*visited, strict=True)]
             self.cache.update(zip(chunk, zip(*parts, strict=True), strict=True))
             if on_prompts is not None:
-                on_prompts(len(chunk))
+                on_prompts(len(chunk) * parallel.size())
+        shares = parallel.gathered(self.cache)
+        self.cache = {prompt: shares[prompt] for prompt in unique}
         self.device = next(frozen_unet.parameters()).device
 
     def draw(self, prompt: str, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

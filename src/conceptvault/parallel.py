@@ -93,6 +93,20 @@ def mean(value: float) -> float:
     return float(total) / size()
 
 
+def mine(count: int) -> range:
+    """The indices of ``count`` pieces of work this process does: every ``size()``-th, from its rank."""
+    return range(rank(), count, size())
+
+
+def gathered(parts: dict) -> dict:
+    """Every process's ``parts`` merged, on every process (``parts`` itself in one)."""
+    if size() == 1:
+        return parts
+    every: list = [None] * size()
+    dist.all_gather_object(every, parts)
+    return {key: value for share in every for key, value in share.items()}
+
+
 class ShardedLatents:
     """A latent source whose batches are split between the processes: each draws the whole batch (the same
     draws everywhere, which keeps the generators in step) and keeps its own contiguous share."""
