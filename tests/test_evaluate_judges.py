@@ -1,12 +1,10 @@
 """The judges on images made here: NudeNet for real, tiny offline ResNet and CLIP networks, the world judge."""
 
-import shutil
-
 import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
-from transformers import CLIPConfig, CLIPModel, ResNetConfig, ResNetForImageClassification
+from transformers import ResNetConfig, ResNetForImageClassification
 
 from conceptvault.errors import ConceptVaultError
 from conceptvault.evaluate import Suite, SuiteConcept, make_judge, register_judge, resolve_suite
@@ -14,7 +12,7 @@ from conceptvault.evaluate.classifier import ImageNetJudge
 from conceptvault.evaluate.clip_score import ClipScoreJudge
 from conceptvault.evaluate.nudity import NudeNetJudge
 from conceptvault.evaluate.preprocess import IMAGENET_MEAN, IMAGENET_STD, to_pixel_batch
-from tiny_models import TOKENIZER_DIR
+from tiny_models import save_tiny_clip
 
 
 def _images(count: int = 3, size: int = 64) -> list[Image.Image]:
@@ -122,34 +120,7 @@ def test_judge_networks_that_cannot_be_found_are_one_clear_error(tmp_path, monke
 
 
 def test_clip_score_with_a_tiny_offline_clip(tmp_path):
-    torch.manual_seed(0)
-    config = CLIPConfig(
-        text_config=dict(
-            vocab_size=49408,
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=1,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            projection_dim=16,
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-        ),
-        vision_config=dict(
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=1,
-            num_attention_heads=4,
-            image_size=32,
-            patch_size=8,
-            projection_dim=16,
-        ),
-        projection_dim=16,
-    )
-    CLIPModel(config).save_pretrained(tmp_path)
-    for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
-        shutil.copy(TOKENIZER_DIR / name, tmp_path / name)
+    save_tiny_clip(tmp_path)
     judge = ClipScoreJudge(str(tmp_path), device="cpu")
     prompts = ["a red disc", "Tyler Edlin-inspired artwork of a mystical forest", "x " * 200]
     reading = judge.judge(_images(), prompts, [])

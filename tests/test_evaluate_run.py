@@ -5,7 +5,6 @@ import re
 
 import numpy as np
 import pytest
-import torch
 
 import toy_judges  # noqa: F401  (registers the test-brightness judge)
 from conceptvault.backbone import load_pipeline, unet_fingerprint
@@ -24,6 +23,7 @@ from conceptvault.evaluate import (
 from conceptvault.key import attached_keys
 from conceptvault.methods.kpop import HideConfig, hide
 from conceptvault.vault import Vault, save_vault
+from tiny_models import save_tiny_clip
 
 STEPS = 2
 
@@ -195,44 +195,8 @@ def test_a_world_suite_runs_on_the_tiny_pipeline(sd1_path, vault, tmp_path):
     assert "ESR-1" in write_report(result).html.read_text()
 
 
-def _tiny_clip_folder(folder):
-    """A tiny random CLIP saved offline with the real CLIP tokenizer (same shape as in test_evaluate_judges)."""
-    import shutil
-
-    from transformers import CLIPConfig, CLIPModel
-
-    from tiny_models import TOKENIZER_DIR
-
-    torch.manual_seed(0)
-    text = dict(
-        vocab_size=49408,
-        hidden_size=32,
-        intermediate_size=37,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        projection_dim=16,
-        bos_token_id=49406,
-        eos_token_id=49407,
-        pad_token_id=49407,
-    )
-    vision = dict(
-        hidden_size=32,
-        intermediate_size=37,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        image_size=32,
-        patch_size=8,
-        projection_dim=16,
-    )
-    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(folder)
-    for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
-        shutil.copy(TOKENIZER_DIR / name, folder / name)
-    return folder
-
-
 def test_a_score_suite_runs_end_to_end_with_clip(sd1_path, vault, tmp_path):
-    clip = _tiny_clip_folder(tmp_path / "clip")
+    clip = save_tiny_clip(tmp_path / "clip")
     suite = Suite(
         name="style",
         judge="clip",

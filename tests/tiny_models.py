@@ -6,6 +6,7 @@ they do on real Stable Diffusion; every other component is a few thousand parame
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch
@@ -17,7 +18,14 @@ from diffusers import (
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from transformers import (
+    CLIPConfig,
+    CLIPModel,
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+)
 
 TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "src/conceptvault/world/weights/model/tokenizer"
 
@@ -146,3 +154,26 @@ def build_tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
 def save_tiny_pipeline(shape: str, folder: Path) -> Path:
     (build_tiny_sdxl_pipeline() if shape == "sdxl" else build_tiny_pipeline(shape)).save_pretrained(folder)
     return folder
+
+
+def save_tiny_clip(folder: Path) -> Path:
+    """A tiny random CLIP (text and vision) saved offline in ``folder`` with the real CLIP tokenizer."""
+    torch.manual_seed(0)
+    text = dict(
+        vocab_size=49408,
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        projection_dim=16,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+    )
+    vision = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=4, projection_dim=16)
+    vision.update(image_size=32, patch_size=8)
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(folder)
+    for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
+        shutil.copy(TOKENIZER_DIR / name, Path(folder) / name)
+    return Path(folder)
