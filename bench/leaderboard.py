@@ -25,7 +25,9 @@ from pathlib import Path
 import torch
 
 from conceptvault.attack_campaign import Campaign
-from conceptvault.attacks import Attack
+from conceptvault.attack_report import AttackRun
+from conceptvault.attack_report import write as write_attack_report
+from conceptvault.attacks import Attack, AttackResult
 from conceptvault.backbone import BUILTIN, load_pipeline
 from conceptvault.demo import make_world_vault
 from conceptvault.evaluate import resolve_suite
@@ -88,7 +90,7 @@ def attack_figures(
     suite = world_suite("shape", [concept], size=size)
     controls = [*(str(vaults[name]) for name in others), "original", *([str(control)] if control else [])]
     campaign = Campaign.prepare(vaults[first], suite, steps=steps, controls=controls)
-    figures = {}
+    figures, results = {}, []
     for row, target in zip(rows, campaign.targets, strict=True):
         for attack in attacks:
             path = out / row.replace(" ", "-") / f"{attack}.json"
@@ -99,6 +101,7 @@ def attack_figures(
                 path.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write_text(path, json.dumps(result.to_dict(), indent=1) + "\n")
             result = json.loads(path.read_text())
+            results.append(AttackResult(**{k: v for k, v in result.items() if k != "steps_to_50"}))
             figures[f"{row}: {attack}"] = share_figure(result["curve"][-1]["recovery"])
             if Attack(attack).trains:
                 to_half = result["steps_to_50"]
@@ -109,6 +112,9 @@ def attack_figures(
                     "unit": "steps",
                     "censored": to_half is None,  # never reached half within the attack's steps
                 }
+    trained = [r for r in results if r.model == ORIGINAL_ROW and Attack(r.attack).trains]
+    if trained:  # every row's curves in one report (attacks.md, attacks.png); the original's step 0 is its rate
+        write_attack_report(AttackRun(concept, suite.name, trained[0].curve[0]["recovery"], None, results), out)
     return figures
 
 
