@@ -62,6 +62,14 @@ def test_a_never_trained_control_is_the_builtin_model_with_its_own_unet(sd1_path
         load_pipeline("builtin-without-star")
 
 
+def test_the_shipped_never_trained_control_differs_from_the_builtin_model_in_its_unet_alone():
+    control, builtin = load_pipeline("builtin-without-star", device="cpu"), load_pipeline(BUILTIN, device="cpu")
+    for name in ("text_encoder", "vae"):
+        pairs = zip(getattr(builtin, name).parameters(), getattr(control, name).parameters(), strict=True)
+        assert all(torch.equal(a, b) for a, b in pairs)
+    assert unet_fingerprint(control.unet) != unet_fingerprint(builtin.unet)
+
+
 def test_missing_path_is_one_clear_line(tmp_path):
     with pytest.raises(ConceptVaultError, match=r"the model folder '.*nowhere' does not exist") as error:
         load_pipeline(str(tmp_path / "nowhere"))
