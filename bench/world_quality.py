@@ -3,6 +3,7 @@
     python bench/world_quality.py [--model FOLDER] [--per-shape 32] [--grid docs/images/world-samples.png]
     python bench/world_quality.py --per-shape 64 --misses docs/images/world-misses.png
     python bench/world_quality.py --per-shape 32 --record       # the figures as the record builtin-model-quality
+    python bench/world_quality.py --model builtin-without-star --record   # as builtin-without-star-quality
 
 Prints shape accuracy per shape, colour accuracy where the caption names a colour, and style accuracy
 where it names a style, over captions with fixed seeds, 25 sampler steps, guidance 3; the share the judge
@@ -14,16 +15,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from conceptvault.backbone import load_pipeline
+from conceptvault.backbone import load_pipeline, unet_fingerprint
 from conceptvault.evaluate.metrics import Rate
 from conceptvault.generate import generate_images, image_grid
-from conceptvault.records import builtin_model_fingerprint, folder_fingerprint, make_record, write_record
+from conceptvault.records import folder_fingerprint, make_record, write_record
 from conceptvault.world import GUIDANCE, SAMPLE_STEPS
 from conceptvault.world.judge import JUDGE_DIR, load_judge
 from conceptvault.world.quality import quality_requests, score_requests, world_fid
@@ -94,17 +96,19 @@ def main() -> None:
         with open(args.json, "w") as f:
             json.dump(scores, f, indent=2)
     if args.record:
+        builtin = args.model == "builtin"
         write_record(
             make_record(
-                id="builtin-model-quality",
-                title=f"The shipped built-in model under the shipped judge, {args.per_shape} captions per shape",
+                id="builtin-model-quality" if builtin else f"{re.sub(r'[^a-z0-9]+', '-', args.model.lower())}-quality",
+                title=f"The {'shipped built-in model' if builtin else f'model {args.model}'} under the shipped "
+                f"judge, {args.per_shape} captions per shape",
                 command="python bench/world_quality.py " + " ".join(sys.argv[1:]),
                 settings={"per_shape": args.per_shape, "steps": SAMPLE_STEPS, "guidance": GUIDANCE},
                 seeds=sorted({r.seed for r in requests}),
                 n=len(requests),
                 figures=record_figures(scores, requests, args.per_shape),
                 wall_seconds=time.perf_counter() - start,
-                model_fingerprint=builtin_model_fingerprint(),
+                model_fingerprint=unet_fingerprint(pipe.unet),
                 judge_fingerprint=folder_fingerprint(args.judge),
             )
         )
@@ -132,7 +136,7 @@ def record_figures(scores: dict, requests: list, per_shape: int) -> dict:
             "n": len(requests),
             "unit": "",
         },
-    }
+    } | {f"{shape}, {per_shape} captions": share(value, per_shape) for shape, value in scores["per_shape"].items()}
 
 
 if __name__ == "__main__":
