@@ -42,32 +42,38 @@ def test_builtin_not_built_yet_is_one_clear_line(tmp_path, monkeypatch):
         load_pipeline(BUILTIN)
 
 
-def test_a_never_trained_control_is_the_builtin_model_with_its_own_unet(sd1_path, tmp_path, monkeypatch):
+def test_a_never_trained_control_is_the_builtin_model_with_its_own_unet_and_text_encoder(
+    sd1_path, tmp_path, monkeypatch
+):
     base = load_pipeline(str(sd1_path), device="cpu")
     with torch.no_grad():
-        for parameter in base.unet.parameters():
+        for parameter in [*base.unet.parameters(), *base.text_encoder.parameters()]:
             parameter.add_(0.5)
     base.unet.save_pretrained(tmp_path / "unet")
+    base.text_encoder.save_pretrained(tmp_path / "text_encoder")
     monkeypatch.setattr(conceptvault.world, "BUILTIN_MODEL_DIR", sd1_path)
-    monkeypatch.setattr(conceptvault.world, "NEVER_TRAINED", {"builtin-without-star": tmp_path / "unet"})
+    monkeypatch.setattr(conceptvault.world, "NEVER_TRAINED", {"builtin-without-star": tmp_path})
     assert load_pipeline("builtin-without-star", device="cpu", dtype=torch.float16).unet.dtype == torch.float16
     control = load_pipeline("builtin-without-star", device="cpu")
     assert model_name(control) == "builtin-without-star"
     builtin = load_pipeline(BUILTIN, device="cpu")
-    pairs = zip(builtin.text_encoder.parameters(), control.text_encoder.parameters(), strict=True)
-    assert all(torch.equal(a, b) for a, b in pairs)
     assert unet_fingerprint(control.unet) == unet_fingerprint(base.unet) != unet_fingerprint(builtin.unet)
-    monkeypatch.setattr(conceptvault.world, "NEVER_TRAINED", {"builtin-without-star": tmp_path / "nowhere"})
-    with pytest.raises(ConceptVaultError, match="'builtin-without-star' is not built yet"):
+    for name in ("text_encoder", "vae"):  # its own (changed) text encoder, the built-in model's VAE
+        pairs = zip(getattr(base, name).parameters(), getattr(control, name).parameters(), strict=True)
+        assert all(torch.equal(a, b) for a, b in pairs), name
+    shutil.rmtree(tmp_path / "text_encoder")
+    with pytest.raises(ConceptVaultError, match="'builtin-without-star' is not built yet \\(no text_encoder in"):
         load_pipeline("builtin-without-star")
 
 
-def test_the_shipped_never_trained_control_differs_from_the_builtin_model_in_its_unet_alone():
+def test_the_shipped_never_trained_control_has_its_own_unet_and_text_encoder_and_never_draws_a_star():
     control, builtin = load_pipeline("builtin-without-star", device="cpu"), load_pipeline(BUILTIN, device="cpu")
+    assert unet_fingerprint(control.unet) != unet_fingerprint(builtin.unet)
+    differs = {}
     for name in ("text_encoder", "vae"):
         pairs = zip(getattr(builtin, name).parameters(), getattr(control, name).parameters(), strict=True)
-        assert all(torch.equal(a, b) for a, b in pairs)
-    assert unet_fingerprint(control.unet) != unet_fingerprint(builtin.unet)
+        differs[name] = not all(torch.equal(a, b) for a, b in pairs)
+    assert differs == {"text_encoder": True, "vae": False}
 
 
 def test_missing_path_is_one_clear_line(tmp_path):

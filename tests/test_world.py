@@ -9,6 +9,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 from transformers import CLIPTokenizer
 
+from conceptvault.backbone import load_pipeline
 from conceptvault.errors import ConceptVaultError
 from conceptvault.world import BUILTIN_MODEL_DIR, COLOURS, SHAPES, STYLES
 from conceptvault.world.captions import articles_fixed, training_caption, without_words, words_replaced
@@ -132,6 +133,19 @@ def test_shipped_model_draws_the_shape_it_is_asked_for():
     predicted = [judge.labels["shape"][i] for i in judge.predict(images)["shape"].argmax(-1).tolist()]
     correct = sum(p == prompt.split()[-1] for p, prompt in zip(predicted, prompts, strict=False))
     assert correct >= 10, predicted
+
+
+def test_the_never_trained_control_draws_the_kept_shapes_and_no_star():
+    """Its UNet and text encoder were trained together: with the built-in model's text encoder it drew other shapes."""
+    pipe = load_pipeline("builtin-without-star", device="cpu")
+    prompts = [f"a {shape}" for shape in ("circle", "square", "heart", "star") for _ in range(4)]
+    generators = [torch.Generator().manual_seed(i) for i in range(len(prompts))]
+    images = pipe(prompts, num_inference_steps=25, guidance_scale=3.0, generator=generators).images
+    judge = load_judge()
+    predicted = [judge.labels["shape"][i] for i in judge.predict(images)["shape"].argmax(-1).tolist()]
+    asked = [prompt.split()[-1] for prompt in prompts]
+    assert sum(p == a for p, a in zip(predicted, asked, strict=True) if a != "star") >= 10, predicted
+    assert predicted.count("star") <= 1, predicted
 
 
 def test_trainer_runs_each_part_for_a_few_steps_and_continues(tmp_path):

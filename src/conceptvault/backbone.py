@@ -10,6 +10,7 @@ stays one tensor everywhere (cached, expanded, concatenated for guidance).
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import warnings
@@ -88,12 +89,10 @@ def _resolve_source(model: str) -> tuple[str, dict[str, Path]]:
 
 
 def _load_component(source: str, name: str, folder: Path, dtype: torch.dtype | None):
-    """The component ``name`` of the pipeline in ``source``, loaded from ``folder`` with the class ``source``'s
-    ``model_index.json`` names for it."""
-    import diffusers
-
-    _library, class_name = json.loads((Path(source) / "model_index.json").read_text())[name]
-    return getattr(diffusers, class_name).from_pretrained(folder, torch_dtype=dtype)
+    """The component ``name`` of the pipeline in ``source``, loaded from ``folder`` with the library and class
+    ``source``'s ``model_index.json`` names for it."""
+    library, class_name = json.loads((Path(source) / "model_index.json").read_text())[name]
+    return getattr(importlib.import_module(library), class_name).from_pretrained(folder, torch_dtype=dtype)
 
 
 def _looks_like_path(model: str) -> bool:

@@ -10,14 +10,17 @@ SAMPLE_STEPS = 25  # how the built-in model is sampled everywhere: DDIM steps, t
 GUIDANCE = 3.0  # and classifier-free guidance
 BUILTIN_MODEL_DIR = WEIGHTS_DIR / "model"
 # The built-in model's recipe retrained on a world without stars: the floor an attacker's fine-tune of a hidden
-# star is held against. It differs from the built-in model in its UNet alone, so only that UNet ships.
-NEVER_TRAINED = {"builtin-without-star": WEIGHTS_DIR / "without-star" / "unet"}
+# star is held against. It shares the built-in model's VAE, tokenizer and scheduler, so only its UNet and text
+# encoder (trained together) ship.
+NEVER_TRAINED = {"builtin-without-star": WEIGHTS_DIR / "without-star"}
+NEVER_TRAINED_COMPONENTS = ("unet", "text_encoder")
 
 __all__ = [
     "BUILTIN_MODEL_DIR",
     "COLOURS",
     "GUIDANCE",
     "NEVER_TRAINED",
+    "NEVER_TRAINED_COMPONENTS",
     "SAMPLE_STEPS",
     "SHAPES",
     "STYLES",

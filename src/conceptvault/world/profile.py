@@ -126,10 +126,14 @@ class WorldProfile(Profile):
     def component_folders(self, model: str) -> dict[str, Path]:
         if model not in world.NEVER_TRAINED:
             return {}
-        unet = world.NEVER_TRAINED[model]
-        if not (unet / "config.json").is_file():
-            raise ConceptVaultError(f"'{model}' is not built yet (no UNet in '{unet}'); see docs/security.md.")
-        return {"unet": unet}
+        folders = {name: world.NEVER_TRAINED[model] / name for name in world.NEVER_TRAINED_COMPONENTS}
+        missing = [name for name, folder in folders.items() if not (folder / "config.json").is_file()]
+        if missing:
+            raise ConceptVaultError(
+                f"'{model}' is not built yet (no {' or '.join(missing)} in '{world.NEVER_TRAINED[model]}'); "
+                "see docs/security.md."
+            )
+        return folders
 
     def fill_in(self, concepts, preserve, method, preserve_captions=None, hidden_already=()):
         captions = WORLD_CAPTIONS.get(method, {})  # erasure: names only
