@@ -257,12 +257,12 @@ def frontier_chart(record: dict, path: Path) -> None:
             axis.plot(p["steps"], y, ">" if p["censored"] else "o", markersize=7)
             axis.annotate(p["row"], (p["steps"], y), fontsize=7, xytext=(4, 3), textcoords="offset points")
         axis.axvline(control["steps"], color="black", linestyle="--", linewidth=1)
-        axis.set_xlabel(f"attacker's {FRONTIER_ATTACK} ({control['row']}: {_steps(control)}, dashed)")
+        axis.set_xlabel(f"attacker's {FRONTIER_ATTACK}")
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
     figure.suptitle(
-        "Forgetting against cost: further right is harder to teach back (right of the dashed line: "
-        "harder than a model that never learned it)",
+        f"Further right is harder to teach back; dashed: {control['row']} ({_steps(control)} steps); "
+        "a right arrow: not reached within the attack's steps",
         fontsize=9,
     )
     figure.tight_layout()
