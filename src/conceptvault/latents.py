@@ -16,8 +16,9 @@ import torch
 from diffusers import DDIMScheduler
 from torch import nn
 
-from . import parallel
 from .backbone import unet_predict
+from .parallel import gathered, mine
+from .parallel import size as processes
 
 
 class LatentSource(str, Enum):
@@ -133,7 +134,7 @@ class CachedLatents:
         noise = {prompt: sampler.noise(trajectories, generator, like=states(prompt)) for prompt in unique}
         together = max(1, self.TRAJECTORIES_PER_CALL // trajectories)
         chunks = [unique[start : start + together] for start in range(0, len(unique), together)]
-        for index in parallel.mine(len(chunks)):  # on several processes each makes its share of the prompts
+        for index in mine(len(chunks)):  # on several processes each makes its share of the prompts
             chunk = chunks[index]
             chunk_states = torch.cat([states(prompt).expand(trajectories, -1, -1) for prompt in chunk])
             latents = torch.cat([noise[prompt] for prompt in chunk])
@@ -145,8 +146,8 @@ class CachedLatents:
             parts = [torch.stack(part, dim=1).cpu().split(trajectories) for part in zip(*visited, strict=True)]
             self.cache.update(zip(chunk, zip(*parts, strict=True), strict=True))
             if on_prompts is not None:
-                on_prompts(len(chunk) * parallel.size())
-        shares = parallel.gathered(self.cache)
+                on_prompts(len(chunk) * processes())
+        shares = gathered(self.cache)
         self.cache = {prompt: shares[prompt] for prompt in unique}
         self.device = next(frozen_unet.parameters()).device
 
