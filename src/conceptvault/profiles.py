@@ -39,7 +39,7 @@ class Profile:
 
     def component_folders(self, model: str) -> dict[str, Path]:
         """Components of ``model`` loaded from folders of their own instead of :meth:`model_folder`'s (a model
-        that differs from another in its UNet alone ships that UNet alone)."""
+        that differs from another in a few components ships those alone)."""
         return {}
 
     def fill_in(
