@@ -101,7 +101,7 @@ def attack_figures(
                 path.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write_text(path, json.dumps(result.to_dict(), indent=1) + "\n")
             result = json.loads(path.read_text())
-            results.append(AttackResult(**{k: v for k, v in result.items() if k != "steps_to_50"}))
+            results.append(AttackResult.from_dict(result))
             figures[f"{row}: {attack}"] = share_figure(result["curve"][-1]["recovery"])
             if Attack(attack).trains:
                 to_half = result["steps_to_50"]

@@ -85,14 +85,7 @@ def main() -> None:
             settings={
                 "leaderboard": {"rows": rows, "hidden": [args.concept], "attacks": ["finetune"]},
                 "best": {model: s["setting"] for model, s in sweep["best"].items()},
-                "plan": {
-                    "lrs": list(plan.lrs),
-                    "weights": list(plan.weights),
-                    "images": list(plan.images),
-                    "steps": plan.steps,
-                    "measure_at": list(plan.measure_at()),
-                    "size": args.size,
-                },
+                "plan": sweep["plan"] | {"size": args.size},
             },
             seeds=list(plan.seeds),
             n=len(plan.seeds),

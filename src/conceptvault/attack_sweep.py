@@ -167,8 +167,7 @@ def _claim(out: Path, plan: SweepPlan) -> None:
 def _run_once(campaign, target, setting: Setting, seed: int, plan: SweepPlan, out: Path, log) -> AttackResult:
     file = out / "runs" / _slug(target.name) / f"{setting.name}-seed{seed}.json"
     if file.is_file():
-        saved = json.loads(file.read_text())
-        return AttackResult(saved["attack"], saved["model"], saved["curve"], saved["budget"])
+        return AttackResult.from_dict(json.loads(file.read_text()))
     log(f"fine-tuning {target.name}: {setting.name}, seed {seed} ...")
     config = AttackConfig(
         steps=plan.steps,

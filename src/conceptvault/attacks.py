@@ -164,6 +164,11 @@ class AttackResult:
             "steps_to_50": self.steps_to(0.5),
         }
 
+    @classmethod
+    def from_dict(cls, saved: dict) -> AttackResult:
+        """The result :meth:`to_dict` wrote (its ``steps_to_50`` is derived again from the curve)."""
+        return cls(saved["attack"], saved["model"], saved["curve"], saved["budget"], saved.get("detail", {}))
+
 
 class Recovery:
     """Generates the hidden concept's images with the attacked model and counts those the judge labels as it."""
