@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from conceptvault.backbone import BUILTIN, load_pipeline
 from conceptvault.defaults import family_config
 from conceptvault.evaluate import run_suite
 from conceptvault.evaluate.world_suites import world_suite
+from conceptvault.files import slug
 from conceptvault.methods.kpop import add_concepts, grown_config, hide, rotate_key
 from conceptvault.records import builtin_record, share_figure, write_record
 from conceptvault.vault import Vault
@@ -109,7 +109,7 @@ def main() -> None:
             record_figures[f"after rotation, {key}"] = share_figure(cell)
         write_record(
             builtin_record(
-                id="-".join(["grow-five-shapes", *(re.sub(r"[^a-z0-9]+", "-", item.lower()) for item in args.set)]),
+                id="-".join(["grow-five-shapes", *map(slug, args.set)]),
                 title="Five shapes hidden one at a time on the built-in model, then the first one's key rotated",
                 command=" ".join(
                     ["python bench/grow.py", f"--size {args.size}", *(f"--set {i}" for i in args.set), "--record"]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from conceptvault.attack_campaign import Campaign
 from conceptvault.attack_sweep import SweepPlan, run_sweep
 from conceptvault.cli.common import parse_seeds
 from conceptvault.evaluate.world_suites import world_suite
+from conceptvault.files import slug
 from conceptvault.records import builtin_record, write_record
 
 BEST = "best setting"
@@ -79,7 +79,7 @@ def main() -> None:
     rows = [t.name for t in campaign.targets]
     write_record(
         builtin_record(
-            id="attack-sweep-" + re.sub(r"[^a-z0-9]+", "-", args.vault.stem.lower()).strip("-"),
+            id="attack-sweep-" + slug(args.vault.stem),
             title=f"The fine-tuning attacker's best setting on {args.vault.stem} and its controls",
             command="python bench/sweep.py " + " ".join(sys.argv[1:]),
             settings={

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 
 from conceptvault.backbone import load_pipeline, unet_fingerprint
 from conceptvault.evaluate.metrics import Rate
+from conceptvault.files import slug
 from conceptvault.generate import generate_images, image_grid
 from conceptvault.records import folder_fingerprint, make_record, write_record
 from conceptvault.world import GUIDANCE, SAMPLE_STEPS
@@ -99,7 +99,7 @@ def main() -> None:
         builtin = args.model == "builtin"
         write_record(
             make_record(
-                id="builtin-model-quality" if builtin else f"{re.sub(r'[^a-z0-9]+', '-', args.model.lower())}-quality",
+                id="builtin-model-quality" if builtin else f"{slug(args.model)}-quality",
                 title=f"The {'shipped built-in model' if builtin else f'model {args.model}'} under the shipped "
                 f"judge, {args.per_shape} captions per shape",
                 command="python bench/world_quality.py " + " ".join(sys.argv[1:]),

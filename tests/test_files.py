@@ -1,4 +1,4 @@
-"""Atomic writes: the new file or the old one, never half of one, and nothing left behind on failure."""
+"""Atomic writes (the new file or the old one, never half of one, nothing left behind on failure); safe names."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from conceptvault.files import atomic_path, atomic_write, atomic_write_text
+from conceptvault.files import atomic_path, atomic_write, atomic_write_text, slug
 
 
 def test_a_write_replaces_the_file_whole(tmp_path):
@@ -26,3 +26,9 @@ def test_a_failed_or_interrupted_write_leaves_the_old_file_and_no_litter(tmp_pat
                 temporary.write_bytes(b"half")
                 raise failure
         assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+def test_slugs_are_file_name_safe():
+    assert slug("Five-pointed Star") == "five-pointed-star"
+    assert slug("St. Heart!") == "st-heart"
+    assert len(slug("星")) == 12

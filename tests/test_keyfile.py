@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 
 from conceptvault.errors import ConceptVaultError
 from conceptvault.key import Key
-from conceptvault.keyfile import key_fingerprint, key_slug, read_key_file, write_key_file
+from conceptvault.keyfile import key_fingerprint, read_key_file, write_key_file
 
 VAULT_PRINT = "a" * 64
 
@@ -112,9 +112,3 @@ def test_damaged_plain_files(tmp_path, key):
     save_file({"p_k": key.p_k.detach() + 1, "p_v": key.p_v.detach()}, str(path), metadata=info)
     with pytest.raises(ConceptVaultError, match="do not match its fingerprint"):
         read_key_file(path, public_fingerprint=VAULT_PRINT)
-
-
-def test_slugs_are_file_name_safe():
-    assert key_slug("Five-pointed Star") == "five-pointed-star"
-    assert key_slug("St. Heart!") == "st-heart"
-    assert len(key_slug("星")) == 12

@@ -19,7 +19,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import re
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from pathlib import Path
 
 from .attacks import Attack, AttackConfig, AttackResult, FinetuneWeights, run_attack
 from .errors import ConceptVaultError
-from .files import atomic_write_text
+from .files import atomic_write_text, slug
 
 # two-sided 95 % quantiles of Student's t by degrees of freedom (1 to 9); above that, the normal one
 _T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
@@ -165,7 +164,7 @@ def _claim(out: Path, plan: SweepPlan) -> None:
 
 
 def _run_once(campaign, target, setting: Setting, seed: int, plan: SweepPlan, out: Path, log) -> AttackResult:
-    file = out / "runs" / _slug(target.name) / f"{setting.name}-seed{seed}.json"
+    file = out / "runs" / slug(target.name) / f"{setting.name}-seed{seed}.json"
     if file.is_file():
         return AttackResult.from_dict(json.loads(file.read_text()))
     log(f"fine-tuning {target.name}: {setting.name}, seed {seed} ...")
@@ -190,10 +189,6 @@ def _run_once(campaign, target, setting: Setting, seed: int, plan: SweepPlan, ou
     reached = result.steps_to(0.5)
     log(f"  steps to 50 %: {f'{reached:.0f}' if reached is not None else f'> {plan.steps}'}")
     return result
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "model"
 
 
 def write_sweep(summaries: list[SettingSummary], curves: dict, plan: SweepPlan, out: Path) -> dict[str, Path]:

@@ -1,9 +1,11 @@
 """Writing a file so that a reader sees the old one or the new one, never half of one, and nothing is left behind
-when the writing fails or is interrupted."""
+when the writing fails or is interrupted; and the file-name-safe form of a name."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,3 +38,10 @@ def atomic_write(path: Path | str, data: bytes, *, mode: int | None = None) -> N
 
 def atomic_write_text(path: Path | str, text: str, *, mode: int | None = None) -> None:
     atomic_write(path, text.encode("utf-8"), mode=mode)
+
+
+def slug(name: str) -> str:
+    """A file-name-safe form of a name: ``"Five-pointed Star"`` -> ``"five-pointed-star"``; a name with no letter
+    or digit of a-z, 0-9 (``"星"``) gets 12 digits of its hash."""
+    text = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return text or hashlib.sha256(name.encode()).hexdigest()[:12]

@@ -9,10 +9,8 @@ changing any byte of the file makes decryption fail.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
-import re
 import struct
 from pathlib import Path
 
@@ -61,12 +59,6 @@ def key_from_tensors(tensors: dict[str, torch.Tensor]):
 def key_fingerprint(key) -> str:
     """SHA-256 over the key's tensors by name (float32 bytes)."""
     return tensor_digest(key_tensors(key), cast=torch.float32)
-
-
-def key_slug(name: str) -> str:
-    """A file-name-safe form of a concept name: ``"Five-pointed Star"`` -> ``"five-pointed-star"``."""
-    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-    return slug or hashlib.sha256(name.encode()).hexdigest()[:12]
 
 
 def write_key_file(

@@ -36,13 +36,13 @@ from .backbone import model_name, unet_fingerprint
 from .defaults import model_family
 from .digest import tensor_digest
 from .errors import ConceptVaultError
+from .files import slug
 from .key import Key, Placement, attach_keys, detach_keys, is_key_parameter
 from .keyfile import (
     PLAIN_SUFFIX,
     PROTECTED_SUFFIX,
     key_fingerprint,
     key_from_tensors,
-    key_slug,
     key_tensors,
     read_key_file,
     write_key_file,
@@ -370,10 +370,10 @@ def _cpu_copy(key):
 
 
 def _unique_slug(name: str, names: list[str]) -> str:
-    slug = key_slug(name)
-    if sum(key_slug(other) == slug for other in names) > 1:
-        slug = f"{slug}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
-    return slug
+    short = slug(name)
+    if sum(slug(other) == short for other in names) > 1:
+        short = f"{short}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+    return short
 
 
 def replace_vault(new: Path | str, target: Path | str) -> None:

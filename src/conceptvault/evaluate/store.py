@@ -13,22 +13,15 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import re
 from pathlib import Path
 
 from PIL import Image
 
 from conceptvault.errors import ConceptVaultError
-from conceptvault.files import atomic_write, atomic_write_text
+from conceptvault.files import atomic_write, atomic_write_text, slug
 
 IMAGES_DIR = "images"
 IDENTITY_FILE = "identity.json"
-
-
-def slug(name: str) -> str:
-    """A file-name-safe form of a concept name (``"Ajin: Demi Human"`` -> ``ajin-demi-human``)."""
-    text = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-    return text or hashlib.sha256(name.encode()).hexdigest()[:8]
 
 
 def prompt_hash(prompt: str) -> str:
