@@ -70,3 +70,21 @@ def test_the_gpu_bench_runs_at_toy_size_and_gives_a_figure_or_a_reason_for_every
             assert set(cell) <= {"refused", "too noisy"}
     table = capsys.readouterr().out
     assert table.count("| toy-") == len(cells)
+
+
+def test_the_cpu_cuts_bench_times_every_change_against_plain_fp32_in_the_same_rounds():
+    from tiny_models import build_tiny_pipeline
+
+    cuts = load("cpu_cuts")
+    unet = build_tiny_pipeline("sd1").unet
+    seconds, errors, compile_seconds = cuts.time_calls(unet, training_batch=2, repeats=2, compile_too=False)
+    figures = cuts.figures_of(seconds, errors, compile_seconds)
+    assert compile_seconds is None and "compiling" not in figures
+    for call in ("training update", "caching call"):
+        for change in ("fp32", "channels-last", "bf16"):
+            time = figures[f"{call}, {change}: time"]
+            assert time["n"] == 2 and time["interval"][0] <= time["value"] <= time["interval"][1]
+            assert figures[f"{call}, {change}: speed-up"]["value"] > 0
+        assert figures[f"{call}, fp32: speed-up"]["value"] == 1.0
+        assert 0 < figures[f"{call}, bf16: relative error"]["value"] < 0.05  # bf16 rounds, and no more than that
+    assert all(parameter.grad is None for parameter in unet.parameters())  # the bench leaves no gradient behind
