@@ -1,15 +1,16 @@
-"""Several shapes hidden at once on the built-in model, each with its own key, as their number grows.
+"""Several shapes hidden at once on the built-in model, each with its own key, as their number grows; and a mixed set.
 
-    python bench/many.py --record                               # k = 1, 3, 5 and 8
-    python bench/many.py --k 2 --size 4 --kept-size 2 --leak-size 2 --set model_updates=4 --out runs/many-quick
+    python bench/many.py --record                               # k = 1, 3, 5 and 8, and the mixed set
+    python bench/many.py --k 2 --no-mixed --size 4 --kept-size 2 --leak-size 2 --set model_updates=4 --out runs/q
 
 For each k, the first k shapes of ORDER are hidden together with ``kpop``'s built-in defaults (the settings that
 scale with the number of concepts scale with k), in a process of its own so that its time and peak memory are its
 own. Then every hidden shape's ESR and RSR (``--size`` images each), PSR and key PSR over the kept shapes, and
 cross-key leakage: each key switched on alone, on the other hidden shapes' prompts (``--leak-size`` images of each),
-against the public model on the same prompts and seeds; and the first two keys on together, on both shapes.
-Everything stays in ``--out``; a second call continues. Prints one table and writes ``many.json`` and
-``many.png``; ``--record`` writes the record ``many-shapes``.
+against the public model on the same prompts and seeds; and the first two keys on together, on both shapes. The
+mixed set (two shapes, a colour and a style: the suite ``mixed``) is measured the same way, what is kept being every
+other concept of those kinds. Everything stays in ``--out``; a second call continues. Prints one table and writes
+``many.json`` and ``many.png``; ``--record`` writes the record ``many-concepts``.
 """
 
 from __future__ import annotations
@@ -29,17 +30,24 @@ from conceptvault.demo import make_world_vault
 from conceptvault.evaluate import run_suite
 from conceptvault.evaluate.judges import make_judge
 from conceptvault.evaluate.metrics import Rate
-from conceptvault.evaluate.world_suites import world_suite
+from conceptvault.evaluate.world_suites import MIXED_SET, world_mixed_suite, world_suite
 from conceptvault.files import atomic_write_text
 from conceptvault.records import builtin_record, share_figure, write_record
 from conceptvault.vault import Vault
+from conceptvault.world.vocabulary import SHAPES
 
 ORDER = ("star", "heart", "arrow", "crescent", "cross", "diamond", "hexagon", "circle")
 
 
+def suite_of(hidden: list[str], **options):
+    """The suite hiding ``hidden``: the shapes' own, or the mixed one for concepts of several kinds."""
+    shapes = all(name in SHAPES for name in hidden)
+    return world_suite("shape", hidden, **options) if shapes else world_mixed_suite(hidden, **options)
+
+
 def hiding_cells(vault: Vault, hidden: list[str], out: Path, size: int, kept_size: int, originals: Path) -> dict:
-    """Each hidden shape's ESR and RSR, and PSR and key PSR over the kept shapes."""
-    suite = world_suite("shape", hidden, size=size, kept_size=kept_size)
+    """Each hidden concept's ESR and RSR, and PSR and key PSR over the kept ones."""
+    suite = suite_of(hidden, size=size, kept_size=kept_size)
     evaluation = run_suite(load_pipeline(BUILTIN), vault, suite, out, original_images=originals, progress=True)
     cells = {f"{name}: {f}": evaluation.cell(f, concept=name) for name in hidden for f in ("esr", "rsr")}
     return cells | {f: evaluation.cell(f) for f in ("psr", "key_psr")}
@@ -48,7 +56,7 @@ def hiding_cells(vault: Vault, hidden: list[str], out: Path, size: int, kept_siz
 def leakage_cells(vault: Vault, hidden: list[str], size: int) -> dict:
     """Each key alone on every other hidden shape's prompts, pooled, beside the public model on the same prompts and
     seeds; and the first two keys together on each of their two shapes."""
-    suite = world_suite("shape", hidden, size=size)
+    suite = suite_of(hidden, size=size)
     pipe = load_pipeline(BUILTIN)
     judge = make_judge(suite, device=str(pipe.device))
     concepts = {c.name: c for c in suite.hidden}
@@ -69,12 +77,13 @@ def leakage_cells(vault: Vault, hidden: list[str], size: int) -> dict:
     return cells
 
 
-def measure(k: int, out: Path, args) -> dict:
-    """One k: the vault (made once), its figures and its cost; kept in ``out/k<k>/figures.json``."""
-    folder, hidden = out / f"k{k}", list(ORDER[:k])
+def measure(row: str, hidden: list[str], out: Path, args) -> dict:
+    """One row (``k=3``, ``mixed``): the vault (made once), its figures and its cost; kept in
+    ``out/<row>/figures.json``."""
+    folder = out / row.replace("=", "")
     if (folder / "figures.json").is_file():
         return json.loads((folder / "figures.json").read_text())
-    print(f"k = {k}: hiding {', '.join(hidden)} ...", flush=True)
+    print(f"{row}: hiding {', '.join(hidden)} ...", flush=True)
     path = make_world_vault("kpop", folder / "vault", hidden, settings(args), own_process=True)
     vault = Vault.load(path, keys="all")
     cells = hiding_cells(vault, hidden, folder / "evaluation", args.size, args.kept_size, out / "original")
@@ -95,13 +104,14 @@ def settings(args) -> dict:
     return {name: json.loads(value) for name, value in (item.split("=", 1) for item in args.set)}
 
 
-def table(results: dict[int, dict]) -> str:
-    """One row per k: the worst hidden shape's ESR and RSR, PSR, key PSR, the worst leakage, time and memory."""
+def table(results: dict[str, dict]) -> str:
+    """One row per k (and the mixed set): the worst hidden concept's ESR and RSR, PSR, key PSR, the worst leakage,
+    time and memory."""
     lines = [
-        "| k | lowest ESR | lowest RSR | PSR | key PSR | most leakage (key alone, over public) | time | memory |",
+        "| hidden | lowest ESR | lowest RSR | PSR | key PSR | most leakage (key alone, over public) | time | memory |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for k, result in results.items():
+    for row, result in results.items():
         cells = result["cells"]
         esr = min(cells[f"{s}: esr"]["value"] for s in result["hidden"])
         rsr = min(cells[f"{s}: rsr"]["value"] for s in result["hidden"])
@@ -112,20 +122,21 @@ def table(results: dict[int, dict]) -> str:
         ]
         leak = f"{100 * max(leaks):+.1f} pts" if leaks else "–"
         lines.append(
-            f"| {k} | {100 * esr:.1f} % | {100 * rsr:.1f} % | {100 * cells['psr']['value']:.1f} % | "
+            f"| {row} | {100 * esr:.1f} % | {100 * rsr:.1f} % | {100 * cells['psr']['value']:.1f} % | "
             f"{100 * cells['key_psr']['value']:.1f} % | {leak} | {result['seconds']:.0f} s | "
             f"{result['peak_rss_mib']} MiB |"
         )
     return "\n".join(lines)
 
 
-def plot(results: dict[int, dict], path: Path) -> None:
-    """Time and the figures against k."""
+def plot(results: dict[str, dict], path: Path) -> None:
+    """Time and the figures against k (the shapes-only rows)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    results = {len(r["hidden"]): r for row, r in results.items() if row.startswith("k=")}
     ks = list(results)
     figure, (rates, cost) = plt.subplots(1, 2, figsize=(10, 4))
     for label, values in (
@@ -152,6 +163,9 @@ def plot(results: dict[int, dict], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--k", type=int, action="append", help="shapes hidden at once (repeatable; 1, 3, 5, 8)")
+    parser.add_argument(
+        "--no-mixed", action="store_true", help="leave out the mixed set (" + ", ".join(MIXED_SET) + ")"
+    )
     parser.add_argument("--size", type=int, default=64, help="images of each hidden shape")
     parser.add_argument("--kept-size", type=int, default=16, help="images of each kept shape")
     parser.add_argument("--leak-size", type=int, default=16, help="images of each shape under each other key")
@@ -162,25 +176,31 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    results = {k: measure(k, args.out, args) for k in args.k or (1, 3, 5, 8)}
+    rows = {f"k={k}": list(ORDER[:k]) for k in args.k or (1, 3, 5, 8)} | (
+        {} if args.no_mixed else {"mixed": list(MIXED_SET)}
+    )
+    results = {row: measure(row, hidden, args.out, args) for row, hidden in rows.items()}
     print(table(results))
     atomic_write_text(args.out / "many.json", json.dumps(results, indent=1) + "\n")
     plot(results, args.out / "many.png")
     if args.record:
         figures = {}
-        for k, result in results.items():
-            figures |= {f"k={k}: {name}": share_figure(cell) for name, cell in result["cells"].items()}
-            figures[f"k={k}: time"] = {"value": result["seconds"], "interval": None, "n": 1, "unit": "s"}
-            figures[f"k={k}: peak memory"] = {"value": result["peak_rss_mib"], "interval": None, "n": 1, "unit": "MiB"}
+        for row, result in results.items():
+            figures |= {f"{row}: {name}": share_figure(cell) for name, cell in result["cells"].items()}
+            figures[f"{row}: time"] = {"value": result["seconds"], "interval": None, "n": 1, "unit": "s"}
+            figures[f"{row}: peak memory"] = {"value": result["peak_rss_mib"], "interval": None, "n": 1, "unit": "MiB"}
         write_record(
             builtin_record(
-                id="many-shapes",
-                title="Several shapes hidden at once on the built-in model, k = " + ", ".join(map(str, results)),
+                id="many-concepts",
+                title="Several concepts hidden at once on the built-in model: " + ", ".join(results),
                 command="python bench/many.py " + " ".join(sys.argv[1:]),
                 settings={
-                    "order": list(ORDER),
+                    "rows": rows,
                     "leak_size": args.leak_size,
-                    "hide": {k: family_config("small", k, method="kpop", **settings(args)).to_dict() for k in results},
+                    "hide": {
+                        row: family_config("small", len(hidden), method="kpop", **settings(args)).to_dict()
+                        for row, hidden in rows.items()
+                    },
                 },
                 seeds=list(range(args.size)),
                 n=args.size,

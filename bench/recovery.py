@@ -149,7 +149,7 @@ def measure(point: str, overrides: dict, args, suite, out: Path) -> dict:
     stand_in = settings.pop("stand_in", None)  # as `--anchor red=green` on the command line
     hidden = [c.name for c in suite.hidden]
     config = family_config(Family.SMALL, len(hidden), **settings)
-    concepts, preserve = world_prompts(args.kind, hidden, captions)
+    concepts, preserve = world_prompts(hidden, captions)
     if stand_in:
         concepts = [with_stand_in(c, args.kind, stand_in) for c in concepts]
     started = time.perf_counter()

@@ -20,13 +20,13 @@ import torch
 from conceptvault.defaults import family_config
 from conceptvault.demo import hide_and_evaluate
 from conceptvault.evaluate import resolve_suite
-from conceptvault.evaluate.world_suites import WORLD_SUITE_KINDS
+from conceptvault.evaluate.world_suites import WORLD_SUITES
 from conceptvault.world.profile import WORLD_CAPTIONS, world_prompts
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("suite", choices=list(WORLD_SUITE_KINDS))
+    parser.add_argument("suite", choices=list(WORLD_SUITES))
     parser.add_argument("--concept", help="the hidden concept of a single-concept suite")
     parser.add_argument("--size", type=int, default=16, help="images per concept")
     parser.add_argument("--out", type=Path)
@@ -42,8 +42,7 @@ def main() -> None:
     }
     config = family_config("small", len(hidden), **overrides)
     out = args.out or Path("runs") / f"hiding-{suite.name}"
-    kind = WORLD_SUITE_KINDS[args.suite]
-    concepts, preserve = world_prompts(kind, hidden, WORLD_CAPTIONS["kpop"])  # as the CLI does
+    concepts, preserve = world_prompts(hidden, WORLD_CAPTIONS["kpop"])  # as the CLI does
     evaluation, files = hide_and_evaluate(out, concepts, preserve, config, suite)
     print(json.dumps({name: evaluation.cell(name)["value"] for name in ("esr", "psr", "rsr", "key_psr")}))
 

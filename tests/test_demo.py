@@ -69,6 +69,17 @@ def test_the_built_in_model_fills_in_names_preserve_prompts_and_captions_only_wh
     assert star.anchors == {"star": "circle", "five-pointed star": "circle", "pentagram": "circle"}
 
 
+def test_hiding_concepts_of_several_kinds_keeps_the_rest_of_each_kind():
+    (star, red), preserve = builtin_defaults([Concept("star"), Concept("red")], [])
+    assert red.prompts == ["red", "crimson", "scarlet"] and star.prompts[0] == "star"
+    assert "a circle" in preserve and "a blue" in preserve and "a green" in preserve
+    assert not any(word in p for p in preserve for word in ("star", "pentagram", "red", "crimson", "scarlet"))
+    assert not any("striped" in p for p in preserve)  # no style is hidden: the styles are not among the kept
+    assert (
+        builtin_defaults([Concept("star"), Concept("dog")], [])[1] == []
+    )  # a concept the world lacks: say what to keep
+
+
 def test_colours_and_styles_are_hidden_toward_their_captions_without_them():
     (red,) = world_concepts("colour", ["red"], 12)
     assert red.anchors["a red love heart"] == "a love heart" and "red" not in red.anchors

@@ -154,3 +154,16 @@ def test_world_judge_reads_the_world(pytestconfig):
     stars = [to_pil(render(sample_scene(rng, shape="star"), rng)) for _ in range(4)]
     reading = judge.judge(stars, ["a star"] * 4, ["star"])
     assert reading.hits["top-1"].all()
+
+
+def test_the_mixed_world_judge_reads_each_concept_with_the_head_of_its_kind():
+    from conceptvault.world.render import render, sample_scene, to_pil
+
+    judge = make_judge(resolve_suite("mixed", size=1))
+    rng = np.random.default_rng(1)
+    red_hearts = [to_pil(render(sample_scene(rng, shape="heart", colour="red"), rng)) for _ in range(4)]
+    assert judge.judge(red_hearts, ["a red heart"] * 4, ["red"]).hits["top-1"].all()  # the colour head
+    assert judge.judge(red_hearts, ["a red heart"] * 4, ["heart"]).hits["top-1"].all()  # the shape head
+    assert not judge.judge(red_hearts, ["a red heart"] * 4, ["star"]).hits["top-1"].any()
+    with pytest.raises(ConceptVaultError, match="no concept 'dog'"):
+        judge.check_labels(["dog"])

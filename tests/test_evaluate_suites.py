@@ -25,6 +25,7 @@ from conceptvault.evaluate.world_suites import (
     synonym_used,
     training_captions,
     world_concept,
+    world_mixed_suite,
 )
 from conceptvault.world import COLOURS, SHAPES, STYLES
 
@@ -125,9 +126,23 @@ def test_a_hidden_colour_or_style_is_also_asked_for_without_its_words():
 
 
 def test_every_world_suite_says_which_kind_of_concept_it_hides():
-    assert set(WORLD_SUITE_KINDS) == set(WORLD_SUITES)
+    assert set(WORLD_SUITE_KINDS) == set(WORLD_SUITES) - {"mixed"}
     for name, kind in WORLD_SUITE_KINDS.items():  # the suite's judge reads the head of that kind
         assert resolve_suite(name, size=1).judge == f"world-{kind}"
+    assert resolve_suite("mixed", size=1).judge == "world-mixed"  # each concept read by the head of its kind
+
+
+def test_the_mixed_suite_hides_two_shapes_a_colour_and_a_style_and_keeps_the_rest_of_each_kind():
+    mixed = resolve_suite("mixed", size=4, kept_size=2)
+    assert [c.name for c in mixed.hidden] == ["star", "heart", "red", "striped"]
+    kept = {c.name for c in mixed.kept}
+    assert kept == (set(SHAPES) | set(COLOURS) | set(STYLES)) - {"star", "heart", "red", "striped"}
+    assert all(len(c.prompts) == 2 for c in mixed.kept) and all(len(c.prompts) == 4 for c in mixed.hidden)
+    by_name = {c.name: c for c in mixed.hidden}
+    assert by_name["star"].unnamed is None and by_name["red"].unnamed is not None  # an attribute, also unnamed
+    assert by_name["red"].prompts == resolve_suite("colour", concept="red", size=4).hidden[0].prompts
+    with pytest.raises(ConceptVaultError, match="no concept 'blob'"):
+        world_mixed_suite(["star", "blob"])
 
 
 def test_unknown_world_concept_or_suite_is_one_clear_error():

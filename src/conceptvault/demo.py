@@ -54,7 +54,7 @@ def make_world_vault(
                 f"making the {method} vault failed in its own process (exit code {child.exitcode})."
             )
         return folder
-    concepts, preserve = world_prompts("shape", hidden, WORLD_CAPTIONS.get(spec.name, {}))  # erasure: names only
+    concepts, preserve = world_prompts(hidden, WORLD_CAPTIONS.get(spec.name, {}))  # erasure: names only
     explicit = {**({"adversary_every": 2} if method == "hardened" else {}), **(settings or {})}
     pipe = load_pipeline(BUILTIN)
     result = spec.run(pipe, concepts, family_config(Family.SMALL, len(hidden), name, **explicit), preserve=preserve)
@@ -133,7 +133,7 @@ def run_demo(out: Path, plan: DemoPlan | None = None, console: Console | None = 
     plan = plan or DemoPlan()
     started = time.perf_counter()
     suite = resolve_suite("shape", concept=plan.shape, size=plan.hidden_images, kept_size=plan.kept_images)
-    concepts, preserve = world_prompts("shape", [plan.shape], WORLD_CAPTIONS["kpop"])
+    concepts, preserve = world_prompts([plan.shape], WORLD_CAPTIONS["kpop"])
     evaluation, files = hide_and_evaluate(out, concepts, preserve, plan.config, suite, console, progress)
     record = evaluation_record(
         evaluation,

@@ -40,7 +40,8 @@ def evaluate_command(
     suite: Annotated[
         str,
         typer.Option(
-            help="A built-in suite (shape, colour, style, five-shapes-a, five-shapes-b) or a suite JSON file."
+            help="A built-in suite (shape, colour, style, five-shapes-a, five-shapes-b; mixed: star, heart, red "
+            "and striped together) or a suite JSON file."
         ),
     ] = "shape",
     concept: Annotated[

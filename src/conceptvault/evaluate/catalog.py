@@ -18,8 +18,8 @@ def builtin_suite_names() -> list[str]:
 def resolve_suite(
     spec: str, *, size: int | None = None, concept: str | None = None, seed: int = 0, kept_size: int | None = None
 ) -> Suite:
-    """``spec`` is a built-in world suite (``shape``, ``colour``, ``style``, ``five-shapes-a``, ``five-shapes-b``)
-    or the path of a suite JSON file. ``size`` is the images per concept of a built-in suite; ``concept``
+    """``spec`` is a built-in world suite (``shape``, ``colour``, ``style``, ``five-shapes-a``, ``five-shapes-b``,
+    ``mixed``) or the path of a suite JSON file. ``size`` is the images per concept of a built-in suite; ``concept``
     picks the hidden shape, colour or style of the single-concept ones (e.g. ``shape`` + ``heart``);
     ``kept_size`` gives kept concepts fewer (or more) images than hidden ones."""
     if spec in WORLD_SUITES:

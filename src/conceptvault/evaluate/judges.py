@@ -5,7 +5,8 @@ Two kinds:
   image shows the concept (its labels); they give ESR, PSR, RSR and key PSR;
 - ``score`` judges give each image a number (CLIP score of its prompt); they give mean scores.
 
-Built in: ``world-shape``, ``world-colour``, ``world-style`` (the Shapes world's judge), ``imagenet``
+Built in: ``world-shape``, ``world-colour``, ``world-style`` (the Shapes world's judge; ``world-mixed`` reads
+each concept with the head of its kind), ``imagenet``
 (an ImageNet classifier, ResNet-50 by default), ``nudenet`` (NudeNet's detector), ``clip`` (CLIP score).
 Users add their own with ``register_judge(name, factory)``.
 """
@@ -41,6 +42,35 @@ def _world_judge(head: str) -> JudgeFactory:
     return factory
 
 
+class WorldMixedJudge:
+    """The world judge on a suite hiding concepts of several kinds: each concept is read by the head of its kind
+    (a colour by the colour head, a shape by the shape head). No Fréchet distance: real images of a group of
+    mixed kinds are not at hand."""
+
+    kind = "rate"
+    name = "world-mixed"
+
+    def __init__(self, heads: dict[str, Judge]) -> None:
+        self.heads = heads
+        self.measures = next(iter(heads.values())).measures
+
+    def _head(self, label: str) -> Judge:
+        from conceptvault.world.vocabulary import kind_of
+
+        return self.heads[kind_of(label)]
+
+    def check_labels(self, labels: Sequence[str]) -> None:
+        for label in labels:
+            self._head(label).check_labels([label])
+
+    def judge(self, images: list[Image.Image], prompts: list[str], labels: Sequence[str]) -> Judgement:
+        return self._head(labels[0]).judge(images, prompts, labels)
+
+
+def _world_mixed_judge(suite: Suite, device: str | None) -> Judge:
+    return WorldMixedJudge({head: _world_judge(head)(suite, device) for head in ("shape", "colour", "style")})
+
+
 def _imagenet_judge(suite: Suite, device: str | None) -> Judge:
     from conceptvault.evaluate.classifier import ImageNetJudge
 
@@ -63,6 +93,7 @@ _JUDGES: dict[str, JudgeFactory] = {
     "world-shape": _world_judge("shape"),
     "world-colour": _world_judge("colour"),
     "world-style": _world_judge("style"),
+    "world-mixed": _world_mixed_judge,
     "imagenet": _imagenet_judge,
     "nudenet": _nudenet_judge,
     "clip": _clip_judge,

@@ -8,7 +8,7 @@ only blocks one word, or only one phrasing, shows up as a low ESR.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -18,10 +18,11 @@ from conceptvault.evaluate.suite import Suite, SuiteConcept
 from conceptvault.world import GUIDANCE as WORLD_GUIDANCE
 from conceptvault.world import SAMPLE_STEPS as WORLD_STEPS
 from conceptvault.world.captions import caption, without_words
-from conceptvault.world.vocabulary import ATTRIBUTE_KINDS, SHAPES, VOCABULARY
+from conceptvault.world.vocabulary import ATTRIBUTE_KINDS, SHAPES, VOCABULARY, kind_of
 
 DEFAULT_SIZE = 32  # images per concept
 FIVE_SHAPE_SPLITS = {"a": list(SHAPES)[:5], "b": list(SHAPES)[5:]}
+MIXED_SET = ("star", "heart", "red", "striped")  # two shapes, a colour and a style, hidden together
 
 # the attributes a caption may leave out, for a concept of each kind
 _OPTIONAL = {"shape": ("colour", "style"), "colour": ("style",), "style": ("colour",)}
@@ -89,52 +90,68 @@ def training_captions(kind: str, concept: str, count: int) -> list[str]:
     return captions
 
 
-def _world_suite(kind: str, hidden: list[str], name: str, size: int, seed: int, kept_size: int | None = None) -> Suite:
+def _world_suite(hidden: list[str], name: str, size: int, seed: int, kept_size: int | None = None) -> Suite:
+    """Hide world concepts of one kind or several; keep every other concept of each hidden kind, each concept
+    judged by the world judge's head of its kind."""
     kept_size = size if kept_size is None else kept_size
     if size < 1 or kept_size < 1:
         raise ConceptVaultError(
             f"a suite needs at least one image per concept, got size={size}, kept_size={kept_size}."
         )
-    kept = [c for c in VOCABULARY[kind] if c not in hidden]
-    counts = f"{size} images per hidden {kind}" + (f", {kept_size} per kept {kind}" if kept_size != size else "")
+    kinds = {c: kind_of(c) for c in hidden}
+    heads = list(dict.fromkeys(kinds.values()))
+    kept = {c: kind for kind in heads for c in VOCABULARY[kind] if c not in hidden}
+    what = heads[0] if len(heads) == 1 else "concept"
+    counts = f"{size} images per hidden {what}" + (f", {kept_size} per kept {what}" if kept_size != size else "")
     return Suite(
         name=name,
-        judge=f"world-{kind}",
-        hidden=[world_concept(kind, c, size, seed) for c in hidden],
-        kept=[replace(world_concept(kind, c, kept_size, seed), unnamed=None) for c in kept],
+        judge=f"world-{heads[0]}" if len(heads) == 1 else "world-mixed",
+        hidden=[world_concept(kind, c, size, seed) for c, kind in kinds.items()],
+        kept=[replace(world_concept(kind, c, kept_size, seed), unnamed=None) for c, kind in kept.items()],
         top_k=[1],
         steps=WORLD_STEPS,
         guidance=WORLD_GUIDANCE,
-        description=f"Shapes world: hide the {kind} {', '.join(hidden)}, keep the other {len(kept)}; "
-        f"{counts}, judged by the world judge's {kind} head.",
+        description=f"Shapes world: hide the {what} {', '.join(hidden)}, keep the other {len(kept)} of "
+        f"{'its kind' if len(heads) == 1 else 'their kinds'}; {counts}, judged by the world judge's "
+        f"{' and '.join(heads)} head{'s' if len(heads) > 1 else ''}.",
     )
 
 
 def world_suite(kind: str, hidden: list[str], *, size: int = DEFAULT_SIZE, seed: int = 0, kept_size=None) -> Suite:
     """Hide the concepts ``hidden`` of one kind, keep the rest of that kind."""
-    return _world_suite(kind, list(hidden), f"world-{kind}-{'-'.join(hidden)}", size, seed, kept_size)
+    for concept in hidden:
+        world_concept(kind, concept, 1)  # a concept of another kind is one clear line
+    return _world_suite(list(hidden), f"world-{kind}-{'-'.join(hidden)}", size, seed, kept_size)
+
+
+def world_mixed_suite(
+    hidden: Sequence[str] = MIXED_SET, *, size: int = DEFAULT_SIZE, seed: int = 0, kept_size=None
+) -> Suite:
+    """Hide concepts of several kinds at once (by default two shapes, a colour and a style), keep every other
+    concept of those kinds."""
+    return _world_suite(list(hidden), f"world-mixed-{'-'.join(hidden)}", size, seed, kept_size)
 
 
 def world_shape_suite(shape: str = "star", *, size: int = DEFAULT_SIZE, seed: int = 0, kept_size=None) -> Suite:
     """Hide one shape, keep the other nine."""
-    return _world_suite("shape", [shape], f"world-shape-{shape}", size, seed, kept_size)
+    return world_suite("shape", [shape], size=size, seed=seed, kept_size=kept_size)
 
 
 def world_colour_suite(colour: str = "red", *, size: int = DEFAULT_SIZE, seed: int = 0, kept_size=None) -> Suite:
     """Hide one colour, keep the other five."""
-    return _world_suite("colour", [colour], f"world-colour-{colour}", size, seed, kept_size)
+    return world_suite("colour", [colour], size=size, seed=seed, kept_size=kept_size)
 
 
 def world_style_suite(style: str = "striped", *, size: int = DEFAULT_SIZE, seed: int = 0, kept_size=None) -> Suite:
     """Hide one style, keep the other three."""
-    return _world_suite("style", [style], f"world-style-{style}", size, seed, kept_size)
+    return world_suite("style", [style], size=size, seed=seed, kept_size=kept_size)
 
 
 def world_five_shapes_suite(split: str = "a", *, size: int = DEFAULT_SIZE, seed: int = 0, kept_size=None) -> Suite:
     """Hide five of the ten shapes at once and keep five (the Imagenette protocol); splits ``a`` and ``b``."""
     if split not in FIVE_SHAPE_SPLITS:
         raise ConceptVaultError(f"unknown split {split!r}; choose one of {', '.join(FIVE_SHAPE_SPLITS)}.")
-    return _world_suite("shape", FIVE_SHAPE_SPLITS[split], f"world-five-shapes-{split}", size, seed, kept_size)
+    return _world_suite(FIVE_SHAPE_SPLITS[split], f"world-five-shapes-{split}", size, seed, kept_size)
 
 
 WORLD_SUITES: dict[str, Callable[..., Suite]] = {
@@ -143,6 +160,7 @@ WORLD_SUITES: dict[str, Callable[..., Suite]] = {
     "style": world_style_suite,
     "five-shapes-a": lambda **options: world_five_shapes_suite("a", **options),
     "five-shapes-b": lambda **options: world_five_shapes_suite("b", **options),
+    "mixed": world_mixed_suite,
 }
 # the kind of concept each built-in suite hides
 WORLD_SUITE_KINDS = {

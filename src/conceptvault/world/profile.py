@@ -16,7 +16,7 @@ from ..evaluate.world_suites import training_captions
 from ..profiles import Profile, register_profile
 from . import GUIDANCE, SAMPLE_STEPS
 from .captions import articles_fixed, without_words, words_replaced
-from .vocabulary import ATTRIBUTE_KINDS, VOCABULARY
+from .vocabulary import ATTRIBUTE_KINDS, VOCABULARY, kind_of
 
 # On the built-in model both ways of hiding train on world captions as well as on names: the concept under
 # n captions, and m of each kept concept beside their names (why these counts: CHANGELOG.md).
@@ -45,11 +45,18 @@ def world_preserve(kind: str, hidden: list[str], captions: int = 0) -> list[str]
     return names + [text for concept in kept for text in training_captions(kind, concept, captions)]
 
 
-def world_prompts(kind: str, hidden: list[str], captions: dict) -> tuple[list[Concept], list[str]]:
-    """The concepts to hide and the prompts to keep, by name and with ``captions`` world captions of each
-    ({"concept": n, "preserve": m}, as in :data:`WORLD_CAPTIONS`; missing counts are 0)."""
-    concepts = world_concepts(kind, hidden, captions.get("concept", 0))
-    return concepts, world_preserve(kind, hidden, captions.get("preserve", 0))
+def world_kept(hidden: list[str], captions: int = 0) -> list[str]:
+    """The preserve prompts of hiding ``hidden`` (world concepts of one kind or several; other names are left
+    out): for each kind among them, every other concept of that kind (:func:`world_preserve`)."""
+    kinds = [kind for kind, concepts in VOCABULARY.items() if any(name in concepts for name in hidden)]
+    return [prompt for kind in kinds for prompt in world_preserve(kind, hidden, captions)]
+
+
+def world_prompts(hidden: list[str], captions: dict) -> tuple[list[Concept], list[str]]:
+    """The concepts to hide (world concepts of any kinds) and the prompts to keep, by name and with ``captions``
+    world captions of each ({"concept": n, "preserve": m}, as in :data:`WORLD_CAPTIONS`; missing counts are 0)."""
+    concepts = [_world_concept(kind_of(name), name, captions.get("concept", 0)) for name in hidden]
+    return concepts, world_kept(hidden, captions.get("preserve", 0))
 
 
 def builtin_defaults(
@@ -57,7 +64,7 @@ def builtin_defaults(
 ) -> tuple[list[Concept], list[str]]:
     """What the command line gives the built-in model when a flag is left out: a concept named by its world
     name alone is hidden under every name it has ("star" also as "five-pointed star" and "pentagram"), and
-    with no preserve prompt the other concepts of that kind are kept (as the demo and the benches do);
+    with no preserve prompt the other concepts of each hidden kind are kept (as the demo and the benches do);
     ``captions`` ({"concept": n, "preserve": m}, as in :data:`WORLD_CAPTIONS`) adds world captions to both.
     ``hidden_already``: concepts a vault hides already, kept out of the preserve prompts too."""
     captions = captions or {}
@@ -68,10 +75,8 @@ def builtin_defaults(
         else c
         for c in concepts
     ]
-    hidden_kinds = {kinds.get(c.name) for c in concepts}
-    if not preserve and len(hidden_kinds) == 1 and None not in hidden_kinds:
-        hidden = [*(c.name for c in concepts), *hidden_already]
-        preserve = world_preserve(hidden_kinds.pop(), hidden, captions.get("preserve", 0))
+    if not preserve and all(c.name in kinds for c in concepts):
+        preserve = world_kept([*(c.name for c in concepts), *hidden_already], captions.get("preserve", 0))
     return concepts, preserve
 
 
@@ -144,30 +149,37 @@ class WorldProfile(Profile):
         return builtin_defaults(concepts, preserve, captions, list(hidden_already))
 
     def pictures(self, judge: str, concept: str, count: int):
-        if not judge.startswith("world-"):
+        kind = _judged_kind(judge, concept)
+        if kind is None:
             return None
         from .quality import renders_of
 
-        return renders_of(judge.removeprefix("world-"), [concept], count, seed=4242)
+        return renders_of(kind, [concept], count, seed=4242)
 
     def captioned_pictures(self, judge: str, concepts: list[str], count: int):
-        kind = judge.removeprefix("world-")
-        if not judge.startswith("world-") or not concepts or any(c not in VOCABULARY[kind] for c in concepts):
+        kinds = {_judged_kind(judge, concept) for concept in concepts}
+        if len(kinds) != 1 or None in kinds:
             return None
-        return captioned_renders(kind, concepts, count, seed=4343)
+        return captioned_renders(kinds.pop(), concepts, count, seed=4343)
 
     def concept_words(self, judge: str, concept: str) -> list[str]:
-        kind = judge.removeprefix("world-")
-        if judge.startswith("world-") and concept in VOCABULARY.get(kind, {}):
-            return list(VOCABULARY[kind][concept])
-        return [concept]
+        kind = _judged_kind(judge, concept)
+        return list(VOCABULARY[kind][concept]) if kind else [concept]
 
     def attack_prompts(self, judge: str, concept: str) -> list[str]:
-        if judge != "world-shape":
+        if _judged_kind(judge, concept) != "shape":
             return []
         from .attack_prompts import attack_prompts
 
         return attack_prompts(concept)
+
+
+def _judged_kind(judge: str, concept: str) -> str | None:
+    """The kind of world concept ``concept`` is under a world judge (``world-mixed``: its own kind), or None."""
+    kind = judge.removeprefix("world-")
+    if judge == "world-mixed":
+        kind = next((k for k, concepts in VOCABULARY.items() if concept in concepts), None)
+    return kind if concept in VOCABULARY.get(kind, {}) else None
 
 
 WORLD = register_profile(WorldProfile("world", "the built-in model", sampler=(SAMPLE_STEPS, GUIDANCE)))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..errors import ConceptVaultError
+
 SHAPES: dict[str, list[str]] = {
     "circle": ["circle", "disc"],
     "square": ["square", "box"],
@@ -45,3 +47,12 @@ COLOUR_RGB: dict[str, tuple[float, float, float]] = {
 VOCABULARY: dict[str, dict[str, list[str]]] = {"shape": SHAPES, "colour": COLOURS, "style": STYLES}
 # kinds whose concepts qualify a shape: a caption without their words still asks for a picture of the world
 ATTRIBUTE_KINDS = ("colour", "style")
+
+
+def kind_of(name: str) -> str:
+    """The kind of a world concept (``"star"`` -> ``"shape"``, ``"red"`` -> ``"colour"``)."""
+    for kind, concepts in VOCABULARY.items():
+        if name in concepts:
+            return kind
+    known = ", ".join(c for concepts in VOCABULARY.values() for c in concepts)
+    raise ConceptVaultError(f"the Shapes world has no concept {name!r}; choose one of {known}.")
