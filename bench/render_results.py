@@ -249,17 +249,19 @@ def frontier_chart(record: dict, path: Path) -> None:
     control, *points = frontier_points(record)
     panels = [("PSR", "PSR, % of the original's"), ("RSR", "RSR, % of the original's"), ("minutes", "minutes to hide")]
     figure, axes = plt.subplots(1, 3, figsize=(13, 4.2))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for axis, (key, label) in zip(axes, panels, strict=True):
-        for p in points:
+        for index, p in enumerate(points):  # a row keeps its colour in every panel; the legend names it
             if p[key] is None:
                 continue
             y = 100 * p[key] if key != "minutes" else p[key]
-            axis.plot(p["steps"], y, ">" if p["censored"] else "o", markersize=7)
-            axis.annotate(p["row"], (p["steps"], y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+            colour = colours[index % len(colours)]
+            axis.plot(p["steps"], y, ">" if p["censored"] else "o", markersize=7, color=colour, label=p["row"])
         axis.axvline(control["steps"], color="black", linestyle="--", linewidth=1)
         axis.set_xlabel(f"attacker's {FRONTIER_ATTACK}")
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, loc="best")
     figure.suptitle(
         f"Further right is harder to teach back; dashed: {control['row']} ({_steps(control)} steps); "
         "a right arrow: not reached within the attack's steps",
@@ -369,10 +371,16 @@ def add(path: Path, folder: Path = RESULTS_DIR) -> Path:
     if existing.is_file():
         old = read_record(existing)
         if old != record:
-            stamp = old["created"][:10]
-            old.update(id=f"{record['id']}-{stamp}", status=SUPERSEDED, superseded_by=record["id"])
+            old.update(id=_history_id(record["id"], old["created"][:10], folder))
+            old.update(status=SUPERSEDED, superseded_by=record["id"])
             write_record(old, folder)
     return write_record(record, folder)
+
+
+def _history_id(id: str, date: str, folder: Path) -> str:
+    """``<id>-<date>``, or ``<id>-<date>-2``, ``-3`` ... when a record of that id was superseded that day already."""
+    names = (f"{id}-{date}", *(f"{id}-{date}-{n}" for n in range(2, 1000)))
+    return next(name for name in names if not (folder / f"{name}.json").exists())
 
 
 def main() -> int:

@@ -167,6 +167,12 @@ def test_adding_a_record_of_an_existing_id_keeps_the_old_one_as_superseded(tmp_p
     assert old["status"] == "superseded" and old["superseded_by"] == "demo-star"
     assert read_record(tmp_path / "demo-star.json")["wall_seconds"] == 300.0
     assert len(read_records(tmp_path)) == 2
+    # superseded again the same day (the record just added was made 2026-12-01 too): both earlier ones stay
+    write_record(a_record(created="2026-12-01T09:00:00+00:00", wall_seconds=300.0), tmp_path)
+    add(write_record(a_record(wall_seconds=400.0), tmp_path / "again"), tmp_path)
+    assert read_record(tmp_path / "demo-star-2026-12-01.json")["created"] == "2026-12-01T00:00:00+00:00"
+    assert read_record(tmp_path / "demo-star-2026-12-01-2.json")["wall_seconds"] == 300.0
+    assert len(read_records(tmp_path)) == 3
 
 
 def test_the_helpers_fill_in_commit_machine_and_fingerprints(tmp_path):
