@@ -96,11 +96,13 @@ def _record_section(r: dict, shipped_judge: str, shipped_model: str) -> list[str
     ]
     if r["notes"]:
         lines.append(f"- notes: {r['notes']}")
+    drawn = r["status"] == "measured"  # the charts are drawn for the records in force only
     if "leaderboard" in r["settings"]:
         lines += ["", *leaderboard_table(r)]
-        lines += ["", f"![{r['id']}](images/{r['id']}.png)"] if share_columns(r) else []
+        lines += ["", f"![{r['id']}](images/{r['id']}.png)"] if share_columns(r) and drawn else []
     if frontier_points(r):
-        lines += ["", *frontier_table(r), "", f"![{r['id']} frontier](images/{r['id']}-frontier.png)"]
+        lines += ["", *frontier_table(r)]
+        lines += ["", f"![{r['id']} frontier](images/{r['id']}-frontier.png)"] if drawn else []
     lines += [
         "",
         "| figure | value | 95 % interval | n | original model | original's interval |",
