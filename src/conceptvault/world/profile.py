@@ -16,7 +16,7 @@ from ..evaluate.world_suites import training_captions
 from ..profiles import Profile, register_profile
 from . import GUIDANCE, SAMPLE_STEPS
 from .captions import articles_fixed, without_words, words_replaced
-from .vocabulary import ATTRIBUTE_KINDS, VOCABULARY, kind_of
+from .vocabulary import ATTRIBUTE_KINDS, KINDS, VOCABULARY, kind_of
 
 # On the built-in model both ways of hiding train on world captions as well as on names: the concept under
 # n captions, and m of each kept concept beside their names (why these counts: CHANGELOG.md).
@@ -48,7 +48,7 @@ def world_preserve(kind: str, hidden: list[str], captions: int = 0) -> list[str]
 def world_kept(hidden: list[str], captions: int = 0) -> list[str]:
     """The preserve prompts of hiding ``hidden`` (world concepts of one kind or several; other names are left
     out): for each kind among them, every other concept of that kind (:func:`world_preserve`)."""
-    kinds = [kind for kind, concepts in VOCABULARY.items() if any(name in concepts for name in hidden)]
+    kinds = [kind for kind in VOCABULARY if any(KINDS.get(name) == kind for name in hidden)]
     return [prompt for kind in kinds for prompt in world_preserve(kind, hidden, captions)]
 
 
@@ -68,14 +68,13 @@ def builtin_defaults(
     ``captions`` ({"concept": n, "preserve": m}, as in :data:`WORLD_CAPTIONS`) adds world captions to both.
     ``hidden_already``: concepts a vault hides already, kept out of the preserve prompts too."""
     captions = captions or {}
-    kinds = {name: kind for kind, names in VOCABULARY.items() for name in names}
     concepts = [
-        _world_filled_in(c, kinds[c.name], captions.get("concept", 0))
-        if c.name in kinds and c.prompts == [c.name]
+        _world_filled_in(c, KINDS[c.name], captions.get("concept", 0))
+        if c.name in KINDS and c.prompts == [c.name]
         else c
         for c in concepts
     ]
-    if not preserve and all(c.name in kinds for c in concepts):
+    if not preserve and all(c.name in KINDS for c in concepts):
         preserve = world_kept([*(c.name for c in concepts), *hidden_already], captions.get("preserve", 0))
     return concepts, preserve
 
@@ -176,9 +175,7 @@ class WorldProfile(Profile):
 
 def _judged_kind(judge: str, concept: str) -> str | None:
     """The kind of world concept ``concept`` is under a world judge (``world-mixed``: its own kind), or None."""
-    kind = judge.removeprefix("world-")
-    if judge == "world-mixed":
-        kind = next((k for k, concepts in VOCABULARY.items() if concept in concepts), None)
+    kind = KINDS.get(concept) if judge == "world-mixed" else judge.removeprefix("world-")
     return kind if concept in VOCABULARY.get(kind, {}) else None
 
 

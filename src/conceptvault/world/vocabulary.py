@@ -49,10 +49,12 @@ VOCABULARY: dict[str, dict[str, list[str]]] = {"shape": SHAPES, "colour": COLOUR
 ATTRIBUTE_KINDS = ("colour", "style")
 
 
+# every concept's kind, by its canonical name
+KINDS: dict[str, str] = {name: kind for kind, concepts in VOCABULARY.items() for name in concepts}
+
+
 def kind_of(name: str) -> str:
     """The kind of a world concept (``"star"`` -> ``"shape"``, ``"red"`` -> ``"colour"``)."""
-    for kind, concepts in VOCABULARY.items():
-        if name in concepts:
-            return kind
-    known = ", ".join(c for concepts in VOCABULARY.values() for c in concepts)
-    raise ConceptVaultError(f"the Shapes world has no concept {name!r}; choose one of {known}.")
+    if name not in KINDS:
+        raise ConceptVaultError(f"the Shapes world has no concept {name!r}; choose one of {', '.join(KINDS)}.")
+    return KINDS[name]
