@@ -2,7 +2,7 @@
 side by side in one run under each change.
 
     python bench/cpu_cuts.py --record            # the built-in model, torch.compile included (its compiling: minutes)
-    python bench/cpu_cuts.py --model tests/tiny --no-compile --repeats 2
+    python bench/cpu_cuts.py --model runwayml/stable-diffusion-v1-5 --no-compile --repeats 3   # any diffusers UNet
 
 The calls: a training update (forward and backward at the training batch, 3 parts of ``batch_size`` latents, the
 gradient reaching every cross-attention key and value, as a key's does) and a trajectory-caching call (a guided
