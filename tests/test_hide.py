@@ -225,6 +225,22 @@ def test_trajectories_cached_together_are_each_prompts_own(sd1_path, monkeypatch
     assert not torch.allclose(together.cache["a star"][2], together.cache["a circle"][2])
 
 
+def test_the_cache_progress_on_the_first_of_two_processes_counts_every_prompt_once(sd1_path, monkeypatch):
+    import conceptvault.latents as latents
+
+    pipe = load_pipeline(str(sd1_path), device="cpu")
+    prompts = ["a star", "a circle", "a red square"]
+    texts = TextStates(pipe, [*prompts, ""])
+    sampler = Sampler.for_pipeline(pipe, 2, 3.0, texts(""))
+    monkeypatch.setattr(CachedLatents, "TRAJECTORIES_PER_CALL", 2)  # one prompt per sampler batch: three batches
+    monkeypatch.setattr(latents, "processes", lambda: 2)
+    monkeypatch.setattr(latents, "mine", lambda count: range(0, count, 2))  # the first process: batches 0 and 2
+    monkeypatch.setattr(latents, "gathered", lambda parts: dict.fromkeys(prompts) | parts)  # the other share: none
+    done = []
+    CachedLatents(pipe.unet, sampler, texts, prompts, 2, torch.Generator().manual_seed(0), done.append)
+    assert done == [2, 1]  # both processes' first batch, then the last one alone: 3 prompts, not 4
+
+
 def test_the_probe_measures_a_spread_sample_of_the_preserve_prompts(sd1_path):
     pipe = load_pipeline(str(sd1_path), device="cpu")
     preserve = [f"a shape number {i}" for i in range(20)]

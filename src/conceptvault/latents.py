@@ -145,8 +145,9 @@ class CachedLatents:
                 latents = following
             parts = [torch.stack(part, dim=1).cpu().split(trajectories) for part in zip(*visited, strict=True)]
             self.cache.update(zip(chunk, zip(*parts, strict=True), strict=True))
-            if on_prompts is not None:
-                on_prompts(len(chunk) * processes())
+            if on_prompts is not None:  # this round's prompts on every process, so the count ends at the total
+                first = index - index % processes()
+                on_prompts(sum(len(c) for c in chunks[first : first + processes()]))
         shares = gathered(self.cache)
         self.cache = {prompt: shares[prompt] for prompt in unique}
         self.device = next(frozen_unet.parameters()).device
