@@ -379,9 +379,9 @@ def add(path: Path, folder: Path = RESULTS_DIR) -> Path:
     return write_record(record, folder)
 
 
-def _history_id(id: str, date: str, folder: Path) -> str:
+def _history_id(record_id: str, date: str, folder: Path) -> str:
     """``<id>-<date>``, or ``<id>-<date>-2``, ``-3`` ... when a record of that id was superseded that day already."""
-    names = (f"{id}-{date}", *(f"{id}-{date}-{n}" for n in range(2, 1000)))
+    names = (f"{record_id}-{date}", *(f"{record_id}-{date}-{n}" for n in range(2, 1000)))
     return next(name for name in names if not (folder / f"{name}.json").exists())
 
 
