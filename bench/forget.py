@@ -9,7 +9,8 @@ fine-tuned by an attacker, beside the original model (and a never-trained one, w
 Each candidate seals the star with ``sealed``'s built-in defaults and its own settings; without the attacker
 key and token inside sealing (``adversary_every=0``), so that the candidates differ only in where the public
 weights start: the original (``distil``), or the original moved toward noise (``perturb``; all weights, or the
-cross-attention alone, half-way or all the way) and distilled back on the kept prompts; ``finetune-sim`` starts from
+cross-attention alone, half-way or all the way) and distilled back on the kept prompts (``perturb-xattn-0.5-keyed``:
+half-way, with the attacker key and token inside as by default); ``finetune-sim`` starts from
 the original and trains against a simulated fine-tuning attacker instead; ``reset-xattn-0.1`` re-draws only the
 cross-attention units that answer the star more than the kept shapes. Then ESR, RSR, PSR
 and key PSR, and the fine-tuning attack (cross-attention; ``--attack`` adds others) on every public model and
@@ -45,6 +46,8 @@ CANDIDATES = {
     "perturb-all-0.1": dict(adversary_every=0, perturb=0.1),
     "perturb-xattn-0.5": dict(adversary_every=0, perturb=0.5, train="xattn"),
     "perturb-xattn-1.0": dict(adversary_every=0, perturb=1.0, train="xattn"),
+    # the half-noise start as a user gets it: with sealing's attacker key and token inside, as by default
+    "perturb-xattn-0.5-keyed": dict(perturb=0.5, train="xattn"),
     # a tenth of the cross-attention key and value units, those answering the star most, re-drawn from noise
     "reset-xattn-0.1": dict(adversary_every=0, reset_units=0.1),
     # trained against an attacker who fine-tunes the cross-attention 8 steps at 2e-3 every second update
