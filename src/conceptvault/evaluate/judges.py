@@ -26,20 +26,24 @@ from conceptvault.evaluate.suite import Suite
 def _world_judge(head: str) -> JudgeFactory:
     def factory(suite: Suite, device: str | None) -> Judge:
         from conceptvault.world.judge import load_judge as load_world_judge
-        from conceptvault.world.quality import renders_of
 
-        world_judge = load_world_judge()
-
-        def predict(images: list[Image.Image]) -> np.ndarray:
-            return world_judge.predict(images)[head].detach().float().cpu().numpy()
-
-        def reference(labels: Sequence[str], count: int, seed: int) -> np.ndarray:
-            return world_judge.embed(renders_of(head, labels, count, seed))
-
-        labels = list(world_judge.labels[head])
-        return ClassifierJudge(f"world-{head}", labels, suite.top_k, predict, world_judge.embed, reference)
+        return _world_head(load_world_judge(), head, suite)
 
     return factory
+
+
+def _world_head(world_judge, head: str, suite: Suite) -> ClassifierJudge:
+    """The loaded world judge read through one of its heads (shape, colour or style)."""
+    from conceptvault.world.quality import renders_of
+
+    def predict(images: list[Image.Image]) -> np.ndarray:
+        return world_judge.predict(images)[head].detach().float().cpu().numpy()
+
+    def reference(labels: Sequence[str], count: int, seed: int) -> np.ndarray:
+        return world_judge.embed(renders_of(head, labels, count, seed))
+
+    labels = list(world_judge.labels[head])
+    return ClassifierJudge(f"world-{head}", labels, suite.top_k, predict, world_judge.embed, reference)
 
 
 class WorldMixedJudge:
@@ -68,7 +72,10 @@ class WorldMixedJudge:
 
 
 def _world_mixed_judge(suite: Suite, device: str | None) -> Judge:
-    return WorldMixedJudge({head: _world_judge(head)(suite, device) for head in ("shape", "colour", "style")})
+    from conceptvault.world.judge import load_judge as load_world_judge
+
+    world_judge = load_world_judge()  # once: every head reads the same network
+    return WorldMixedJudge({head: _world_head(world_judge, head, suite) for head in world_judge.labels})
 
 
 def _imagenet_judge(suite: Suite, device: str | None) -> Judge:
