@@ -36,9 +36,9 @@ def inputs(unet, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, 
     return z, t, torch.randn(batch, 77, width, generator=generator)
 
 
-def calls(unet, training_batch: int) -> tuple[dict, dict]:
-    """The calls (name -> a function of the change that makes the call once and returns the prediction), and
-    the model each change calls (the compiled one filled in by the caller)."""
+def calls(unet, training_batch: int, compiled: bool) -> dict:
+    """The calls: name -> a function of the change that makes the call once and returns the prediction. With
+    ``compiled``, the change ``compiled`` calls ``torch.compile(unet)``, which compiles on its first call."""
     generator = torch.Generator().manual_seed(0)
     update, cache = (
         inputs(unet, training_batch, generator),
@@ -46,12 +46,15 @@ def calls(unet, training_batch: int) -> tuple[dict, dict]:
     )
     for name, parameter in unet.named_parameters():
         parameter.requires_grad_(".attn2.to_k." in name or ".attn2.to_v." in name)
-    models = {"fp32": unet, "bf16": unet, "channels-last": unet, "compiled": None}
+    compiled_unet = torch.compile(unet) if compiled else None
+
+    def model(change: str):
+        return compiled_unet if change == "compiled" else unet
 
     def train(change: str):
         z, t, states = update
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=change == "bf16"):
-            prediction = unet_predict(models[change], _layout(z, change), t, states)
+            prediction = unet_predict(model(change), _layout(z, change), t, states)
         prediction.float().square().mean().backward()
         unet.zero_grad(set_to_none=True)
         return prediction.detach().float()
@@ -60,9 +63,9 @@ def calls(unet, training_batch: int) -> tuple[dict, dict]:
     def sample(change: str):
         z, t, states = cache
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=change == "bf16"):
-            return unet_predict(models[change], _layout(z, change), t, states).float()
+            return unet_predict(model(change), _layout(z, change), t, states).float()
 
-    return {"training update": train, "caching call": sample}, models
+    return {"training update": train, "caching call": sample}
 
 
 def _layout(z: torch.Tensor, change: str) -> torch.Tensor:
@@ -71,12 +74,11 @@ def _layout(z: torch.Tensor, change: str) -> torch.Tensor:
 
 def time_calls(unet, training_batch: int, repeats: int, compile_too: bool) -> tuple[dict, dict, float | None]:
     """Per call and change: the seconds of each round; bf16's relative error per call; the compile seconds."""
-    work, models = calls(unet, training_batch)
+    work = calls(unet, training_batch, compile_too)
     changes = [c for c in CHANGES if c != "compiled" or compile_too]
     compile_seconds = None
     if compile_too:
         started = time.perf_counter()
-        models["compiled"] = torch.compile(unet)
         for call in work.values():
             call("compiled")  # the first call compiles
         compile_seconds = time.perf_counter() - started
