@@ -34,7 +34,7 @@ from conceptvault.evaluate import resolve_suite
 from conceptvault.evaluate.compare import FIGURES, LABELS, compare, write_comparison
 from conceptvault.evaluate.world_suites import world_suite
 from conceptvault.files import atomic_write_text
-from conceptvault.records import builtin_record, share_figure, write_record
+from conceptvault.records import builtin_record, share_figure, steps_to_half_figure, write_record
 from conceptvault.registry import choices
 from conceptvault.vault import Vault
 
@@ -104,14 +104,7 @@ def attack_figures(
             results.append(AttackResult.from_dict(result))
             figures[f"{row}: {attack}"] = share_figure(result["curve"][-1]["recovery"])
             if Attack(attack).trains:
-                to_half = result["steps_to_50"]
-                figures[f"{row}: {attack}, steps to 50 %"] = {
-                    "value": steps if to_half is None else round(to_half, 1),
-                    "interval": None,
-                    "n": 1,
-                    "unit": "steps",
-                    "censored": to_half is None,  # never reached half within the attack's steps
-                }
+                figures[f"{row}: {attack}, steps to 50 %"] = steps_to_half_figure(result["steps_to_50"], steps)
     trained = [r for r in results if r.model == ORIGINAL_ROW and Attack(r.attack).trains]
     if trained:  # every row's curves in one report (attacks.md, attacks.png); the original's step 0 is its rate
         write_attack_report(AttackRun(concept, suite.name, trained[0].curve[0]["recovery"], None, results), out)

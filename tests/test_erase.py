@@ -20,6 +20,7 @@ from conceptvault.latents import Sampler
 from conceptvault.methods.esd import EsdConfig, erase_esd
 from conceptvault.methods.uce import UceConfig, concept_token_states, erase_uce
 from conceptvault.objective import Objective
+from conceptvault.records import read_record
 from conceptvault.vault import Vault, save_vault
 
 QUICK_ESD = EsdConfig(iterations=6, lr=1e-3, sampler_steps=3, batch_size=2)
@@ -140,8 +141,14 @@ def test_compare_puts_hiding_and_erasure_side_by_side(sd1_path, tmp_path, capsys
         guidance=3.0,
     ).save(suite)
 
-    code, out, err = run(capsys, "compare", hidden, erased, "--suite", suite, "--out", tmp_path / "cmp")
+    record = tmp_path / "hiding-vs-erasure.json"
+    code, out, err = run(
+        capsys, "compare", hidden, erased, "--suite", suite, "--out", tmp_path / "cmp", "--record", record
+    )
     assert code == 0, err
+    figures = read_record(record)["figures"]  # checked against the schema as it is read
+    assert figures["hidden: RSR-1 (with key)"]["n"] == 2 and "erased: RSR-1 (with key)" not in figures
+    assert figures["erased: ESR-1 (public)"]["n"] == 2 and figures["erased: time to make"]["unit"] == "s"
     data = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
     assert set(data["vaults"]) == {"hidden", "erased"}
     assert data["vaults"]["erased"]["method"] == "uce" and "rsr" not in data["vaults"]["erased"]

@@ -340,6 +340,9 @@ def forbid_models(monkeypatch) -> None:
         (["generate", "{vault}", "a star", "--out", "{tmp}/grid"], "must end in .png"),
         (["generate", "{vault}", "a star", "--out", "{tmp}"], "is a folder"),
         (["evaluate", "{vault}", "--size", "0"], "--size must be at least 1"),
+        (["evaluate", "{vault}", "--record", "{tmp}/Star Eval.json"], "its name is the record's id"),
+        (["attack", "{vault}", "--out", "{tmp}/a", "--record", "{tmp}/attack.txt"], "ending in .json"),
+        (["compare", "{vault}", "--out", "{tmp}/c", "--record", "{vault}/manifest.json/compare.json"], "for --record"),
         (["demo", "--images", "0"], "--images must be at least 1"),
         (["hide", "builtin", "--concept", "star", "--out", "{tmp}/v", "--eta", "nan"], "eta must be a finite number"),
         (

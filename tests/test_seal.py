@@ -15,6 +15,7 @@ from conceptvault.delta_key import DeltaKey, key_size
 from conceptvault.key import attached_keys
 from conceptvault.learned_token import name_the_token
 from conceptvault.methods.sealed import SealConfig, bare_names, seal
+from conceptvault.records import read_record, shipped_judge_fingerprint
 from conceptvault.vault import Vault, save_vault
 
 QUICK = SealConfig(
@@ -145,16 +146,38 @@ def test_sealed_hide_generate_evaluate_export_end_to_end(sd1_path, tmp_path, cap
     state = exported.unet.state_dict()
     assert all(torch.equal(state[n].float(), t.float()) for n, t in public.unet.state_dict().items())
     if model == "builtin":
-        code, out, err = run(capsys, "evaluate", vault, "--concept", "star", "--size", "1", "--out", tmp_path / "e")
+        evaluated = tmp_path / "records" / "sealed-star.json"
+        code, out, err = run(
+            capsys,
+            "evaluate",
+            vault,
+            "--concept",
+            "star",
+            "--size",
+            "1",
+            "--out",
+            tmp_path / "e",
+            "--record",
+            evaluated,
+        )
         assert code == 0, err
+        record = read_record(evaluated)  # checked against the schema as it is read
+        assert record["id"] == "sealed-star" and record["command"].startswith("conceptvault evaluate ")
+        assert record["judge_fingerprint"] == shipped_judge_fingerprint() and record["settings"]["hide"]
+        assert record["figures"]["ESR-1 (public)"]["n"] == 1
         # attacked with the prompt key its model family's hiding would have, as it has no prompt key of its own
         tiny = ["--steps", "1", "--images", "2", "--size", "2"]
+        attacked = tmp_path / "records" / "sealed-star-attacks.json"
         code, out, err = run(
-            capsys, "attack", vault, "--concept", "star", "--attack", "key-inversion", "--out", tmp_path / "a", *tiny
-        )
+            capsys, "attack", vault, "--concept", "star", "--attack", "key-inversion", "--out", tmp_path / "a", *tiny,
+            "--record", attacked,
+        )  # fmt: skip
         assert code == 0, err
         data = json.loads((tmp_path / "a" / "attacks.json").read_text())
         assert [r["attack"] for r in data["results"]] == ["key-inversion"] and data["rsr"]["n"] == 2
+        figures = read_record(attacked)["figures"]
+        assert figures["public: key-inversion"]["n"] == 2 and figures["key holder (RSR)"]["n"] == 2
+        assert figures["public: key-inversion, steps to 50 %"]["unit"] == "steps"
     code, out, err = run(
         capsys, "hide", source, "--method", "sealed", "--concept", "star", "--m", "4", "--out", tmp_path / "v2"
     )

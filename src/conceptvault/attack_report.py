@@ -13,6 +13,7 @@ from pathlib import Path
 from .attacks import Attack, AttackResult
 from .evaluate.report import format_ci, format_value
 from .files import atomic_write_text
+from .records import share_figure, steps_to_half_figure
 
 
 @dataclass
@@ -31,6 +32,21 @@ class AttackRun:
             "rsr": self.rsr,
             "results": [r.to_dict() for r in self.results],
         }
+
+
+def figures(run: AttackRun) -> dict[str, dict]:
+    """The run as a results record's figures: the original model's rate and RSR, then each attack's last
+    recovery on each model and, for the trained attacks, its steps to 50 %."""
+    found = {"original model": share_figure(run.original)}
+    if run.rsr:
+        found["key holder (RSR)"] = share_figure(run.rsr)
+    for result in run.results:
+        found[f"{result.model}: {result.attack}"] = share_figure(result.recovery)
+        if Attack(result.attack).trains:
+            found[f"{result.model}: {result.attack}, steps to 50 %"] = steps_to_half_figure(
+                result.steps_to(0.5), result.budget["steps"]
+            )
+    return found
 
 
 def _rate(cell: dict | None) -> str:

@@ -275,6 +275,27 @@ def evaluation_record(
     over its concepts at each measure, beside the original model's, with the evaluation's own settings.
 
     ``settings``: what made the vault (the hiding configuration and prompts), added to the evaluation's."""
+    meta = evaluation.meta
+    judge = evaluation.suite.judge
+    return make_record(
+        id=id,
+        title=title,
+        command=command,
+        settings=_as_json({**settings, "suite": evaluation.suite.name, "judge": judge, **meta["settings"]}),
+        seeds=sorted({r.seed for r in evaluation.records}),
+        n=len(evaluation.records),
+        figures=evaluation_figures(evaluation),
+        wall_seconds=wall_seconds,
+        model_fingerprint=meta["vault"]["base_fingerprint"],
+        judge_fingerprint=judge_fingerprint(judge),
+        device=meta["settings"]["device"],
+        notes=notes,
+    )
+
+
+def evaluation_figures(evaluation) -> dict[str, dict]:
+    """An evaluation's figures as a record holds them: each rate or score pooled over its concepts, beside the
+    original model's, then fidelity and FID."""
     from conceptvault.evaluate.report import FIDELITY_TITLES, figure_rows
 
     figures = {
@@ -296,22 +317,37 @@ def evaluation_record(
                     "n": distances["n"],
                     "unit": "FID",
                 }
-    meta = evaluation.meta
-    judge = evaluation.suite.judge
-    return make_record(
-        id=id,
-        title=title,
-        command=command,
-        settings=_as_json({**settings, "suite": evaluation.suite.name, "judge": judge, **meta["settings"]}),
-        seeds=sorted({r.seed for r in evaluation.records}),
-        n=len(evaluation.records),
-        figures=figures,
-        wall_seconds=wall_seconds,
-        model_fingerprint=meta["vault"]["base_fingerprint"],
-        judge_fingerprint=shipped_judge_fingerprint() if judge.startswith("world-") else f"{judge}, not fingerprinted",
-        device=meta["settings"]["device"],
-        notes=notes,
-    )
+    return figures
+
+
+def steps_to_half_figure(steps: float | None, budget: int) -> dict:
+    """An attack's steps to 50 % recovery as a figure; never reached within ``budget`` steps, the budget itself,
+    marked censored (a lower bound)."""
+    return {
+        "value": budget if steps is None else round(steps, 1),
+        "interval": None,
+        "n": 1,
+        "unit": "steps",
+        "censored": steps is None,
+    }
+
+
+def judge_fingerprint(judge: str) -> str:
+    """The fingerprint of the judge named ``judge``: the shipped world judge's for the world judges, which are
+    heads of it; any other judge is named, not fingerprinted."""
+    return shipped_judge_fingerprint() if judge.startswith("world-") else f"{judge}, not fingerprinted"
+
+
+def record_id(path: Path) -> str:
+    """The id of a record to be written to ``path``: its name without ``.json``. Checked before any work, so a
+    name that cannot be an id is one clear line and not a measurement lost at its end."""
+    path = Path(path)
+    if path.suffix != ".json" or not ID_PATTERN.match(path.stem):
+        raise RecordError(
+            f"cannot write a record to '{path}': its name is the record's id, so it must be lowercase letters, "
+            "digits and dashes, ending in .json (for example attack-star.json)."
+        )
+    return path.stem
 
 
 def _as_json(value):

@@ -17,13 +17,14 @@ import typer  # noqa: E402
 
 from ..errors import ConceptVaultError  # noqa: E402
 from . import measure, serve, vaults, world  # noqa: E402, F401  (each registers its commands on the app)
-from .common import app, fail, quiet_libraries  # noqa: E402
+from .common import app, fail, quiet_libraries, remember_arguments  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
     """The console entry point: runs the app and turns every user-facing failure into one line."""
     try:
         quiet_libraries()
+        remember_arguments(argv)
         code = app(args=argv, prog_name="conceptvault", standalone_mode=False)
     except ConceptVaultError as error:
         fail(str(error))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import shlex
 import sys
 import time
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from rich.text import Text
 
 from ..concepts import Concept
 from ..errors import ConceptVaultError
+from ..records import record_id
 
 app = typer.Typer(
     name="conceptvault",
@@ -72,6 +74,14 @@ ThreadsOption = Annotated[
         help="CPU threads for the work (default: OMP_NUM_THREADS if set, else the cores the machine's load "
         "leaves free, at least 1).",
         min=1,
+    ),
+]
+RecordOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--record",
+        help="Also write the figures as a results record to this JSON file; its name is the record's id "
+        "(bench/render_results.py --add FILE publishes it).",
     ),
 ]
 ModelOverride = Annotated[
@@ -198,13 +208,34 @@ def check_image_path(out: Path) -> None:
     check_writable_folder(out)
 
 
-def check_writable_folder(out: Path) -> None:
+def check_writable_folder(out: Path, option: str = "--out") -> None:
     """Refuse, before any work, an output whose folder (or the nearest one that exists) cannot be written."""
     folder = out.absolute().parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise ConceptVaultError(f"cannot write to '{folder}' (for --out '{out}'); choose a folder you may write to.")
+        raise ConceptVaultError(
+            f"cannot write to '{folder}' (for {option} '{out}'); choose a folder you may write to."
+        )
+
+
+def check_record_file(path: Path | None) -> None:
+    """Refuse, before any work, a ``--record`` file whose name is not a record id or whose folder is not writable."""
+    if path is not None:
+        record_id(path)
+        check_writable_folder(path, "--record")
+
+
+_typed: list[str] = []  # the arguments of the command being run, as main() was given them
+
+
+def remember_arguments(argv: list[str] | None) -> None:
+    _typed[:] = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
+
+
+def command_line() -> str:
+    """The command as it was typed, for a results record."""
+    return shlex.join(["conceptvault", *_typed])
 
 
 MAX_PASSPHRASE_BYTES = 1024

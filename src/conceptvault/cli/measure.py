@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -16,14 +17,17 @@ from .common import (
     DeviceOption,
     ModelOverride,
     PassphraseOption,
+    RecordOption,
     ThreadsOption,
     VaultArgument,
     app,
     as_lines,
     check_positive,
     check_range,
+    check_record_file,
     check_writable_folder,
     checked,
+    command_line,
     console,
     on_interrupt,
     parse_seeds,
@@ -54,6 +58,7 @@ def evaluate_command(
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Images generated per batch.")] = 8,
     no_key: Annotated[bool, typer.Option(help="Measure the public model only (no key needed).")] = False,
+    record: RecordOption = None,
     model: ModelOverride = None,
     passphrase_file: PassphraseOption = None,
     device: DeviceOption = None,
@@ -66,9 +71,11 @@ def evaluate_command(
     use_threads(threads)
     from ..evaluate import print_summary, run_suite, write_json, write_report
 
+    started = time.perf_counter()
     check_positive(size=size, batch_size=batch_size)
     for output in filter(None, (json_file, (out or vault.with_name(vault.name + ".eval")) / "report.html")):
         check_writable_folder(output)  # before the images are made, not after
+    check_record_file(record)
     chosen = suite_named(suite, size, concept)
     loaded = Vault.load(vault, keys=None if no_key else "all", passphrase=read_passphrase(passphrase_file))
     pipe = load_pipeline(model or loaded.manifest.base_model, device=device)
@@ -88,6 +95,8 @@ def evaluate_command(
     if json_file:
         write_json(result, json_file)
     say(f"report: {files.html}   figures: {files.json}")
+    if record:
+        say(f"record: {write_evaluation_record(result, loaded.manifest.config, record, started)}")
 
 
 @app.command("compare")
@@ -98,6 +107,7 @@ def compare_command(
     concept: Annotated[str | None, typer.Option(help="The hidden concept of a single-concept built-in suite.")] = None,
     size: Annotated[int | None, typer.Option(help="Images per concept of a built-in suite.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images generated per batch.")] = 8,
+    record: RecordOption = None,
     model: ModelOverride = None,
     passphrase_file: PassphraseOption = None,
     device: DeviceOption = None,
@@ -107,7 +117,9 @@ def compare_command(
     use_threads(threads)
     from ..evaluate.compare import compare, write_comparison
 
+    started = time.perf_counter()
     check_positive(size=size, batch_size=batch_size)
+    check_record_file(record)
     chosen = suite_named(suite, size, concept)
     passphrase = read_passphrase(passphrase_file)
     loaded = {}
@@ -123,6 +135,8 @@ def compare_command(
     files = write_comparison(comparison)
     console.print(as_lines(files["md"].read_text()))
     say(f"comparison: {files['html']}   chart: {files['png']}   figures: {files['json']}")
+    if record:
+        say(f"record: {write_comparison_record(comparison, record, started)}")
 
 
 @app.command("attack")
@@ -198,6 +212,7 @@ def attack_command(
     sweep_seeds: Annotated[
         str, typer.Option(help="Attack seeds, comma-separated.", rich_help_panel="Fine-tuning sweep")
     ] = "0,1,2",
+    record: RecordOption = None,
     model: ModelOverride = None,
     passphrase_file: PassphraseOption = None,
     device: DeviceOption = None,
@@ -218,7 +233,9 @@ def attack_command(
     from ..attack_campaign import Campaign
     from ..attack_sweep import SweepPlan, run_sweep
 
+    started = time.perf_counter()
     check_positive(size=size, steps=steps, images=images)
+    check_record_file(record)
     check_range("lr", lr, 0, MAX_ATTACK_LR, above=True)
     check_range("tokens", tokens, 1, MAX_PROMPT_TOKENS)
     check_range("strength", strength, 0, MAX_STRENGTH, above=True)
@@ -260,10 +277,84 @@ def attack_command(
         files = campaign.write(run, out)
         console.print(as_lines(files["md"].read_text()))
         say(f"curves: {files['png']}   figures: {files['json']}")
+        if record:
+            say(f"record: {write_attack_record(campaign, run, record, started)}")
     if plan:
         files = run_sweep(campaign, plan, out / "sweep", log=say)
         console.print(as_lines(files["md"].read_text()))
         say(f"best curves: {files['png']}   figures: {files['json']}")
+
+
+def write_evaluation_record(result, hide: dict, path: Path, started: float) -> Path:
+    """The evaluation as a results record in ``path``; ``hide``: the settings that made the vault."""
+    from ..records import evaluation_record, record_id, write_record
+
+    vault = result.meta["vault"]
+    made = evaluation_record(
+        result,
+        id=record_id(path),
+        title=f"{vault['method']} vault {Path(vault['path']).name} on the suite {result.suite.name}",
+        command=command_line(),
+        settings={"vault": vault, "hide": hide},
+        wall_seconds=time.perf_counter() - started,
+    )
+    return write_record(made, path.parent)
+
+
+def write_comparison_record(comparison, path: Path, started: float) -> Path:
+    """The comparison as a results record in ``path``."""
+    from ..evaluate.compare import figures
+    from ..records import judge_fingerprint, make_record, record_id, write_record
+
+    first = comparison.entries[0]
+    made = make_record(
+        id=record_id(path),
+        title=f"{', '.join(e.name for e in comparison.entries)} compared on the suite {comparison.suite.name}",
+        command=command_line(),
+        settings={
+            "suite": comparison.suite.name,
+            "vaults": {e.name: {"method": e.method, "hide": e.vault.manifest.config} for e in comparison.entries},
+        },
+        seeds=sorted({r.seed for r in first.result.records}),
+        n=len(first.result.records),
+        figures=figures(comparison),
+        wall_seconds=time.perf_counter() - started,
+        model_fingerprint=first.vault.manifest.base_fingerprint,
+        judge_fingerprint=judge_fingerprint(comparison.suite.judge),
+        device=first.result.meta["settings"]["device"],
+    )
+    return write_record(made, path.parent)
+
+
+def write_attack_record(campaign, run, path: Path, started: float) -> Path:
+    """The attack run as a results record in ``path`` (the sweep, where asked for, keeps its own files)."""
+    from dataclasses import asdict
+
+    from ..attack_report import figures
+    from ..records import judge_fingerprint, make_record, record_id, write_record
+
+    public = Vault.load(campaign.vault_path, keys=None)
+    made = make_record(
+        id=record_id(path),
+        title=f"Attacks on the public model of {campaign.vault_path.name}: {run.concept}",
+        command=command_line(),
+        settings={
+            "suite": run.suite,
+            "attacks": sorted({result.attack for result in run.results}),
+            "models": [target.name for target in campaign.targets],
+            "attack": asdict(campaign.config),
+            "method": public.manifest.method,
+            "hide": public.manifest.config,
+        },
+        seeds=list(campaign.suite.hidden[0].seeds[: run.original["n"]]),
+        n=run.original["n"],
+        figures=figures(run),
+        wall_seconds=time.perf_counter() - started,
+        model_fingerprint=public.manifest.base_fingerprint,
+        judge_fingerprint=judge_fingerprint(campaign.suite.judge),
+        device=str(campaign.targets[0].pipe.device),
+    )
+    return write_record(made, path.parent)
 
 
 def _numbers(option: str, text: str, kind: type) -> list:

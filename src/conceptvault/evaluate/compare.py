@@ -19,6 +19,7 @@ from conceptvault.evaluate.report import format_ci, format_value
 from conceptvault.evaluate.run import EvaluationResult, run_suite
 from conceptvault.evaluate.suite import Suite
 from conceptvault.files import atomic_write_text
+from conceptvault.records import evaluation_figures
 from conceptvault.vault import Vault
 
 FIGURES = ("esr", "psr", "rsr", "key_psr")
@@ -99,6 +100,24 @@ def compare(
         )
         entries.append(Entry(name, vault, result))
     return Comparison(suite, entries, out_dir)
+
+
+def figures(comparison: Comparison) -> dict[str, dict]:
+    """The comparison as a results record's figures: each vault's evaluation figures, then its time and memory to
+    make."""
+    found = {}
+    for entry in comparison.entries:
+        found |= {f"{entry.name}: {name}": figure for name, figure in evaluation_figures(entry.result).items()}
+        cost = entry.cost()
+        found[f"{entry.name}: time to make"] = {"value": cost["seconds"], "interval": None, "n": 1, "unit": "s"}
+        if cost["peak_rss_mib"] is not None:
+            found[f"{entry.name}: peak memory"] = {
+                "value": cost["peak_rss_mib"],
+                "interval": None,
+                "n": 1,
+                "unit": "MiB",
+            }
+    return found
 
 
 def markdown(comparison: Comparison) -> str:
