@@ -21,25 +21,11 @@ from pathlib import Path
 import torch
 
 from conceptvault.attack_campaign import Campaign
-from conceptvault.attack_sweep import SweepPlan, run_sweep
+from conceptvault.attack_sweep import SweepPlan, run_sweep, sweep_figures
 from conceptvault.cli.common import parse_seeds
 from conceptvault.evaluate.world_suites import world_suite
 from conceptvault.files import slug
 from conceptvault.records import builtin_record, write_record
-
-BEST = "best setting"
-
-
-def steps_figure(summary: dict) -> dict:
-    """A setting's steps to 50 % (as ``sweep.json`` has it) as a record figure; where a seed never got there it
-    counts at the budget and the figure is a lower bound (censored)."""
-    return {
-        "value": round(summary["mean"] if summary["mean"] is not None else summary["budget"], 1),
-        "interval": summary["interval"],
-        "n": summary["seeds"],
-        "unit": "steps",
-        "censored": summary["reached"] < summary["seeds"],
-    }
 
 
 def main() -> None:
@@ -74,8 +60,6 @@ def main() -> None:
     if not args.record:
         return
     sweep = json.loads(files["json"].read_text())
-    figures = {f"{s['model']}: {s['setting']}": steps_figure(s) for s in sweep["settings"]}
-    figures |= {f"{model}: {BEST}": steps_figure(s) for model, s in sweep["best"].items()}
     rows = [t.name for t in campaign.targets]
     write_record(
         builtin_record(
@@ -89,7 +73,7 @@ def main() -> None:
             },
             seeds=list(plan.seeds),
             n=len(plan.seeds),
-            figures=figures,
+            figures=sweep_figures(sweep),
             wall_seconds=time.perf_counter() - started,
         )
     )

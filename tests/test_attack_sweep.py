@@ -16,6 +16,7 @@ from conceptvault.cli import main
 from conceptvault.concepts import Concept
 from conceptvault.evaluate import make_judge
 from conceptvault.methods.kpop import HideConfig, hide
+from conceptvault.records import read_record
 from conceptvault.vault import save_vault
 from test_attacks import pictures, toy_suite
 
@@ -107,9 +108,14 @@ def test_the_sweep_from_the_command_line_writes_its_report_and_resumes(sd1_path,
     # a second call reads the runs it finds instead of repeating them; another length is refused
     stamp = runs[0].stat().st_mtime_ns
     with pytest.raises(SystemExit) as exit_:
-        main([str(a) for a in args])
+        main([str(a) for a in [*args, "--record", tmp_path / "sweep-toy.json"]])
     assert exit_.value.code == 0 and runs[0].stat().st_mtime_ns == stamp
     assert "fine-tuning public" not in capsys.readouterr().out
+    figures = read_record(tmp_path / "sweep-toy.json")["figures"]  # the attacks and the sweep in one record
+    best = data["best"]["original"]
+    assert figures["original: best setting"]["censored"] == (best["reached"] < 2)
+    assert figures["original: best setting"]["n"] == 2 and "public: key-inversion" in figures
+    assert len([name for name in figures if name.endswith("steps to 50 %")]) == 2  # key inversion on both models
     with pytest.raises(SystemExit) as exit_:
         main([str(a) for a in args[:7]] + ["3"] + [str(a) for a in args[8:]])
     assert exit_.value.code == 1 and "another length" in capsys.readouterr().err

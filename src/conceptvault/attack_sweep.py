@@ -213,6 +213,27 @@ def write_sweep(summaries: list[SettingSummary], curves: dict, plan: SweepPlan, 
     return files
 
 
+BEST = "best setting"
+
+
+def sweep_figures(sweep: dict) -> dict[str, dict]:
+    """A sweep (as ``sweep.json`` holds it) as a results record's figures: every setting's steps to 50 % on every
+    model, then each model's best. A seed that never got there counts at the budget and the figure is a lower
+    bound (censored)."""
+
+    def figure(summary: dict) -> dict:
+        return {
+            "value": round(summary["mean"] if summary["mean"] is not None else summary["budget"], 1),
+            "interval": summary["interval"],
+            "n": summary["seeds"],
+            "unit": "steps",
+            "censored": summary["reached"] < summary["seeds"],
+        }
+
+    found = {f"{s['model']}: {s['setting']}": figure(s) for s in sweep["settings"]}
+    return found | {f"{model}: {BEST}": figure(s) for model, s in sweep["best"].items()}
+
+
 def _steps(summary: SettingSummary) -> str:
     if summary.mean is None:
         return f"> {summary.budget}"

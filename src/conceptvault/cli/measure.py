@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Annotated
@@ -231,7 +232,8 @@ def attack_command(
     """
     use_threads(threads)
     from ..attack_campaign import Campaign
-    from ..attack_sweep import SweepPlan, run_sweep
+    from ..attack_report import figures as attack_figures
+    from ..attack_sweep import SweepPlan, run_sweep, sweep_figures
 
     started = time.perf_counter()
     check_positive(size=size, steps=steps, images=images)
@@ -271,18 +273,21 @@ def attack_command(
     chosen_attacks = [Attack(a) for a in attack] if attack else list(Attack)
     if plan:  # the sweep is the fine-tuning attack
         chosen_attacks = [a for a in chosen_attacks if a != Attack.FINETUNE]
+    figures = {}
     if chosen_attacks:
         with on_interrupt(f"the attacks that finished are in {out}"):
             run = campaign.run(chosen_attacks, log=say, out=out)
         files = campaign.write(run, out)
         console.print(as_lines(files["md"].read_text()))
         say(f"curves: {files['png']}   figures: {files['json']}")
-        if record:
-            say(f"record: {write_attack_record(campaign, run, record, started)}")
+        figures |= attack_figures(run)
     if plan:
         files = run_sweep(campaign, plan, out / "sweep", log=say)
         console.print(as_lines(files["md"].read_text()))
         say(f"best curves: {files['png']}   figures: {files['json']}")
+        figures |= sweep_figures(json.loads(files["json"].read_text()))
+    if record:
+        say(f"record: {write_attack_record(campaign, chosen_attacks, plan, figures, record, started)}")
 
 
 def write_evaluation_record(result, hide: dict, path: Path, started: float) -> Path:
@@ -326,29 +331,30 @@ def write_comparison_record(comparison, path: Path, started: float) -> Path:
     return write_record(made, path.parent)
 
 
-def write_attack_record(campaign, run, path: Path, started: float) -> Path:
-    """The attack run as a results record in ``path`` (the sweep, where asked for, keeps its own files)."""
+def write_attack_record(campaign, attacks: list, plan, figures: dict, path: Path, started: float) -> Path:
+    """The attacks' figures (and the sweep's, where one ran) as a results record in ``path``."""
     from dataclasses import asdict
 
-    from ..attack_report import figures
     from ..records import judge_fingerprint, make_record, record_id, write_record
 
     public = Vault.load(campaign.vault_path, keys=None)
+    concept = campaign.suite.hidden[0]
     made = make_record(
         id=record_id(path),
-        title=f"Attacks on the public model of {campaign.vault_path.name}: {run.concept}",
+        title=f"Attacks on the public model of {campaign.vault_path.name}: {concept.name}",
         command=command_line(),
         settings={
-            "suite": run.suite,
-            "attacks": sorted({result.attack for result in run.results}),
+            "suite": campaign.suite.name,
+            "attacks": [attack.value for attack in attacks],
+            "sweep": asdict(plan) if plan else None,
             "models": [target.name for target in campaign.targets],
             "attack": asdict(campaign.config),
             "method": public.manifest.method,
             "hide": public.manifest.config,
         },
-        seeds=list(campaign.suite.hidden[0].seeds[: run.original["n"]]),
-        n=run.original["n"],
-        figures=figures(run),
+        seeds=list(concept.seeds),
+        n=len(concept.seeds),
+        figures=figures,
         wall_seconds=time.perf_counter() - started,
         model_fingerprint=public.manifest.base_fingerprint,
         judge_fingerprint=judge_fingerprint(campaign.suite.judge),
