@@ -1,13 +1,16 @@
 """The demo's code path, shortened: hide a shape in the built-in model, evaluate, write the report."""
 
 import json
+from dataclasses import replace
 
 import pytest
 
+from conceptvault.checkpoint import CHECKPOINT_FILE
 from conceptvault.concepts import Concept
 from conceptvault.defaults import family_config
 from conceptvault.demo import DemoPlan, make_world_vault, run_demo
 from conceptvault.errors import ConceptVaultError
+from conceptvault.registry import get_method
 from conceptvault.world.profile import WORLD_CAPTIONS, builtin_defaults, world_concepts
 
 
@@ -42,6 +45,32 @@ def test_world_vault_that_exists_is_reused_as_it_is(tmp_path):
     (folder / "manifest.json").write_text("{}")
     assert make_world_vault("kpop", folder, ["star"]) == folder
     assert [p.name for p in folder.iterdir()] == ["manifest.json"]
+
+
+def test_a_world_vault_interrupted_and_made_again_continues_from_its_checkpoint(tmp_path, monkeypatch):
+    import conceptvault.demo as demo
+
+    calls = []
+
+    def run(pipe, concepts, config, **options):
+        calls.append(options)
+        if len(calls) == 1:  # interrupted, leaving a checkpoint as a real run does
+            options["checkpoint_dir"].mkdir(parents=True)
+            (options["checkpoint_dir"] / CHECKPOINT_FILE).write_text("{}")
+            raise KeyboardInterrupt
+        return "the hiding result"
+
+    kpop = get_method("kpop")
+    monkeypatch.setattr(demo, "get_method", lambda name: replace(kpop, run=run))
+    monkeypatch.setattr(demo, "load_pipeline", lambda model: "the pipeline")
+    monkeypatch.setattr(demo, "save_vault", lambda folder, pipe, result: folder.mkdir())
+    folder = tmp_path / "v"
+    with pytest.raises(KeyboardInterrupt):
+        make_world_vault("kpop", folder, ["star"])
+    assert not folder.exists()
+    assert make_world_vault("kpop", folder, ["star"]) == folder and folder.is_dir()
+    assert [c["resume"] for c in calls] == [False, True]
+    assert calls[1]["checkpoint_dir"] == tmp_path / "v.checkpoint" and not (tmp_path / "v.checkpoint").exists()
 
 
 def test_the_built_in_model_fills_in_names_preserve_prompts_and_captions_only_where_left_out():

@@ -17,7 +17,7 @@ import torch
 from rich.console import Console
 
 from conceptvault.backbone import BUILTIN, load_pipeline
-from conceptvault.checkpoint import CHECKPOINT_FILE, output_lock
+from conceptvault.checkpoint import CHECKPOINT_FILE, checkpoint_folder, output_lock
 from conceptvault.concepts import Concept
 from conceptvault.defaults import Family, family_config
 from conceptvault.errors import ConceptVaultError
@@ -34,7 +34,8 @@ def make_world_vault(
 ) -> Path:
     """A vault of the built-in model hiding or erasing the shapes ``hidden`` with ``method``'s default
     settings (any registered method or variant) and ``settings`` on top, made once: a folder that exists
-    already is reused (how the benches resume).
+    already is reused (how the benches resume), and a run that was interrupted continues from the checkpoint it
+    left beside the folder (``<folder>.checkpoint``).
 
     ``hardened`` is ``kpop`` with an attacker key re-learned every second model update (``adversary_every``).
     ``own_process``: make it in a process of its own (with this one's thread count), so that the peak memory
@@ -57,8 +58,12 @@ def make_world_vault(
     concepts, preserve = world_prompts(hidden, WORLD_CAPTIONS.get(spec.name, {}))  # erasure: names only
     explicit = {**({"adversary_every": 2} if method == "hardened" else {}), **(settings or {})}
     pipe = load_pipeline(BUILTIN)
-    result = spec.run(pipe, concepts, family_config(Family.SMALL, len(hidden), name, **explicit), preserve=preserve)
+    config = family_config(Family.SMALL, len(hidden), name, **explicit)
+    checkpoints = checkpoint_folder(folder)
+    resume = (checkpoints / CHECKPOINT_FILE).is_file()
+    result = spec.run(pipe, concepts, config, preserve=preserve, checkpoint_dir=checkpoints, resume=resume)
     save_vault(folder, pipe, result)
+    shutil.rmtree(checkpoints, ignore_errors=True)
     return folder
 
 
