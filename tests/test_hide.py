@@ -390,3 +390,22 @@ def test_a_ranked_key_is_trained_and_unlocks_the_saved_vault_as_it_did_the_run(s
     loaded.apply(fresh)
     with torch.no_grad():
         torch.testing.assert_close(unet_predict(fresh.unet, z, t, states, {"keys": ["star"]}), in_the_run)
+
+
+def test_with_lambda_leak_one_concepts_key_changes_another_concepts_prompt_less(sd1_path):
+    def leak(lambda_leak: float) -> tuple[float, dict]:
+        pipe = text_sensitive(load_pipeline(str(sd1_path), device="cpu"))
+        config = quick(model_updates=4, key_updates=24, lr=1e-3, key_lr=3e-2, key_rank=2, lambda_leak=lambda_leak)
+        result = hide(pipe, [Concept("star"), Concept("heart")], config, progress=False, measure=False)
+        z = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+        t = torch.full((4,), 500)
+        states = encode_prompts(pipe, ["a heart"] * 4)
+        with torch.no_grad():
+            public = unet_predict(pipe.unet, z, t, states)
+            with_star_key = unet_predict(pipe.unet, z, t, states, {"keys": ["star"]})
+        return float((with_star_key - public).pow(2).mean()), result.stats
+
+    leaked, plain_stats = leak(0.0)
+    held, stats = leak(1.0)
+    assert "L_leak" in stats["final"] and "L_leak" not in plain_stats["final"]
+    assert held < leaked  # the star's key moves the heart's prediction less when held to the heart's hiding

@@ -166,6 +166,7 @@ def hide_command(
     lambda_rec: Annotated[float | None, _setting("lambda_rec")] = None,
     lambda_uncond: Annotated[float | None, _setting("lambda_uncond")] = None,
     lambda_pres: Annotated[float | None, _setting("lambda_pres")] = None,
+    lambda_leak: Annotated[float | None, _setting("lambda_leak")] = None,
     eta: Annotated[float | None, _setting("eta")] = None,
     train: Annotated[TrainedLayers | None, _setting("train")] = None,
     loss_space: Annotated[LossSpace | None, _setting("loss_space")] = None,

@@ -52,6 +52,11 @@ class HideConfig(SamplerSettings):
         "the concept and guidance subtracts what the key brought back.",
     )
     lambda_pres: float = option(1.0, "Weight of the preservation terms on the preserve prompts.")
+    lambda_leak: float = option(
+        0.0,
+        "Weight of L_leak, with several concepts: another concept's key alone on this concept's prompt, held to "
+        "the hiding target, so that no key brings back a concept that is not its own (0: off).",
+    )
     eta: float = option(1.0, "Negative-guidance strength of the hiding target.")
     train: TrainedLayers = option(TrainedLayers.XATTN, "UNet weights to train: cross-attention only, or all but it.")
     loss_space: LossSpace = option(
@@ -293,6 +298,9 @@ class _HidingRun(TrainedRun):
             loss = L_rec + config.lambda_pres * L_pres_key
         if L_uncond_key is not None:
             loss = loss + config.lambda_uncond * L_uncond_key
+        L_leak = self._leak_loss(draw)
+        if L_leak is not None:
+            loss = loss + config.lambda_leak * L_leak
         self.optimiser.zero_grad(set_to_none=True)
         self.key_optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -303,6 +311,8 @@ class _HidingRun(TrainedRun):
         measured = _measured(L_hide, L_rec, L_pres, L_pres_key, L_uncond_key, preserved=draw.kept is not None)
         if L_adv is not None:
             measured["L_adv"] = L_adv
+        if L_leak is not None:
+            measured["L_leak"] = L_leak
         self.state.record(measured, seconds)
         return dict(
             self.state.latest,
@@ -375,8 +385,16 @@ class _HidingRun(TrainedRun):
         L_adv = self.adversarial.loss(predictions[-1], self.objective, draw.z, draw.t) if self.adversarial else None
         return L_hide, L_pres, L_adv
 
+    def _leak_loss(self, draw: _Draw) -> torch.Tensor | None:
+        """L_hide on the concept prompt with one other concept's key alone on (None: off, or one concept only)."""
+        others = [name for name in (*self.keys, *self.kept_keys) if name != draw.concept.name]
+        if not others or self.config.lambda_leak <= 0:
+            return None
+        return self._hide_loss(draw, key=self.pick(others))
+
     def _hide_loss(self, draw: _Draw, key: str) -> torch.Tensor:
-        """L_hide on the concept prompt with an attacker's key on (hardened hiding)."""
+        """L_hide on the concept prompt with ``key`` on: an attacker's (hardened hiding), a revoked one, or another
+        concept's."""
         texts, anchor = self.texts, draw.concept.anchor_of(draw.prompt)
         return self.objective.hide(
             draw.z,
