@@ -104,6 +104,18 @@ def settings(args) -> dict:
     return {name: json.loads(value) for name, value in (item.split("=", 1) for item in args.set)}
 
 
+def most_leakage(result: dict) -> float | None:
+    """The most any key alone brings back the other hidden concepts, over the public model on the same prompts
+    and seeds (None with one concept)."""
+    cells = result["cells"]
+    leaks = [
+        cells[f"key {s} alone on the others"]["value"] - cells[f"key {s}: public model on the same"]["value"]
+        for s in result["hidden"]
+        if f"key {s} alone on the others" in cells
+    ]
+    return max(leaks) if leaks else None
+
+
 def table(results: dict[str, dict]) -> str:
     """One row per k (and the mixed set): the worst hidden concept's ESR and RSR, PSR, key PSR, the worst leakage,
     time and memory."""
@@ -115,12 +127,8 @@ def table(results: dict[str, dict]) -> str:
         cells = result["cells"]
         esr = min(cells[f"{s}: esr"]["value"] for s in result["hidden"])
         rsr = min(cells[f"{s}: rsr"]["value"] for s in result["hidden"])
-        leaks = [
-            cells[f"key {s} alone on the others"]["value"] - cells[f"key {s}: public model on the same"]["value"]
-            for s in result["hidden"]
-            if f"key {s} alone on the others" in cells
-        ]
-        leak = f"{100 * max(leaks):+.1f} pts" if leaks else "–"
+        leak = most_leakage(result)
+        leak = "–" if leak is None else f"{100 * leak:+.1f} pts"
         lines.append(
             f"| {row} | {100 * esr:.1f} % | {100 * rsr:.1f} % | {100 * cells['psr']['value']:.1f} % | "
             f"{100 * cells['key_psr']['value']:.1f} % | {leak} | {result['seconds']:.0f} s | "
@@ -144,6 +152,7 @@ def plot(results: dict[str, dict], path: Path) -> None:
         ("lowest RSR", [min(r["cells"][f"{s}: rsr"]["value"] for s in r["hidden"]) for r in results.values()]),
         ("PSR", [r["cells"]["psr"]["value"] for r in results.values()]),
         ("key PSR", [r["cells"]["key_psr"]["value"] for r in results.values()]),
+        ("most leakage (points over public)", [most_leakage(r) or 0.0 for r in results.values()]),
     ):
         rates.plot(ks, [100 * v for v in values], marker="o", label=label)
     rates.set(xlabel="shapes hidden at once (k)", ylabel="%", ylim=(0, 105), xticks=ks)
