@@ -58,6 +58,10 @@ def test_config_validates_and_converts_choices():
     assert all(f.metadata.get("help") for f in dataclasses.fields(HideConfig))
     made_before_the_unconditional_term = {k: v for k, v in config.to_dict().items() if k != "lambda_uncond"}
     assert HideConfig.from_dict(made_before_the_unconditional_term).lambda_uncond == 0.0
+    made_before_the_leak_term = {k: v for k, v in config.to_dict().items() if k != "lambda_leak"}
+    assert HideConfig.from_dict(made_before_the_leak_term).lambda_leak == 0.0 and HideConfig().lambda_leak == 1.0
+    with pytest.raises(ValueError, match="lambda_leak must not be negative"):
+        HideConfig(lambda_leak=-1.0)
 
 
 def test_the_unconditional_branch_with_the_key_is_held_to_the_original(sd1_path):

@@ -53,9 +53,10 @@ class HideConfig(SamplerSettings):
     )
     lambda_pres: float = option(1.0, "Weight of the preservation terms on the preserve prompts.")
     lambda_leak: float = option(
-        0.0,
+        1.0,
         "Weight of L_leak, with several concepts: another concept's key alone on this concept's prompt, held to "
-        "the hiding target, so that no key brings back a concept that is not its own (0: off).",
+        "the hiding target, so that no key brings back a concept that is not its own (0: off; one concept: "
+        "no such term).",
     )
     eta: float = option(1.0, "Negative-guidance strength of the hiding target.")
     train: TrainedLayers = option(TrainedLayers.XATTN, "UNet weights to train: cross-attention only, or all but it.")
@@ -93,8 +94,8 @@ class HideConfig(SamplerSettings):
     @classmethod
     def from_dict(cls, values: dict) -> HideConfig:
         """Settings from a manifest; an unknown or ill-typed setting is a ValueError naming it."""
-        # vaults made before L_uncond_key existed were trained without it
-        return settings_from_dict(cls, {"lambda_uncond": 0.0, **values})
+        # vaults made before L_uncond_key and L_leak existed were trained without them
+        return settings_from_dict(cls, {"lambda_uncond": 0.0, "lambda_leak": 0.0, **values})
 
 
 @dataclass
