@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -292,30 +293,29 @@ def attack_command(
 
 def write_evaluation_record(result, hide: dict, path: Path, started: float) -> Path:
     """The evaluation as a results record in ``path``; ``hide``: the settings that made the vault."""
-    from ..records import evaluation_record, record_id, write_record
+    from ..records import evaluation_record
 
     vault = result.meta["vault"]
-    made = evaluation_record(
-        result,
-        id=record_id(path),
+    return _write_record(
+        path,
+        started,
+        partial(evaluation_record, result),
         title=f"{vault['method']} vault {Path(vault['path']).name} on the suite {result.suite.name}",
-        command=command_line(),
         settings={"vault": vault, "hide": hide},
-        wall_seconds=time.perf_counter() - started,
     )
-    return write_record(made, path.parent)
 
 
 def write_comparison_record(comparison, path: Path, started: float) -> Path:
     """The comparison as a results record in ``path``."""
     from ..evaluate.compare import figures
-    from ..records import judge_fingerprint, make_record, record_id, write_record
+    from ..records import judge_fingerprint, make_record
 
     first = comparison.entries[0]
-    made = make_record(
-        id=record_id(path),
+    return _write_record(
+        path,
+        started,
+        make_record,
         title=f"{', '.join(e.name for e in comparison.entries)} compared on the suite {comparison.suite.name}",
-        command=command_line(),
         settings={
             "suite": comparison.suite.name,
             "vaults": {e.name: {"method": e.method, "hide": e.vault.manifest.config} for e in comparison.entries},
@@ -323,26 +323,25 @@ def write_comparison_record(comparison, path: Path, started: float) -> Path:
         seeds=sorted({r.seed for r in first.result.records}),
         n=len(first.result.records),
         figures=figures(comparison),
-        wall_seconds=time.perf_counter() - started,
         model_fingerprint=first.vault.manifest.base_fingerprint,
         judge_fingerprint=judge_fingerprint(comparison.suite.judge),
         device=first.result.meta["settings"]["device"],
     )
-    return write_record(made, path.parent)
 
 
 def write_attack_record(campaign, attacks: list, plan, figures: dict, path: Path, started: float) -> Path:
     """The attacks' figures (and the sweep's, where one ran) as a results record in ``path``."""
     from dataclasses import asdict
 
-    from ..records import judge_fingerprint, make_record, record_id, write_record
+    from ..records import judge_fingerprint, make_record
 
     public = Vault.load(campaign.vault_path, keys=None)
     concept = campaign.suite.hidden[0]
-    made = make_record(
-        id=record_id(path),
+    return _write_record(
+        path,
+        started,
+        make_record,
         title=f"Attacks on the public model of {campaign.vault_path.name}: {concept.name}",
-        command=command_line(),
         settings={
             "suite": campaign.suite.name,
             "attacks": [attack.value for attack in attacks],
@@ -355,11 +354,18 @@ def write_attack_record(campaign, attacks: list, plan, figures: dict, path: Path
         seeds=list(concept.seeds),
         n=len(concept.seeds),
         figures=figures,
-        wall_seconds=time.perf_counter() - started,
         model_fingerprint=public.manifest.base_fingerprint,
         judge_fingerprint=judge_fingerprint(campaign.suite.judge),
         device=str(campaign.targets[0].pipe.device),
     )
+
+
+def _write_record(path: Path, started: float, make, **fields) -> Path:
+    """A record made by ``make`` (a record maker of :mod:`conceptvault.records`) from ``fields`` and what every
+    command's record shares: the id (the file's name), the command as typed and the wall time since ``started``."""
+    from ..records import record_id, write_record
+
+    made = make(id=record_id(path), command=command_line(), wall_seconds=time.perf_counter() - started, **fields)
     return write_record(made, path.parent)
 
 
