@@ -31,7 +31,7 @@ from conceptvault.attacks import Attack, AttackResult
 from conceptvault.backbone import BUILTIN, load_pipeline
 from conceptvault.demo import make_world_vault
 from conceptvault.evaluate import resolve_suite
-from conceptvault.evaluate.compare import FIGURES, LABELS, compare, write_comparison
+from conceptvault.evaluate.compare import FIGURES, LABELS, compare, cost_figures, write_comparison
 from conceptvault.evaluate.world_suites import world_suite
 from conceptvault.files import atomic_write_text
 from conceptvault.records import builtin_record, share_figure, steps_to_half_figure, write_record
@@ -72,11 +72,7 @@ def hiding_figures(comparison) -> dict[str, dict]:
             cell = entry.result.figures.get(f, {}).get(entry.result.measures[0], {}).get("average")
             if cell and cell.get("value") is not None:
                 figures[f"{entry.name}: {LABELS[f]}"] = share_figure(cell)
-        seconds = entry.cost()["seconds"]  # the run and its setup, as the manifest records them
-        figures[f"{entry.name}: time"] = {"value": seconds, "interval": None, "n": 1, "unit": "s"}
-        memory = entry.cost()["peak_rss_mib"]
-        if memory is not None:
-            figures[f"{entry.name}: peak memory"] = {"value": memory, "interval": None, "n": 1, "unit": "MiB"}
+        figures |= {f"{entry.name}: {name}": figure for name, figure in cost_figures(entry).items()}
     return figures
 
 

@@ -148,7 +148,7 @@ def test_compare_puts_hiding_and_erasure_side_by_side(sd1_path, tmp_path, capsys
     assert code == 0, err
     figures = read_record(record)["figures"]  # checked against the schema as it is read
     assert figures["hidden: RSR-1 (with key)"]["n"] == 2 and "erased: RSR-1 (with key)" not in figures
-    assert figures["erased: ESR-1 (public)"]["n"] == 2 and figures["erased: time to make"]["unit"] == "s"
+    assert figures["erased: ESR-1 (public)"]["n"] == 2 and figures["erased: time"]["unit"] == "s"
     data = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
     assert set(data["vaults"]) == {"hidden", "erased"}
     assert data["vaults"]["erased"]["method"] == "uce" and "rsr" not in data["vaults"]["erased"]
