@@ -334,8 +334,9 @@ def write_attack_record(campaign, attacks: list, plan, figures: dict, path: Path
     from dataclasses import asdict
 
     from ..records import judge_fingerprint, make_record
+    from ..vault import read_manifest
 
-    public = Vault.load(campaign.vault_path, keys=None)
+    manifest = read_manifest(campaign.vault_path)
     concept = campaign.suite.hidden[0]
     return _write_record(
         path,
@@ -348,13 +349,13 @@ def write_attack_record(campaign, attacks: list, plan, figures: dict, path: Path
             "sweep": asdict(plan) if plan else None,
             "models": [target.name for target in campaign.targets],
             "attack": asdict(campaign.config),
-            "method": public.manifest.method,
-            "hide": public.manifest.config,
+            "method": manifest.method,
+            "hide": manifest.config,
         },
         seeds=list(concept.seeds),
         n=len(concept.seeds),
         figures=figures,
-        model_fingerprint=public.manifest.base_fingerprint,
+        model_fingerprint=manifest.base_fingerprint,
         judge_fingerprint=judge_fingerprint(campaign.suite.judge),
         device=str(campaign.targets[0].pipe.device),
     )
