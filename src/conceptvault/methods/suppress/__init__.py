@@ -19,8 +19,9 @@ register_method(
         run=_run,
         keys=KeyKind.NONE,
         summary="erased by projecting the concept out of the text states cross-attention reads (comparison)",
-        # the built-in model reads 64-wide text states: fewer directions to take out (unmeasured)
-        family_defaults={"small": dict(max_rank=2)},
+        # the built-in model's kept shapes share most of the star's text-state span: protecting 99.9 % of their
+        # energy leaves nothing of the star to take out (ESR 0), 90 % hides it and keeps PSR (suppress-defaults-small)
+        family_defaults={"small": dict(max_rank=2, protect_energy=0.9, energy=0.99)},
         resumable=False,
     )
 )
